@@ -1,0 +1,130 @@
+"""Any-to-any conversion: ``load(src) -> Dataset -> save(out)``, with the images brought along.
+
+The output folder is self-contained: every image lands at its relative path under ``out``
+so that each COCO ``file_name`` (and each VOC/LabelMe/YOLO reference) resolves inside it.
+Images are hard-linked when ``out`` is on the same file system (no extra disk, no copy
+time), and copied otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.annotations import Dataset
+from workbench.errors import ReadError, WorkbenchError
+from workbench.formats import get_format, load_dataset
+
+IMAGE_MODES = ("link", "copy", "symlink", "none")
+
+
+@dataclass
+class ConvertResult:
+    dataset: Dataset
+    out: Path
+    to: str
+    images_written: int = 0
+    missing_images: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[ReadError]:
+        return self.dataset.skipped
+
+
+def _place_image(src: Path, dst: Path, mode: str) -> None:
+    if dst.exists() or dst.is_symlink():
+        if dst.resolve() == src.resolve() or os.path.samefile(src, dst):
+            return
+        dst.unlink()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "symlink":
+        dst.symlink_to(src.resolve())
+        return
+    if mode == "link":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed: copy instead
+    shutil.copy2(src, dst)
+
+
+def _embedded_image(dataset: Dataset, index: int) -> bytes | None:
+    """The bytes of an image that LabelMe embedded as ``imageData``, if any."""
+    data = dataset.images[index].extra.get("labelme", {}).get("imageData")
+    if not data:
+        return None
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def bring_images(
+    dataset: Dataset, out: Path, mode: str = "link", on_progress: Callable[[int, int], None] | None = None
+) -> tuple[int, list[str]]:
+    """Place every image of ``dataset`` at its relative path under ``out``.
+
+    Returns ``(images placed, images missing from the source)``.
+    """
+    if mode not in IMAGE_MODES:
+        raise WorkbenchError(f"unknown image mode {mode!r}; choose one of {', '.join(IMAGE_MODES)}")
+    if mode == "none" or out.resolve() == dataset.root.resolve():
+        return 0, []
+    written, missing = 0, []
+    total = len(dataset.images)
+    for i, record in enumerate(dataset.images):
+        src = dataset.root / record.path
+        dst = out / record.path
+        if src.is_file():
+            _place_image(src, dst, mode)
+            written += 1
+        elif (data := _embedded_image(dataset, i)) is not None:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+            written += 1
+        else:
+            missing.append(record.path)
+        if on_progress:
+            on_progress(i + 1, total)
+    return written, missing
+
+
+def convert(
+    src: Path | str,
+    out: Path | str,
+    to: str,
+    *,
+    src_format: str | None = None,
+    images: str = "link",
+    skip_bad: bool = False,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> ConvertResult:
+    """Convert the dataset in ``src`` to format ``to`` under ``out``.
+
+    Without ``skip_bad`` any bad file stops the conversion with a ``DatasetReadError``
+    that lists every bad file; with it the rest is converted and ``result.skipped`` says
+    what was left out. ``on_progress(stage, done, total)`` reports the load, the write and
+    the images.
+    """
+    module = get_format(to)
+    out = Path(out)
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: on_progress(name, done, total)) if on_progress else None
+
+    dataset = load_dataset(src, src_format, strict=not skip_bad, on_progress=stage("read"))
+    out.mkdir(parents=True, exist_ok=True)
+    if module.NAME == "coco":
+        # A COCO output is annotations.json or <split>.json at the top of ``out``,
+        # whatever files the source kept its records in.
+        module.save(dataset, out, keep_files=False, on_progress=stage("write"))
+    else:
+        module.save(dataset, out, on_progress=stage("write"))
+    written, missing = bring_images(dataset, out, images, stage("images"))
+    return ConvertResult(dataset=dataset, out=out, to=module.NAME, images_written=written, missing_images=missing)

@@ -1,0 +1,141 @@
+"""Small file helpers shared by every format: atomic writes, safe paths, image headers."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from workbench.errors import ReadError, WriteError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+# Pillow's own bomb guard: above MAX_IMAGE_PIXELS it warns, above twice that it raises.
+# Both become a ReadError here (see image_size / load_image).
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that puts ``img2`` before ``img10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def is_image(path: Path | str) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def iter_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
+    """Files under ``root`` (recursively, hidden folders skipped) whose name ends in a suffix."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames, key=natural_key):
+            if name.lower().endswith(suffixes) and not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def relpath(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` with ``/`` separators."""
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def safe_relpath(name: str, *, file: str, record: str | None = None) -> str:
+    """Normalise a relative path read from an annotation and refuse one that escapes the root.
+
+    Absolute paths, drive letters and any ``..`` that climbs above the root are refused:
+    a dataset must not make the workbench read or write outside its own folder.
+    """
+    text = str(name).replace("\\", "/")
+    if not text or text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        raise ReadError(file, f"path {name!r} is not relative to the dataset root", record)
+    parts: list[str] = []
+    for part in PurePosixPath(text).parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise ReadError(file, f"path {name!r} escapes the dataset root", record)
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise ReadError(file, f"path {name!r} is empty", record)
+    return "/".join(parts)
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A failure at any point leaves the previous file as it was.
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write: {e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteError(f"{path}: cannot write: {e}") from e
+        raise
+
+
+def _open_checked(path: Path, shown: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ReadError(shown, f"image too large (decompression bomb guard, over {MAX_IMAGE_PIXELS} pixels): {e}") from e
+    except FileNotFoundError as e:
+        raise ReadError(shown, "image file not found") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ReadError(shown, f"not a readable image: {e}") from e
+
+
+def image_size(path: Path, shown: str | None = None) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header only; pixels are not decoded."""
+    with _open_checked(path, shown or str(path)) as image:
+        return image.size
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag (1 = upright), read from the header; 1 when absent."""
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(0x0112, 1) or 1)
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
+def load_image(path: Path, shown: str | None = None, *, exif_transpose: bool = False) -> np.ndarray:
+    """Decode an image to an ``(H, W, 3)`` uint8 RGB array.
+
+    Truncated files and decompression bombs raise ``ReadError`` instead of hanging or
+    returning half an image. Annotation tools store boxes in the stored pixel grid, so
+    the EXIF rotation is applied only when asked for.
+    """
+    shown = shown or str(path)
+    with _open_checked(path, shown) as image:
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ReadError(shown, f"image is truncated or corrupt: {e}") from e
+        if exif_transpose:
+            image = ImageOps.exif_transpose(image)
+        return np.asarray(image.convert("RGB"))

@@ -1,0 +1,332 @@
+"""COCO JSON: one file holds the images, annotations and categories of a split.
+
+Coordinates: ``bbox`` is ``[x, y, w, h]`` in absolute pixels with ``x, y`` the top-left
+corner, so ``x1 = x``, ``x2 = x + w``. Category ids are arbitrary integers (gaps, an
+unused id 0, two categories with one name are all allowed); the model's class id is the
+category's position in the file's ``categories`` list, and the ids are kept in
+``extra['coco']['category_ids']`` to be written back.
+
+Layouts: a single ``annotations.json`` (or any JSON with ``images``) whose ``file_name``s
+resolve from its folder; a Roboflow export with ``train/``, ``valid/`` and ``test/`` each
+holding ``_annotations.coco.json``; ``<split>.json`` files as ``workbench convert`` writes
+them; and COCO's own ``annotations/instances_<split>.json`` beside ``<split>/`` images.
+
+Each image and annotation dict is kept whole (``extra['coco']``), so ids, ``iscrowd``,
+``segmentation``, ``license`` and unknown keys are written back in their order; only the
+fields the model owns (``file_name``, ``width``, ``height``, ``bbox``, ``category_id``,
+``image_id``, and ``area`` when a box moved) are rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from workbench.annotations import Dataset, ImageRecord
+from workbench.errors import ReadError
+from workbench.fileio import atomic_write, iter_files, relpath, safe_relpath
+from workbench.formats.common import ErrorCollector, number, progress, size_from_header, split_of
+from workbench.formats.labelme import read_json
+
+NAME = "coco"
+ROBOFLOW_FILE = "_annotations.coco.json"
+
+
+def _is_coco(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return (b'"images"' in head or b'"annotations"' in head) and b'"shapes"' not in head
+
+
+def coco_files(root: Path) -> list[Path]:
+    """COCO JSON files under ``root`` (at most two folders deep)."""
+    out = []
+    for path in iter_files(root, (".json",)):
+        if len(path.relative_to(root).parts) <= 3 and _is_coco(path):
+            out.append(path)
+    return out
+
+
+def detect(root: Path) -> bool:
+    return bool(coco_files(root))
+
+
+def _split_name(json_rel: str) -> str | None:
+    """``train/_annotations.coco.json`` -> train, ``val.json`` -> val,
+    ``annotations/instances_val2017.json`` -> val2017, ``annotations.json`` -> None."""
+    path = PurePosixPath(json_rel)
+    if path.name == ROBOFLOW_FILE:
+        return split_of(json_rel) or (path.parent.name if str(path.parent) != "." else None)
+    stem = path.stem
+    if stem.startswith("instances_"):
+        return stem[len("instances_") :]
+    return stem if split_of(f"{stem}/x") else None
+
+
+def _image_base(root: Path, json_path: Path, images: list[dict[str, Any]], split: str | None) -> Path:
+    """The folder ``file_name``s are relative to: the JSON's own folder, unless the images
+    are found in the root, ``images/`` or the split's folder instead."""
+    candidates = [json_path.parent, root, root / "images"]
+    if split:
+        candidates += [root / split, root / "images" / split]
+    sample = [img.get("file_name") for img in images[:5] if isinstance(img, dict)]
+    sample = [s for s in sample if isinstance(s, str) and s]
+    for base in candidates:
+        if sample and all((base / s).is_file() for s in sample):
+            return base
+    return json_path.parent
+
+
+def _bbox(ann: dict[str, Any], file: str, record: str) -> tuple[float, float, float, float]:
+    bbox = ann.get("bbox")
+    try:
+        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ReadError(file, f"'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}", record) from None
+    if not all(np.isfinite((x, y, w, h))):
+        raise ReadError(file, f"'bbox' must be finite, got {bbox!r}", record)
+    return x, y, x + w, y + h
+
+
+def parse_file(root: Path, json_path: Path) -> tuple[list[dict[str, Any]], list[ImageRecord], dict[str, Any]]:
+    """One COCO file: ``(categories, records, top-level extra)``. Record ``class_ids`` hold
+    *category ids* here; ``load`` maps them to class indices."""
+    file = relpath(json_path, root)
+    data = read_json(json_path, file)
+    if not isinstance(data, dict):
+        raise ReadError(file, "top level is not a JSON object")
+    images = data.get("images")
+    annotations = data.get("annotations", [])
+    categories = data.get("categories", [])
+    for key, value in (("images", images), ("annotations", annotations), ("categories", categories)):
+        if not isinstance(value, list):
+            raise ReadError(file, f"'{key}' is missing or not a list")
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not isinstance(cat.get("name"), str):
+            raise ReadError(file, "needs an integer 'id' and a string 'name'", f"category {i + 1}")
+    split = _split_name(file)
+    base = _image_base(root, json_path, images, split)
+    records: dict[Any, ImageRecord] = {}
+    for i, img in enumerate(images):
+        where = f"image {i + 1}"
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            raise ReadError(file, "needs an 'id' and a 'file_name'", where)
+        if img["id"] in records:
+            raise ReadError(file, f"duplicate image id {img['id']!r}", where)
+        base_rel = relpath(base, root)
+        name = img["file_name"]
+        rel = safe_relpath(f"{base_rel}/{name}" if base_rel != "." else name, file=file, record=f"{where}: file_name")
+        try:
+            width, height = int(img.get("width") or 0), int(img.get("height") or 0)
+        except (TypeError, ValueError):
+            raise ReadError(file, "'width'/'height' must be integers", where) from None
+        if width <= 0 or height <= 0:
+            width, height = size_from_header(root, rel)
+        records[img["id"]] = ImageRecord(
+            path=rel, width=width, height=height, split=split, annotation=file, extra={"coco": img}
+        )
+    grouped: dict[Any, list[tuple[tuple[float, float, float, float], int, dict[str, Any]]]] = {}
+    ann_ids: set[Any] = set()
+    for i, ann in enumerate(annotations):
+        where = f"annotation {i + 1}"
+        if not isinstance(ann, dict):
+            raise ReadError(file, "is not a JSON object", where)
+        if "id" in ann:
+            where = f"annotation id {ann['id']}"
+            if ann["id"] in ann_ids:
+                raise ReadError(file, "duplicate annotation id", where)
+            ann_ids.add(ann["id"])
+        if ann.get("image_id") not in records:
+            raise ReadError(file, f"image_id {ann.get('image_id')!r} is not in 'images'", where)
+        if not isinstance(ann.get("category_id"), int):
+            raise ReadError(file, f"category_id {ann.get('category_id')!r} is not an integer", where)
+        grouped.setdefault(ann["image_id"], []).append((_bbox(ann, file, where), ann["category_id"], ann))
+    for image_id, items in grouped.items():
+        record = records[image_id]
+        record.boxes = np.array([b for b, _, _ in items], dtype=np.float64)
+        record.class_ids = np.array([c for _, c, _ in items], dtype=np.int64)
+        record.polygons = [None] * len(items)
+        record.box_extra = [{"coco": ann} for _, _, ann in items]
+    top = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    top["@base"] = relpath(base, root)
+    return categories, list(records.values()), top
+
+
+def load(
+    root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None
+) -> Dataset:
+    """Read every COCO file under ``root`` into one dataset (each file's images get its split).
+
+    Files must agree on their categories (same id, same name); the class list is their
+    union in order of appearance. ``strict`` raises ``DatasetReadError`` naming every bad
+    file; otherwise bad files are skipped and listed in ``Dataset.skipped``.
+    """
+    root = Path(root)
+    errors = ErrorCollector(root, strict=strict)
+    files = coco_files(root)
+    categories: list[dict[str, Any]] = []
+    index_of: dict[int, int] = {}
+    images: list[ImageRecord] = []
+    file_extra: dict[str, dict[str, Any]] = {}
+    for json_path in progress(files, len(files), on_progress):
+        parsed = errors.run(lambda p=json_path: parse_file(root, p))
+        if parsed is None:
+            continue
+        cats, records, top = parsed
+        file = relpath(json_path, root)
+        conflict = next(
+            (c for c in cats if c["id"] in index_of and categories[index_of[c["id"]]]["name"] != c["name"]), None
+        )
+        if conflict is not None:
+            errors.errors.append(ReadError(file, f"category id {conflict['id']} has another name in another file"))
+            continue
+        unknown = {int(c) for r in records for c in r.class_ids} - {c["id"] for c in cats} - set(index_of)
+        if unknown:
+            errors.errors.append(ReadError(file, f"annotations use category ids {sorted(unknown)} not in 'categories'"))
+            continue
+        for cat in cats:
+            if cat["id"] not in index_of:
+                index_of[cat["id"]] = len(categories)
+                categories.append(cat)
+        for record in records:
+            record.class_ids = np.array([index_of[int(c)] for c in record.class_ids], dtype=np.int64)
+        file_extra[file] = top
+        images.extend(records)
+    skipped = errors.finish()
+    return Dataset(
+        root=root,
+        format=NAME,
+        classes=[c["name"] for c in categories],
+        images=images,
+        extra={"coco": {"categories": categories, "files": file_extra}},
+        skipped=skipped,
+    )
+
+
+def categories_of(dataset: Dataset) -> list[dict[str, Any]]:
+    """COCO categories for the dataset's classes: the original dicts when it came from COCO,
+    else ids 1..K (0 is left for the background, as most COCO tools expect)."""
+    kept = dataset.extra.get("coco", {}).get("categories") if dataset.format == NAME else None
+    used = max((int(c) for r in dataset.images for c in r.class_ids), default=-1)
+    count = max(len(dataset.classes), used + 1)
+    if kept and len(kept) == len(dataset.classes):
+        out = [dict(c, name=name) for c, name in zip(kept, dataset.classes)]
+        next_id = max(c["id"] for c in out) + 1
+    else:
+        out, next_id = [], 1
+    for i in range(len(out), count):
+        out.append({"id": next_id, "name": dataset.class_name(i), "supercategory": "none"})
+        next_id += 1
+    return out
+
+
+def _annotation(box: np.ndarray, category_id: int, image_id: Any, kept: dict[str, Any], polygon) -> dict:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    bbox = [number(x1), number(y1), number(x2 - x1), number(y2 - y1)]
+    ann = dict(kept)
+    unchanged = "bbox" in kept and np.allclose(
+        [kept["bbox"][0], kept["bbox"][1], kept["bbox"][0] + kept["bbox"][2], kept["bbox"][1] + kept["bbox"][3]],
+        box,
+        rtol=0,
+        atol=1e-9,
+    )
+    ann["image_id"] = image_id
+    ann["category_id"] = category_id
+    if not unchanged:
+        ann["bbox"] = bbox
+        ann["area"] = number(max(x2 - x1, 0.0) * max(y2 - y1, 0.0))
+    ann.setdefault("area", number(max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
+    ann.setdefault("iscrowd", 0)
+    if "segmentation" not in ann:
+        ann["segmentation"] = [[number(v) for v in polygon.reshape(-1)]] if polygon is not None else []
+    return ann
+
+
+def to_dict(dataset: Dataset, records: list[ImageRecord], json_rel: str, top: dict[str, Any] | None = None) -> dict:
+    """The COCO document for ``records`` written at ``json_rel`` (``file_name``s relative to its
+    folder). Does not modify the records."""
+    categories = categories_of(dataset)
+    category_ids = [c["id"] for c in categories]
+    top = dict(top or {})
+    base = top.pop("@base", str(PurePosixPath(json_rel).parent))
+    from_coco = dataset.format == NAME
+    used_image_ids = {r.extra["coco"]["id"] for r in records if from_coco and "id" in r.extra.get("coco", {})}
+    used_ann_ids = {
+        e["coco"]["id"] for r in records if from_coco for e in r.box_extra if "id" in e.get("coco", {})
+    }
+    next_image = max([i for i in used_image_ids if isinstance(i, int)], default=0) + 1
+    next_ann = max([i for i in used_ann_ids if isinstance(i, int)], default=0) + 1
+    images, annotations = [], []
+    for record in records:
+        img = dict(record.extra.get("coco", {})) if from_coco else {}
+        if "id" not in img:
+            img["id"], next_image = next_image, next_image + 1
+        img["file_name"] = Path(os.path.relpath(record.path, base)).as_posix()
+        img["height"] = int(record.height)
+        img["width"] = int(record.width)
+        images.append(img)
+        for box, class_id, polygon, extra in zip(record.boxes, record.class_ids, record.polygons, record.box_extra):
+            kept = extra.get("coco", {}) if from_coco else {}
+            ann = _annotation(box, category_ids[int(class_id)], img["id"], kept, polygon)
+            if "id" not in ann:
+                ann = {"id": next_ann, **ann}
+                next_ann += 1
+            annotations.append(ann)
+    if not top:
+        top = {"info": {"description": "written by workbench"}, "licenses": []}
+    return {**top, "categories": categories, "images": images, "annotations": annotations}
+
+
+def _groups(dataset: Dataset, keep_files: bool = True) -> dict[str, list[ImageRecord]]:
+    """Which JSON file each record goes to: its own file when it came from COCO (and
+    ``keep_files``), else ``annotations.json``, or ``<split>.json`` when there are splits."""
+    groups: dict[str, list[ImageRecord]] = {}
+    from_coco = dataset.format == NAME and keep_files
+    by_split = {r.split: r.annotation for r in dataset.images if from_coco and r.annotation}
+    for record in dataset.images:
+        if from_coco and record.annotation:
+            target = record.annotation
+        elif from_coco and record.split in by_split:
+            target = by_split[record.split]
+        else:
+            target = f"{record.split}.json" if record.split else "annotations.json"
+        groups.setdefault(target, []).append(record)
+    return groups
+
+
+def _write(dataset: Dataset, root: Path, json_rel: str, records: list[ImageRecord]) -> Path:
+    files = dataset.extra.get("coco", {}).get("files", {}) if dataset.format == NAME else {}
+    doc = to_dict(dataset, records, json_rel, files.get(json_rel))
+    out = root / json_rel
+    atomic_write(out, json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+    return out
+
+
+def save(
+    dataset: Dataset,
+    root: Path,
+    *,
+    keep_files: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Write the COCO file(s) under ``root`` and return them. Compact JSON, as Roboflow writes it.
+
+    ``keep_files=False`` writes ``annotations.json``/``<split>.json`` at the top of ``root``
+    even for a dataset read from COCO files elsewhere (what ``workbench convert`` promises).
+    """
+    groups = _groups(dataset, keep_files)
+    return [_write(dataset, Path(root), rel, records) for rel, records in progress(groups.items(), len(groups), on_progress)]
+
+
+def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None) -> Path:
+    """Rewrite the one COCO file that holds ``record`` (COCO keeps a split in one file)."""
+    target, records = next((k, v) for k, v in _groups(dataset).items() if any(r is record for r in v))
+    return _write(dataset, Path(root or dataset.root), target, records)

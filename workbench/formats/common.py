@@ -1,0 +1,158 @@
+"""Helpers the four format modules share: number output, split names, image look-up, error collection."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+from workbench.errors import DatasetReadError, ReadError
+from workbench.fileio import IMAGE_EXTENSIONS, image_size, iter_files, natural_key, relpath
+
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test", "trainval")
+
+T = TypeVar("T")
+
+
+def number(value: float) -> int | float:
+    """A coordinate as it should be written: an int when integral, else rounded to 1e-6.
+
+    Rounding to 6 decimals removes float noise such as ``23.400000000000006`` that the
+    conversions between conventions leave, and keeps every box within 1e-6 px.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"coordinate {value} is not finite")
+    rounded = round(value)
+    if abs(value - rounded) < 1e-9:
+        return int(rounded)
+    return round(value, 6)
+
+
+def number_text(value: float) -> str:
+    return repr(number(value))
+
+
+def split_of(path: str) -> str | None:
+    """The split named by a path's folders (``train/x.jpg``, ``images/val/x.jpg``), else ``None``."""
+    parts = PurePosixPath(path).parts[:-1]
+    for part in parts[:2]:
+        if part.lower() in SPLIT_NAMES:
+            return part
+    return None
+
+
+class ImageIndex:
+    """Every image file under a dataset root, looked up by relative path, name or stem.
+
+    Built with one ``os.walk`` so that resolving 10,000 annotation files costs no
+    further directory listing.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.paths: list[str] = [relpath(p, root) for p in iter_files(root, IMAGE_EXTENSIONS)]
+        self.known = set(self.paths)
+        self.by_name: dict[str, list[str]] = {}
+        self.by_stem: dict[str, list[str]] = {}
+        for rel in self.paths:
+            name = rel.rsplit("/", 1)[-1]
+            self.by_name.setdefault(name, []).append(rel)
+            self.by_stem.setdefault(name.rsplit(".", 1)[0], []).append(rel)
+
+    def __contains__(self, rel: str) -> bool:
+        return rel in self.known
+
+    def find(self, *, name: str | None = None, stem: str | None = None, near: str = "") -> str | None:
+        """The image called ``name`` (else with stem ``stem``); among several, the one whose
+        folder best matches ``near`` (a relative folder such as ``train``)."""
+        candidates = self.by_name.get(name, []) if name else []
+        if not candidates and stem:
+            candidates = self.by_stem.get(stem, [])
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        near_parts = [p for p in near.split("/") if p]
+
+        def score(rel: str) -> int:
+            folders = rel.split("/")[:-1]
+            return sum(1 for p in near_parts if p in folders)
+
+        return max(candidates, key=score)
+
+
+def size_from_header(root: Path, rel: str) -> tuple[int, int]:
+    """Image size from the file header, or ``(0, 0)`` when the file is missing or unreadable
+    (the health report then lists it)."""
+    path = root / rel
+    try:
+        return image_size(path, rel)
+    except ReadError:
+        return 0, 0
+
+
+class ErrorCollector:
+    """Collects one ``ReadError`` per bad file so that a load can report every bad file at once.
+
+    ``strict`` loads raise ``DatasetReadError`` listing all of them at the end; lenient
+    loads keep going and hand the list to ``Dataset.skipped``.
+    """
+
+    def __init__(self, root: Path, *, strict: bool) -> None:
+        self.root = root
+        self.strict = strict
+        self.errors: list[ReadError] = []
+
+    def run(self, fn: Callable[[], T]) -> T | None:
+        try:
+            return fn()
+        except ReadError as e:
+            self.errors.append(e)
+            return None
+
+    def finish(self) -> list[ReadError]:
+        if self.strict and self.errors:
+            raise DatasetReadError(str(self.root), self.errors)
+        return self.errors
+
+
+def progress(items: Iterable[T], total: int | None, callback: Callable[[int, int], None] | None) -> Iterator[T]:
+    """Yield ``items`` and call ``callback(done, total)`` as they go (no-op without a callback)."""
+    if callback is None:
+        yield from items
+        return
+    total = total or 0
+    for i, item in enumerate(items, 1):
+        yield item
+        callback(i, total)
+
+
+def default_annotation_path(image_rel: str, folder: str, suffix: str) -> str:
+    """Where a per-image annotation goes for an image at ``image_rel``: ``folder`` mirrors the
+    image's folders (minus a leading ``images``/``JPEGImages``) so splits stay apart."""
+    parts = list(PurePosixPath(image_rel).parts)
+    if len(parts) > 1 and parts[0].lower() in ("images", "jpegimages", "imgs"):
+        parts = parts[1:]
+    stem = parts[-1].rsplit(".", 1)[0]
+    return "/".join([folder, *parts[:-1], stem + suffix])
+
+
+def sorted_natural(paths: Iterable[str]) -> list[str]:
+    return sorted(paths, key=natural_key)
+
+
+def walk_has(root: Path, predicate: Callable[[str], bool], limit: int = 20000) -> bool:
+    """True when some file under ``root`` matches; stops after ``limit`` files."""
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if predicate(name):
+                return True
+            seen += 1
+            if seen >= limit:
+                return False
+    return False

@@ -1,0 +1,354 @@
+"""Pascal VOC XML: one ``<annotation>`` file per image.
+
+Coordinates: VOC stores integer pixel indices, 1-based and inclusive, so a box over the
+whole ``W x H`` image is ``xmin=1, xmax=W``. The model's boxes are 0-based with an
+exclusive end, so ``x1 = xmin - 1`` and ``x2 = xmax`` (and the same for y). This is
+detectron2's rule (``data/datasets/pascal_voc.py``); supervision also subtracts 1 from
+the max corner, which shrinks every box by a pixel on each save. The round-trip tests
+pin the rule: load -> save -> load returns the same numbers.
+
+Layouts: ``annotations/`` or ``Annotations/`` beside ``images/`` or ``JPEGImages/`` (Kaggle,
+PASCAL), or the XML next to its image (labelImg). ``ImageSets/Main/<split>.txt`` names
+the splits when present; otherwise a ``train``/``val``/``test`` folder does.
+
+Every element the model does not name (``folder``, ``pose``, ``truncated``, ``occluded``,
+``difficult``, ``segmented``, ``source``, unknown tags) is kept in
+``extra["voc"]`` / ``box_extra[i]["voc"]`` and written back.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import defusedxml.ElementTree as DefusedET
+import numpy as np
+from defusedxml import DefusedXmlException
+
+from workbench.annotations import Dataset, ImageRecord
+from workbench.errors import ReadError
+from workbench.fileio import atomic_write, iter_files, relpath, safe_relpath
+from workbench.formats.common import (
+    ErrorCollector,
+    ImageIndex,
+    default_annotation_path,
+    number_text,
+    progress,
+    size_from_header,
+    split_of,
+)
+
+NAME = "voc"
+ANNOTATION_DIRS = ("annotations", "Annotations")
+_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
+# The order elements are written in; anything else follows in the order it was read.
+_ANNOTATION_ORDER = ("folder", "filename", "path", "source", "owner", "size", "segmented")
+_OBJECT_ORDER = ("name", "pose", "truncated", "occluded", "difficult")
+DEFAULT_OBJECT = {"pose": "Unspecified", "truncated": "0", "difficult": "0"}
+
+
+def _value(element: ET.Element) -> Any:
+    """An element as plain data: text for a leaf, else a dict of children (lists when repeated)."""
+    children = list(element)
+    if not children and not element.attrib:
+        return (element.text or "").strip()
+    out: dict[str, Any] = {}
+    if element.attrib:
+        out["@attrib"] = dict(element.attrib)
+    text = (element.text or "").strip()
+    if text:
+        out["#text"] = text
+    for child in children:
+        value = _value(child)
+        if child.tag in out:  # a repeated tag becomes a list, remembered in "@lists"
+            lists = out.setdefault("@lists", [])
+            if child.tag not in lists:
+                out[child.tag] = [out[child.tag]]
+                lists.append(child.tag)
+            out[child.tag].append(value)
+        else:
+            out[child.tag] = value
+    return out
+
+
+def _element(tag: str, value: Any, parent: ET.Element) -> None:
+    """Append ``value`` (as made by ``_value``) under ``parent`` as ``<tag>``."""
+    if isinstance(value, dict):
+        lists = value.get("@lists", [])
+        element = ET.SubElement(parent, tag, value.get("@attrib", {}))
+        if "#text" in value:
+            element.text = value["#text"]
+        for key, child in value.items():
+            if key.startswith(("@", "#")):
+                continue
+            for item in child if key in lists else [child]:
+                _element(key, item, element)
+    else:
+        ET.SubElement(parent, tag).text = str(value)
+
+
+def _float(obj: dict[str, Any], tag: str, file: str, record: str) -> float:
+    try:
+        return float(obj[tag])
+    except KeyError:
+        raise ReadError(file, f"<bndbox> has no <{tag}>", record) from None
+    except (TypeError, ValueError):
+        raise ReadError(file, f"<{tag}> is {obj[tag]!r}, not a number", record) from None
+
+
+def _int(value: Any, file: str, what: str) -> int:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise ReadError(file, f"<{what}> is {value!r}, not a number") from None
+
+
+def parse(data: bytes, file: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Parse one VOC file: ``(annotation fields, [object fields])``, all as plain data.
+
+    Uses defusedxml: DTDs, entity declarations and external references are refused.
+    """
+    try:
+        root = DefusedET.fromstring(data, forbid_dtd=True)
+    except DefusedXmlException as e:
+        raise ReadError(file, f"refused unsafe XML ({type(e).__name__})") from e
+    except ET.ParseError as e:
+        raise ReadError(file, f"malformed XML: {e}") from e
+    if root.tag != "annotation":
+        raise ReadError(file, f"root element is <{root.tag}>, expected <annotation>")
+    fields: dict[str, Any] = {}
+    objects: list[dict[str, Any]] = []
+    for child in root:
+        if child.tag == "object":
+            obj = _value(child)
+            objects.append(obj if isinstance(obj, dict) else {})
+        elif child.tag in fields:
+            raise ReadError(file, f"<{child.tag}> appears twice")
+        else:
+            fields[child.tag] = _value(child)
+    return fields, objects
+
+
+def _record(
+    root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None, splits: dict[str, str]
+) -> ImageRecord:
+    file = relpath(xml_path, root)
+    try:
+        data = xml_path.read_bytes()
+    except OSError as e:
+        raise ReadError(file, f"cannot read: {e}") from e
+    fields, objects = parse(data, file)
+
+    image_rel = _resolve_image(root, xml_path, fields, index, ann_dir, file)
+    size = fields.get("size", {})
+    if isinstance(size, str):
+        size = {}
+    width = _int(size.get("width", 0), file, "width") if isinstance(size, dict) else 0
+    height = _int(size.get("height", 0), file, "height") if isinstance(size, dict) else 0
+    if width <= 0 or height <= 0:
+        width, height = size_from_header(root, image_rel)
+
+    boxes = np.zeros((len(objects), 4), dtype=np.float64)
+    names: list[str] = []
+    box_extra: list[dict[str, Any]] = []
+    for i, obj in enumerate(objects, 1):
+        record = f"object {i}"
+        name = obj.get("name")
+        if not isinstance(name, str) or not name:
+            raise ReadError(file, "missing <name>", record)
+        bndbox = obj.get("bndbox")
+        if not isinstance(bndbox, dict):
+            raise ReadError(file, "missing <bndbox>", record)
+        xmin, ymin, xmax, ymax = (_float(bndbox, t, file, record) for t in _BOX_TAGS)
+        boxes[i - 1] = (xmin - 1.0, ymin - 1.0, xmax, ymax)
+        names.append(name)
+        rest = {k: v for k, v in obj.items() if k not in ("name", "bndbox")}
+        extra_box = {k: v for k, v in bndbox.items() if k not in _BOX_TAGS}
+        if extra_box:
+            rest["@bndbox"] = extra_box
+        box_extra.append({"voc": rest})
+
+    stem = PurePosixPath(image_rel).stem
+    extra = {k: v for k, v in fields.items() if k != "size"}
+    if isinstance(size, dict):
+        size_rest = {k: v for k, v in size.items() if k not in ("width", "height")}
+        if size_rest:
+            extra["@size"] = size_rest
+    record = ImageRecord(
+        path=image_rel,
+        width=width,
+        height=height,
+        boxes=boxes,
+        class_ids=np.zeros(len(names), dtype=np.int64),
+        box_extra=box_extra,
+        split=splits.get(stem) or split_of(image_rel),
+        annotation=file,
+        extra={"voc": extra},
+    )
+    record.extra["_names"] = names  # turned into class ids by load(); never written
+    return record
+
+
+def _resolve_image(
+    root: Path, xml_path: Path, fields: dict[str, Any], index: ImageIndex, ann_dir: Path | None, file: str
+) -> str:
+    """The image an XML file describes, relative to the root (see the module docstring)."""
+    filename = fields.get("filename") if isinstance(fields.get("filename"), str) else ""
+    folder = fields.get("folder") if isinstance(fields.get("folder"), str) else ""
+    xml_dir = relpath(xml_path.parent, root)
+    xml_dir = "" if xml_dir == "." else xml_dir
+    if filename:
+        filename = safe_relpath(filename, file=file, record="<filename>")
+        for guess in (f"{folder}/{filename}" if folder else "", f"{xml_dir}/{filename}" if xml_dir else filename):
+            if guess:
+                try:
+                    guess = safe_relpath(guess, file=file, record="<folder>/<filename>")
+                except ReadError:
+                    continue
+                if guess in index:
+                    return guess
+    near = relpath(xml_path.parent, ann_dir) if ann_dir else xml_dir
+    found = index.find(name=PurePosixPath(filename).name if filename else None, stem=xml_path.stem, near=near)
+    if found:
+        return found
+    # Missing image: keep the best guess so the health report can name it.
+    if filename and folder:
+        try:
+            return safe_relpath(f"{folder}/{filename}", file=file)
+        except ReadError:
+            pass
+    return safe_relpath(f"{xml_dir}/{filename or xml_path.stem}" if xml_dir else filename or xml_path.stem, file=file)
+
+
+def _annotation_dir(root: Path) -> Path | None:
+    for name in ANNOTATION_DIRS:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _image_sets(root: Path) -> dict[str, str]:
+    """``stem -> split`` from ``ImageSets/Main/{train,val,test}.txt`` when present."""
+    main = root / "ImageSets" / "Main"
+    splits: dict[str, str] = {}
+    for split in ("trainval", "train", "val", "test"):  # later names win over trainval
+        path = main / f"{split}.txt"
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip():
+                    splits[line.split()[0]] = split
+    return splits
+
+
+def detect(root: Path) -> bool:
+    """A folder holds VOC when it has XML files whose root element is ``<annotation>``."""
+    ann_dir = _annotation_dir(root)
+    for xml_path in iter_files(ann_dir or root, (".xml",)):
+        with open(xml_path, "rb") as f:
+            head = f.read(512)
+        return b"<annotation" in head
+    return False
+
+
+def load(
+    root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None
+) -> Dataset:
+    """Read a VOC dataset. Class order is the order names first appear, files in natural order.
+
+    ``strict`` raises ``DatasetReadError`` naming every bad file; otherwise bad files are
+    skipped and listed in ``Dataset.skipped``.
+    """
+    root = Path(root)
+    ann_dir = _annotation_dir(root)
+    xml_files = list(iter_files(ann_dir or root, (".xml",)))
+    index = ImageIndex(root)
+    splits = _image_sets(root)
+    errors = ErrorCollector(root, strict=strict)
+    classes: list[str] = []
+    class_ids: dict[str, int] = {}
+    images: list[ImageRecord] = []
+    claimed: set[str] = set()
+    for xml_path in progress(xml_files, len(xml_files), on_progress):
+        record = errors.run(lambda p=xml_path: _record(root, p, index, ann_dir, splits))
+        if record is None:
+            continue
+        names = record.extra.pop("_names")
+        for name in names:
+            if name not in class_ids:
+                class_ids[name] = len(classes)
+                classes.append(name)
+        record.class_ids = np.array([class_ids[n] for n in names], dtype=np.int64)
+        images.append(record)
+        claimed.add(record.path)
+    # Images with no XML: no objects, no annotation file (the health report lists them).
+    for rel in index.paths:
+        if rel not in claimed:
+            width, height = size_from_header(root, rel)
+            images.append(ImageRecord(path=rel, width=width, height=height, split=split_of(rel)))
+    skipped = errors.finish()
+    return Dataset(root=root, format=NAME, classes=classes, images=images, skipped=skipped)
+
+
+def to_xml(record: ImageRecord, classes: list[str] | Dataset) -> bytes:
+    """The VOC XML for one record. Does not modify ``record``."""
+    class_name = classes.class_name if isinstance(classes, Dataset) else (lambda i: classes[i])
+    extra = dict(record.extra.get("voc", {}))
+    size_rest = extra.pop("@size", {})
+    path = PurePosixPath(record.path)
+    extra.setdefault("folder", str(path.parent) if str(path.parent) != "." else "")
+    extra.setdefault("filename", path.name)
+    if not extra["folder"]:
+        del extra["folder"]
+    root = ET.Element("annotation")
+    ordered = [k for k in _ANNOTATION_ORDER if k in extra or k == "size"]
+    ordered += [k for k in extra if k not in _ANNOTATION_ORDER]
+    for key in ordered:
+        if key == "size":
+            size = ET.SubElement(root, "size")
+            ET.SubElement(size, "width").text = str(int(record.width))
+            ET.SubElement(size, "height").text = str(int(record.height))
+            for k, v in size_rest.items() if size_rest else [("depth", "3")]:
+                _element(k, v, size)
+        else:
+            _element(key, extra[key], root)
+    for i, (box, class_id) in enumerate(zip(record.boxes, record.class_ids)):
+        fields = dict(record.box_extra[i].get("voc", DEFAULT_OBJECT))
+        bndbox_rest = fields.pop("@bndbox", {})
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = class_name(int(class_id))
+        for key in [k for k in _OBJECT_ORDER[1:] if k in fields] + [k for k in fields if k not in _OBJECT_ORDER]:
+            _element(key, fields[key], obj)
+        bndbox = ET.SubElement(obj, "bndbox")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        for tag, value in zip(_BOX_TAGS, (x1 + 1.0, y1 + 1.0, x2, y2)):
+            ET.SubElement(bndbox, tag).text = number_text(value)
+        for k, v in bndbox_rest.items():
+            _element(k, v, bndbox)
+    ET.indent(root, space="    ")
+    return (ET.tostring(root, encoding="unicode") + "\n").encode("utf-8")
+
+
+def annotation_path(dataset: Dataset, record: ImageRecord) -> str:
+    """Where ``record``'s XML goes: its own file when it came from VOC, else ``annotations/...``."""
+    if dataset.format == NAME and record.annotation:
+        return record.annotation
+    return default_annotation_path(record.path, "annotations", ".xml")
+
+
+def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None) -> Path:
+    """Write one record's XML atomically; returns the file written."""
+    out = Path(root or dataset.root) / annotation_path(dataset, record)
+    atomic_write(out, to_xml(record, dataset))
+    return out
+
+
+def save(dataset: Dataset, root: Path, *, on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Write one XML per image under ``root``. Images without boxes get an XML too, so that
+    the image's size and fields are kept."""
+    root = Path(root)
+    for record in progress(dataset.images, len(dataset.images), on_progress):
+        if dataset.format == NAME and record.annotation is None and not len(record):
+            continue  # an image that had no XML and still has no box: add no file
+        save_record(dataset, record, root)
