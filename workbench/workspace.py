@@ -1,0 +1,386 @@
+"""The workspace: what the workbench remembers between runs, and its disk caches.
+
+The workspace folder is ``$WORKBENCH_HOME`` when set, else ``<project root>/.workbench/``.
+It holds:
+
+* ``datasets.json``: the datasets the user added (name, resolved path, format) and the
+  one opened last;
+* ``index.sqlite``: the dataset index (labels and image sizes, never pixels), one row
+  per image record, valid while every file under the dataset root keeps its path, size
+  and mtime; a changed, added or removed file makes the next open re-read the dataset;
+* ``thumbs/``: JPEG thumbnails keyed by the image's path, size and mtime;
+* ``journal.jsonl``: the edit journal (see ``workbench.edits``);
+* ``samples/``: the writable copy of the bundled sample dataset.
+
+No Streamlit here: the pages call these functions and cache what they return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from workbench.annotations import Dataset, ImageRecord
+from workbench.errors import WorkbenchError
+from workbench.fileio import atomic_write
+from workbench.formats import detect_format, get_format
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DATASET = PROJECT_ROOT / "datasets" / "facemask-sample"
+INDEX_VERSION = 1  # bump when the pickled record layout changes: old rows are then ignored
+THUMB_SIZE = 256  # px, the longer side of a gallery thumbnail
+
+Stat = tuple[int, int]  # (size in bytes, mtime in ns)
+
+
+def home() -> Path:
+    """The workspace folder (created on first use)."""
+    env = os.environ.get("WORKBENCH_HOME")
+    path = Path(env).expanduser() if env else PROJECT_ROOT / ".workbench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- the list of datasets ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset the user added: a display name, its resolved folder and its format."""
+
+    name: str
+    path: str
+    format: str
+
+
+def _list_file() -> Path:
+    return home() / "datasets.json"
+
+
+def _read_list() -> dict:
+    path = _list_file()
+    if not path.is_file():
+        return {"datasets": [], "current": None}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {"datasets": [], "current": None}
+    data.setdefault("datasets", [])
+    data.setdefault("current", None)
+    return data
+
+
+def _write_list(data: dict) -> None:
+    atomic_write(_list_file(), json.dumps(data, indent=2) + "\n")
+
+
+def is_fresh() -> bool:
+    """True when the workspace has never had a dataset list (first run)."""
+    return not _list_file().is_file()
+
+
+def list_datasets() -> list[DatasetEntry]:
+    """The datasets added so far, in the order they were added."""
+    out = []
+    for item in _read_list()["datasets"]:
+        try:
+            out.append(DatasetEntry(name=item["name"], path=item["path"], format=item["format"]))
+        except (KeyError, TypeError):
+            continue
+    return out
+
+
+def resolve_path(text: str | os.PathLike) -> Path:
+    """A path typed by the user, with ``~`` expanded and made absolute (symlinks resolved)."""
+    text = str(text).strip().strip('"').strip("'")
+    if not text:
+        raise WorkbenchError("no path given")
+    return Path(text).expanduser().resolve()
+
+
+def add_dataset(path: str | os.PathLike, fmt: str | None = None, *, name: str | None = None) -> DatasetEntry:
+    """Remember the dataset in ``path`` (format detected unless ``fmt`` is given) and make it
+    the current one. Adding a folder twice updates its entry."""
+    root = resolve_path(path)
+    if not root.is_dir():
+        raise WorkbenchError(f"{root}: not a folder")
+    fmt = get_format(fmt).NAME if fmt else detect_format(root)
+    entry = DatasetEntry(name=name or root.name, path=str(root), format=fmt)
+    data = _read_list()
+    data["datasets"] = [d for d in data["datasets"] if d.get("path") != entry.path]
+    data["datasets"].append({"name": entry.name, "path": entry.path, "format": entry.format})
+    data["current"] = entry.path
+    _write_list(data)
+    return entry
+
+
+def remove_dataset(path: str | os.PathLike) -> None:
+    """Forget a dataset (its files are not touched)."""
+    data = _read_list()
+    data["datasets"] = [d for d in data["datasets"] if d.get("path") != str(path)]
+    if data.get("current") == str(path):
+        data["current"] = data["datasets"][-1]["path"] if data["datasets"] else None
+    _write_list(data)
+
+
+def set_current(path: str | os.PathLike) -> None:
+    data = _read_list()
+    data["current"] = str(path)
+    _write_list(data)
+
+
+def current_dataset() -> DatasetEntry | None:
+    """The dataset opened last, or ``None``."""
+    entries = list_datasets()
+    current = _read_list().get("current")
+    return next((e for e in entries if e.path == current), entries[-1] if entries else None)
+
+
+def find_dataset(path: str | os.PathLike) -> DatasetEntry | None:
+    return next((e for e in list_datasets() if e.path == str(path)), None)
+
+
+def ensure_sample() -> DatasetEntry | None:
+    """On first run, copy the bundled sample into the workspace and add it, so that edits
+    never modify the repository's own files. Returns the entry, or ``None`` when the
+    workspace already had a dataset list."""
+    if not is_fresh() or not SAMPLE_DATASET.is_dir():
+        if is_fresh():
+            _write_list({"datasets": [], "current": None})
+        return None
+    target = home() / "samples" / SAMPLE_DATASET.name
+    if not target.exists():
+        shutil.copytree(SAMPLE_DATASET, target)
+    return add_dataset(target, "voc", name=SAMPLE_DATASET.name)
+
+
+# --- the index cache ------------------------------------------------------------------
+
+
+def scan(root: Path) -> dict[str, Stat]:
+    """``relative path -> (size, mtime_ns)`` of every file under ``root`` (hidden folders and
+    files skipped, symlinks followed)."""
+    out: dict[str, Stat] = {}
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        stack.append((Path(entry.path), prefix + entry.name + "/"))
+                        continue
+                    st = entry.stat()
+                except OSError:
+                    continue
+                out[prefix + entry.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def file_stat(path: Path) -> Stat | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class OpenDataset:
+    """A loaded dataset with the state of its files when it was loaded.
+
+    ``stats`` maps every file under the root to its ``(size, mtime_ns)`` at load time;
+    ``edits.save_record`` refuses to write a file whose state on disk differs from it.
+    ``revision`` grows with every save, for caches keyed on the dataset's content.
+    """
+
+    dataset: Dataset
+    stats: dict[str, Stat]
+    from_cache: bool = False
+    seconds: float = 0.0
+    revision: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def root(self) -> Path:
+        return self.dataset.root
+
+
+def _connect() -> sqlite3.Connection:
+    db = sqlite3.connect(home() / "index.sqlite", timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS meta (
+            root TEXT PRIMARY KEY, version INTEGER, format TEXT, files BLOB, dataset BLOB);
+        CREATE TABLE IF NOT EXISTS records (
+            root TEXT, pos INTEGER, record BLOB, PRIMARY KEY (root, pos));
+        """
+    )
+    return db
+
+
+_DB_LOCK = threading.Lock()
+
+
+def _dataset_header(dataset: Dataset) -> bytes:
+    """The dataset without its records (classes, extra, skipped), pickled."""
+    shell = Dataset(
+        root=dataset.root, format=dataset.format, classes=list(dataset.classes), extra=dataset.extra, skipped=dataset.skipped
+    )
+    return pickle.dumps(shell, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def store_index(opened: OpenDataset) -> None:
+    """Write the whole index of ``opened`` to the cache."""
+    dataset = opened.dataset
+    key = str(dataset.root)
+    rows = [(key, i, pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)) for i, r in enumerate(dataset.images)]
+    with _DB_LOCK, _connect() as db:
+        db.execute("DELETE FROM records WHERE root = ?", (key,))
+        db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
+            (key, INDEX_VERSION, dataset.format, pickle.dumps(opened.stats), _dataset_header(dataset)),
+        )
+    db.close()
+
+
+def update_index(opened: OpenDataset, positions: Iterable[int], files: dict[str, Stat | None]) -> None:
+    """After a save: rewrite the cached rows of the records at ``positions`` and the new
+    state of the files written (``None`` when a file was removed). Cheap: a few rows."""
+    dataset = opened.dataset
+    key = str(dataset.root)
+    for rel, st in files.items():
+        if st is None:
+            opened.stats.pop(rel, None)
+        else:
+            opened.stats[rel] = st
+    rows = [(key, i, pickle.dumps(dataset.images[i], protocol=pickle.HIGHEST_PROTOCOL)) for i in positions]
+    with _DB_LOCK, _connect() as db:
+        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
+        db.execute(
+            "UPDATE meta SET files = ?, dataset = ? WHERE root = ?",
+            (pickle.dumps(opened.stats), _dataset_header(dataset), key),
+        )
+    db.close()
+
+
+def forget_index(root: Path | str) -> None:
+    with _DB_LOCK, _connect() as db:
+        db.execute("DELETE FROM records WHERE root = ?", (str(root),))
+        db.execute("DELETE FROM meta WHERE root = ?", (str(root),))
+    db.close()
+
+
+def _cached(root: Path, fmt: str, stats: dict[str, Stat]) -> Dataset | None:
+    key = str(root)
+    with _DB_LOCK, _connect() as db:
+        row = db.execute("SELECT version, format, files, dataset FROM meta WHERE root = ?", (key,)).fetchone()
+        if row is None or row[0] != INDEX_VERSION or row[1] != fmt or pickle.loads(row[2]) != stats:
+            db.close()
+            return None
+        blobs = db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,)).fetchall()
+    db.close()
+    dataset: Dataset = pickle.loads(row[3])
+    dataset.root = root
+    dataset.images = [pickle.loads(b) for (b,) in blobs]
+    return dataset
+
+
+def open_dataset(
+    root: Path | str,
+    fmt: str | None = None,
+    *,
+    use_cache: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> OpenDataset:
+    """Load a dataset leniently (bad files are listed in ``Dataset.skipped``), from the index
+    cache when no file under its root changed since it was cached."""
+    start = time.perf_counter()
+    root = resolve_path(root)
+    fmt = get_format(fmt).NAME if fmt else detect_format(root)
+    stats = scan(root)
+    if use_cache:
+        dataset = _cached(root, fmt, stats)
+        if dataset is not None:
+            return OpenDataset(dataset, stats, from_cache=True, seconds=time.perf_counter() - start)
+    dataset = get_format(fmt).load(root, strict=False, on_progress=on_progress)
+    after = scan(root)
+    opened = OpenDataset(dataset, after, from_cache=False)
+    if use_cache and after == stats:  # nothing changed while loading: safe to cache
+        store_index(opened)
+    opened.seconds = time.perf_counter() - start
+    return opened
+
+
+# --- thumbnails ---------------------------------------------------------------------------
+
+
+def _thumb_path(image: Path, st: Stat, size: int) -> Path:
+    digest = hashlib.sha1(f"{image}|{st[0]}|{st[1]}|{size}".encode()).hexdigest()
+    return home() / "thumbs" / digest[:2] / f"{digest}.jpg"
+
+
+def thumbnail(image: Path, size: int = THUMB_SIZE) -> tuple[Image.Image, float] | None:
+    """The image scaled so its longer side is at most ``size`` px, and the scale factor
+    (thumbnail px per image px). Cached on disk keyed by path, size and mtime. ``None``
+    when the image is missing or unreadable."""
+    from workbench.images import make_thumbnail
+
+    st = file_stat(image)
+    if st is None:
+        return None
+    cache = _thumb_path(image, st, size)
+    try:
+        with Image.open(cache) as cached:
+            thumb = cached.copy()
+            full = cached.info.get("comment", b"")
+    except (OSError, ValueError):
+        thumb, full = None, b""
+    if thumb is not None and full:
+        width = int(full.decode().split("x")[0])
+        return thumb, thumb.width / width
+    made = make_thumbnail(image, size)
+    if made is None:
+        return None
+    thumb, width = made
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=85, comment=f"{width}x".encode())
+    atomic_write(cache, buf.getvalue())
+    return thumb, thumb.width / width
+
+
+def tile(dataset: Dataset, record: ImageRecord, size: int = THUMB_SIZE) -> bytes:
+    """A gallery tile: the cached thumbnail with the record's boxes drawn, as JPEG bytes."""
+    from workbench.images import draw_boxes, placeholder
+
+    made = thumbnail(dataset.root / record.path, size)
+    if made is None:
+        image = placeholder(size, "image not found")
+    else:
+        thumb, scale = made
+        image = draw_boxes(thumb, record.boxes * scale, record.class_ids, dataset, width=2, labels=False)
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, "JPEG", quality=85)
+    return buf.getvalue()
