@@ -74,11 +74,15 @@ def draw_boxes(
 ) -> Image.Image:
     """A copy of ``image`` with each box outlined in its class colour, optionally with the class
     name (and box number) above it; ``highlight`` draws that box thicker."""
-    name_of = classes.class_name if isinstance(classes, Dataset) else (lambda i: classes[i] if 0 <= i < len(classes) else str(i))
+    name_of = (
+        classes.class_name
+        if isinstance(classes, Dataset)
+        else (lambda i: classes[i] if 0 <= i < len(classes) else str(i))
+    )
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
-    for i, (box, class_id) in enumerate(zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), class_ids)):
+    for i, (box, class_id) in enumerate(zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), class_ids, strict=True)):
         x1, y1, x2, y2 = (float(v) for v in box)
         colour = class_colour(int(class_id))
         line = width * 2 if highlight == i else width

@@ -26,7 +26,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +218,12 @@ class OpenDataset:
     from_cache: bool = False
     seconds: float = 0.0
     revision: int = 0
+    classes_on_disk: list[str] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.classes_on_disk is None:
+            self.classes_on_disk = list(self.dataset.classes)
 
     @property
     def root(self) -> Path:
@@ -242,10 +248,25 @@ def _connect() -> sqlite3.Connection:
 _DB_LOCK = threading.Lock()
 
 
+@contextmanager
+def _db() -> Iterator[sqlite3.Connection]:
+    """One connection, one transaction (committed on success), closed afterwards."""
+    with _DB_LOCK:
+        db = _connect()
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
 def _dataset_header(dataset: Dataset) -> bytes:
     """The dataset without its records (classes, extra, skipped), pickled."""
     shell = Dataset(
-        root=dataset.root, format=dataset.format, classes=list(dataset.classes), extra=dataset.extra, skipped=dataset.skipped
+        root=dataset.root,
+        format=dataset.format,
+        classes=list(dataset.classes),
+        extra=dataset.extra,
+        skipped=dataset.skipped,
     )
     return pickle.dumps(shell, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -255,14 +276,13 @@ def store_index(opened: OpenDataset) -> None:
     dataset = opened.dataset
     key = str(dataset.root)
     rows = [(key, i, pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)) for i, r in enumerate(dataset.images)]
-    with _DB_LOCK, _connect() as db:
+    with _db() as db:
         db.execute("DELETE FROM records WHERE root = ?", (key,))
         db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
             (key, INDEX_VERSION, dataset.format, pickle.dumps(opened.stats), _dataset_header(dataset)),
         )
-    db.close()
 
 
 def update_index(opened: OpenDataset, positions: Iterable[int], files: dict[str, Stat | None]) -> None:
@@ -276,31 +296,27 @@ def update_index(opened: OpenDataset, positions: Iterable[int], files: dict[str,
         else:
             opened.stats[rel] = st
     rows = [(key, i, pickle.dumps(dataset.images[i], protocol=pickle.HIGHEST_PROTOCOL)) for i in positions]
-    with _DB_LOCK, _connect() as db:
+    with _db() as db:
         db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
         db.execute(
             "UPDATE meta SET files = ?, dataset = ? WHERE root = ?",
             (pickle.dumps(opened.stats), _dataset_header(dataset), key),
         )
-    db.close()
 
 
 def forget_index(root: Path | str) -> None:
-    with _DB_LOCK, _connect() as db:
+    with _db() as db:
         db.execute("DELETE FROM records WHERE root = ?", (str(root),))
         db.execute("DELETE FROM meta WHERE root = ?", (str(root),))
-    db.close()
 
 
 def _cached(root: Path, fmt: str, stats: dict[str, Stat]) -> Dataset | None:
     key = str(root)
-    with _DB_LOCK, _connect() as db:
+    with _db() as db:
         row = db.execute("SELECT version, format, files, dataset FROM meta WHERE root = ?", (key,)).fetchone()
         if row is None or row[0] != INDEX_VERSION or row[1] != fmt or pickle.loads(row[2]) != stats:
-            db.close()
             return None
         blobs = db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,)).fetchall()
-    db.close()
     dataset: Dataset = pickle.loads(row[3])
     dataset.root = root
     dataset.images = [pickle.loads(b) for (b,) in blobs]
@@ -384,3 +400,72 @@ def tile(dataset: Dataset, record: ImageRecord, size: int = THUMB_SIZE) -> bytes
     buf = io.BytesIO()
     image.convert("RGB").save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+# --- datasets open in this process, shared by every page and session -----------------------
+
+_OPEN: dict[tuple[str, str | None], OpenDataset] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def get_open(root: Path | str, fmt: str | None = None, *, reload: bool = False) -> OpenDataset:
+    """The dataset in ``root`` as this process holds it (opened on first use, from the index
+    cache when valid). Every page shares the one copy, so a save shows everywhere at once.
+    ``reload=True`` reads it again (after an undo, or when a file changed on disk)."""
+    key = (str(resolve_path(root)), fmt)
+    with _OPEN_LOCK:
+        opened = _OPEN.get(key)
+        if opened is None or reload:
+            opened = open_dataset(root, fmt)
+            _OPEN[key] = opened
+        return opened
+
+
+def health(opened: OpenDataset):
+    """The health report of ``opened`` at its current revision (computed once per revision)."""
+    from workbench.health import check
+
+    with opened.lock:
+        cached = getattr(opened, "_health", None)
+        if cached is not None and cached[0] == opened.revision:
+            return cached[1]
+        report = check(opened.dataset)
+        opened._health = (opened.revision, report)
+        return report
+
+
+def filter_images(
+    dataset: Dataset,
+    *,
+    classes: Iterable[str] = (),
+    kinds: Iterable[str] = (),
+    splits: Iterable[str] = (),
+    empty: bool = False,
+    search: str = "",
+    report=None,
+) -> list[int]:
+    """Positions of the images that pass every filter given: holding a box of any of
+    ``classes``; having a health finding of any of ``kinds`` (from ``report``); in any of
+    ``splits``; with no box (``empty``); whose path contains ``search`` (case-insensitive)."""
+    class_set = {i for i, name in enumerate(dataset.classes) if name in set(classes)}
+    class_set |= {int(c) for c in classes if str(c).isdigit() and int(c) >= len(dataset.classes)}
+    split_set = set(splits)
+    kind_set = set(kinds)
+    flagged: set[str] | None = None
+    if kind_set and report is not None:
+        flagged = {f.image or f.file for f in report.findings if f.kind in kind_set}
+    needle = search.strip().lower()
+    out = []
+    for i, r in enumerate(dataset.images):
+        if class_set and not any(int(c) in class_set for c in r.class_ids):
+            continue
+        if split_set and r.split not in split_set:
+            continue
+        if empty and len(r):
+            continue
+        if needle and needle not in r.path.lower():
+            continue
+        if flagged is not None and r.path not in flagged and (r.annotation or "") not in flagged:
+            continue
+        out.append(i)
+    return out
