@@ -1,0 +1,180 @@
+"""The model registry: one folder per training run under ``models_dir()``.
+
+A run folder ``models/<run>/`` holds::
+
+    config.json         the frozen training config, including the class list
+    train.log           the job's log (a crash leaves its traceback here)
+    progress.json       epoch, iteration, ETA, last loss (rewritten while training)
+    losses.jsonl        one line per iteration: epoch, iteration, lr, loss and its parts
+    metrics.jsonl       one line per epoch: COCO AP, AP50, ... on the validation split
+    tensorboard/        TensorBoard event files
+    checkpoint.pth      the last epoch: model, optimizer, scheduler, config, epoch, classes
+    model_best.pth      the weights of the best epoch (by AP), with config and classes
+    loss.png, map.png   plots
+    model_card.json     dataset path and content hash, classes, engine, model, weights, epochs, best metrics
+    MODEL_CARD.md       the same for people
+
+``models/latest`` is a symbolic link to the newest run that finished successfully; only a
+finished run moves it (``set_latest``), atomically (a new link renamed over the old one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+from workbench.fileio import atomic_write
+from workbench.training.paths import models_dir
+
+LATEST = "latest"
+CARD_JSON = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+
+
+def new_run_name(model: str) -> str:
+    """A fresh run name ``<model>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3``... when taken)."""
+    base = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while (models_dir() / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def check_run_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name == LATEST:
+        raise WorkbenchError(f"bad run name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def run_dir(name: str) -> Path:
+    """The folder of run ``name`` (not created)."""
+    return models_dir() / check_run_name(name)
+
+
+def resolve_run(run: str | Path = LATEST) -> Path:
+    """The run folder for ``"latest"``, a run name, or a path to a run folder.
+
+    Raises ``WorkbenchError`` naming what was looked for when there is no such trained model.
+    """
+    text = str(run)
+    if text == LATEST:
+        link = models_dir() / LATEST
+        if not link.exists():
+            raise WorkbenchError(
+                f"no trained model yet: {link} does not exist (train one with `workbench train --data DATASET`)"
+            )
+        path = link.resolve()
+    elif os.sep in text or "/" in text or Path(text).is_absolute():
+        path = Path(text)
+    else:
+        path = models_dir() / text
+    if not path.is_dir():
+        raise WorkbenchError(f"no trained model {text!r}: {path} is not a folder")
+    if not (path / "model_best.pth").is_file() and not (path / "checkpoint.pth").is_file():
+        raise WorkbenchError(
+            f"{path}: no checkpoint (model_best.pth or checkpoint.pth); has the run finished an epoch?"
+        )
+    return path
+
+
+def set_latest(run_folder: Path) -> None:
+    """Point ``models/latest`` at ``run_folder`` (a relative symlink, replaced atomically)."""
+    root = models_dir()
+    tmp = root / f".latest.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    target = os.path.relpath(Path(run_folder).resolve(), root.resolve())
+    os.symlink(target, tmp)
+    os.replace(tmp, root / LATEST)
+
+
+def latest_name() -> str | None:
+    link = models_dir() / LATEST
+    return link.resolve().name if link.exists() else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of a JSON-lines file (a half-written last line is skipped)."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        return []
+    return rows
+
+
+def write_model_card(folder: Path, card: dict[str, Any]) -> None:
+    """Write ``model_card.json`` and ``MODEL_CARD.md`` into a run folder."""
+    write_json(folder / CARD_JSON, card)
+    best = card.get("best_metrics") or {}
+    weights = card.get("weights") or {}
+    lines = [
+        f"# Model card: {card.get('run')}",
+        "",
+        f"- **Engine / model**: {card.get('engine')} / `{card.get('model')}`",
+        f"- **Starting weights**: {weights.get('kind')} ({weights.get('source')}{', ' + str(weights.get('weights')) if weights.get('weights') else ''})",
+        f"- **Dataset**: `{card.get('dataset')}` ({card.get('dataset_format')}), annotations sha256 `{card.get('dataset_hash')}`",
+        f"- **Images**: {card.get('train_images')} train, {card.get('val_images')} val ({card.get('split')})",
+        f"- **Classes** ({len(card.get('classes', []))}): {', '.join(card.get('classes', []))}",
+        f"- **Epochs**: {card.get('epochs_done')} of {card.get('epochs')}, image size {card.get('imgsz')} px, batch {card.get('batch')}",
+        f"- **Device**: {card.get('device')}",
+        f"- **Finished**: {card.get('finished_at')}",
+        "",
+        "## Best validation metrics (COCO, pycocotools)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in best.items()],
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from workbench.training.predict import load_predictor",
+        f"predictor = load_predictor({card.get('run')!r})",
+        "detections = predictor.predict(image_rgb_uint8)",
+        "```",
+        "",
+    ]
+    atomic_write(folder / CARD_MD, "\n".join(lines))
+
+
+def list_runs() -> list[dict[str, Any]]:
+    """Every run folder in the registry, newest first: name, path, config, card, last metrics."""
+    root = models_dir()
+    runs = []
+    for path in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path.name == LATEST or path.is_symlink() or not (path / "config.json").is_file():
+            continue
+        metrics = read_jsonl(path / "metrics.jsonl")
+        runs.append(
+            {
+                "run": path.name,
+                "path": path,
+                "config": read_json(path / "config.json", {}),
+                "card": read_json(path / CARD_JSON),
+                "metrics": metrics,
+                "progress": read_json(path / "progress.json", {}),
+            }
+        )
+    return runs
