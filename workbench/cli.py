@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -41,7 +42,11 @@ def progress_bars(enabled: bool):
     def update(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="file", leave=False, file=sys.stderr)
+            # A terminal that reports 0 x 0 (a fresh pty) would get an invisible bar.
+            size = shutil.get_terminal_size((100, 24))
+            bar = bars[stage] = tqdm(
+                total=total, desc=stage, unit="file", leave=False, file=sys.stderr, ncols=size.columns, nrows=size.lines
+            )
         bar.n = done
         bar.refresh()
 
@@ -142,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=formats, help="output format")
     p.add_argument("--out", required=True, help="output folder (annotations and images)")
     p.add_argument("--from", dest="src_format", choices=formats, help="source format (default: detected)")
-    p.add_argument("--images", choices=IMAGE_MODES, default="link", help="hard-link (default), copy, symlink or leave images")
+    p.add_argument(
+        "--images", choices=IMAGE_MODES, default="link", help="hard-link (default), copy, symlink or leave images"
+    )
     p.add_argument("--skip-bad", action="store_true", help="convert the good files and list the bad ones")
     p.add_argument("--json", action="store_true", help="print a JSON summary, no progress bar")
     p.set_defaults(func=cmd_convert)

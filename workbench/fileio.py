@@ -101,7 +101,9 @@ def _open_checked(path: Path, shown: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ReadError(shown, f"image too large (decompression bomb guard, over {MAX_IMAGE_PIXELS} pixels): {e}") from e
+        raise ReadError(
+            shown, f"image too large (decompression bomb guard, over {MAX_IMAGE_PIXELS} pixels): {e}"
+        ) from e
     except FileNotFoundError as e:
         raise ReadError(shown, "image file not found") from e
     except (OSError, ValueError, SyntaxError) as e:

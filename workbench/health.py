@@ -7,6 +7,7 @@ lenient load, a ``bad_file`` finding); a box one pixel outside its image is a fi
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,10 +84,12 @@ def size_histogram(dataset: Dataset) -> dict[str, int]:
     if not boxes:
         return {}
     all_boxes = np.concatenate(boxes)
-    sides = np.sqrt(np.clip(all_boxes[:, 2] - all_boxes[:, 0], 0, None) * np.clip(all_boxes[:, 3] - all_boxes[:, 1], 0, None))
+    sides = np.sqrt(
+        np.clip(all_boxes[:, 2] - all_boxes[:, 0], 0, None) * np.clip(all_boxes[:, 3] - all_boxes[:, 1], 0, None)
+    )
     edges = [*SIZE_BINS, np.inf]
     counts, _ = np.histogram(sides, bins=edges)
-    labels = [f"{lo}-{hi}" for lo, hi in zip(SIZE_BINS, SIZE_BINS[1:])] + [f"{SIZE_BINS[-1]}+"]
+    labels = [f"{lo}-{hi}" for lo, hi in itertools.pairwise(SIZE_BINS)] + [f"{SIZE_BINS[-1]}+"]
     return dict(zip(labels, (int(c) for c in counts)))
 
 
@@ -105,12 +108,12 @@ def _box_findings(dataset: Dataset, record: ImageRecord, tiny_area: float) -> li
             continue
         if w > 0 and h > 0:
             problems = [
-                f"{label} {value:g} {op} {bound_name} {bound:g}"
-                for label, value, op, bound_name, bound, bad in (
-                    ("x1", x1, "<", "0", 0, x1 < -EPSILON),
-                    ("y1", y1, "<", "0", 0, y1 < -EPSILON),
-                    ("x2", x2, ">", "width", w, x2 > w + EPSILON),
-                    ("y2", y2, ">", "height", h, y2 > h + EPSILON),
+                text
+                for text, bad in (
+                    (f"x1 {x1:g} < 0", x1 < -EPSILON),
+                    (f"y1 {y1:g} < 0", y1 < -EPSILON),
+                    (f"x2 {x2:g} > width {w}", x2 > w + EPSILON),
+                    (f"y2 {y2:g} > height {h}", y2 > h + EPSILON),
                 )
                 if bad
             ]
@@ -136,7 +139,7 @@ def _image_findings(dataset: Dataset, record: ImageRecord) -> list[Finding]:
         with Image.open(path) as image:
             size = image.size
             orientation = int(image.getexif().get(0x0112, 1) or 1)
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
+    except Exception as e:  # any decoder failure is a finding, never a crash
         return [Finding("bad_image", record.path, f"cannot read image: {e}", record.path)]
     out = []
     if record.width and record.height and size != (record.width, record.height):
@@ -212,6 +215,3 @@ def check(
         size_histogram=size_histogram(dataset),
         splits=dict(splits),
     )
-
-
-

@@ -44,7 +44,11 @@ def _dataset(root: Path, doc: dict, name: str = "annotations.json") -> Path:
     [
         ([], np.zeros((0, 4)), []),
         ([_ann(1, 1, 1, [10, 5, 20, 10])], [[10, 5, 30, 15]], ["face"]),
-        ([_ann(7, 1, 1, [0.5, 1.25, 99.5, 48.75]), _ann(3, 1, 1, [0, 0, 1, 1])], [[0.5, 1.25, 100, 50], [0, 0, 1, 1]], ["face", "face"]),
+        (
+            [_ann(7, 1, 1, [0.5, 1.25, 99.5, 48.75]), _ann(3, 1, 1, [0, 0, 1, 1])],
+            [[0.5, 1.25, 100, 50], [0, 0, 1, 1]],
+            ["face", "face"],
+        ),
     ],
 )
 def test_xywh_to_xyxy(tmp_path, annotations, boxes, classes):
@@ -59,8 +63,14 @@ def test_id_gaps_unused_zero_duplicate_names_and_iscrowd_round_trip(tmp_path):
         {"id": 1, "name": "Mask", "supercategory": "Mask"},
         {"id": 5, "name": "No-Mask", "supercategory": "Mask"},
     ]
-    images = [{"id": 10, "file_name": "a.jpg", "width": 100, "height": 50, "license": 1}, {"id": 42, "file_name": "b.jpg", "width": 100, "height": 50}]
-    annotations = [_ann(100, 42, 5, [1, 2, 3, 4]), _ann(7, 10, 1, [5, 6, 7, 8], iscrowd=1, segmentation=[[5, 6, 12, 6, 12, 14]])]
+    images = [
+        {"id": 10, "file_name": "a.jpg", "width": 100, "height": 50, "license": 1},
+        {"id": 42, "file_name": "b.jpg", "width": 100, "height": 50},
+    ]
+    annotations = [
+        _ann(100, 42, 5, [1, 2, 3, 4]),
+        _ann(7, 10, 1, [5, 6, 7, 8], iscrowd=1, segmentation=[[5, 6, 12, 6, 12, 14]]),
+    ]
     root = _dataset(tmp_path / "src", _doc(images, annotations, categories))
     ds = coco.load(root)
     assert ds.classes == ["Mask", "Mask", "No-Mask"]
@@ -86,7 +96,14 @@ def test_moved_box_gets_new_bbox_and_area(tmp_path):
 def test_new_dataset_gets_ids_area_iscrowd(tmp_path):
     records = [
         ImageRecord(path="images/a.jpg", width=10, height=10, boxes=[[0, 0, 5, 5], [1, 1, 2, 3]], class_ids=[0, 1]),
-        ImageRecord(path="images/b.jpg", width=10, height=10, boxes=[[2, 2, 4, 4]], class_ids=[1], polygons=[[[2, 2], [4, 2], [4, 4]]]),
+        ImageRecord(
+            path="images/b.jpg",
+            width=10,
+            height=10,
+            boxes=[[2, 2, 4, 4]],
+            class_ids=[1],
+            polygons=[[[2, 2], [4, 2], [4, 4]]],
+        ),
     ]
     ds = Dataset(root=tmp_path, format="voc", classes=["a", "b"], images=records)
     doc = coco.to_dict(ds, ds.images, "annotations.json")
@@ -118,11 +135,20 @@ def test_standard_coco_layout(tmp_path):
     [
         (_doc(annotations=[_ann(1, 99, 1, [1, 1, 2, 2])]), "annotation id 1: image_id 99 is not in 'images'"),
         (_doc(annotations=[_ann(1, 1, 1, [1, 1, 2])]), "annotation id 1: 'bbox' must be 4 numbers"),
-        (_doc(annotations=[_ann(1, 1, 1, [1, 1, 2, 2]), _ann(1, 1, 1, [1, 1, 2, 2])]), "annotation id 1: duplicate annotation id"),
+        (
+            _doc(annotations=[_ann(1, 1, 1, [1, 1, 2, 2]), _ann(1, 1, 1, [1, 1, 2, 2])]),
+            "annotation id 1: duplicate annotation id",
+        ),
         (_doc(annotations=[_ann(1, 1, 9, [1, 1, 2, 2])]), "category ids [9] not in 'categories'"),
-        (_doc(images=[{"id": 1, "file_name": "../../etc/passwd"}]), "image 1: file_name: path '../../etc/passwd' escapes"),
+        (
+            _doc(images=[{"id": 1, "file_name": "../../etc/passwd"}]),
+            "image 1: file_name: path '../../etc/passwd' escapes",
+        ),
         (_doc(images=[{"id": 1, "file_name": "/etc/passwd"}]), "not relative to the dataset root"),
-        (_doc(images=[{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "a.jpg"}]), "image 2: duplicate image id 1"),
+        (
+            _doc(images=[{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "a.jpg"}]),
+            "image 2: duplicate image id 1",
+        ),
         (_doc(categories=[{"id": "x", "name": "a"}]), "category 1: needs an integer 'id'"),
         (_doc(images={}), "'images' is missing or not a list"),
     ],
@@ -141,8 +167,16 @@ def test_shared_roboflow_counts_and_byte_identical_round_trip(shared, tmp_path):
     # README: categories 0 Mask (never used), 1 Mask, 2 No-Mask, 3 mask_weared_incorrect, 4 with_mask, 5 without_mask.
     assert ds.classes == ["Mask", "Mask", "No-Mask", "mask_weared_incorrect", "with_mask", "without_mask"]
     expected = {
-        "train": (520, 2343, {"with_mask": 1774, "without_mask": 456, "mask_weared_incorrect": 75, "Mask": 24, "No-Mask": 14}),
-        "valid": (110, 492, {"with_mask": 390, "without_mask": 72, "mask_weared_incorrect": 12, "Mask": 15, "No-Mask": 3}),
+        "train": (
+            520,
+            2343,
+            {"with_mask": 1774, "without_mask": 456, "mask_weared_incorrect": 75, "Mask": 24, "No-Mask": 14},
+        ),
+        "valid": (
+            110,
+            492,
+            {"with_mask": 390, "without_mask": 72, "mask_weared_incorrect": 12, "Mask": 15, "No-Mask": 3},
+        ),
         "test": (73, 380, {"with_mask": 291, "without_mask": 64, "mask_weared_incorrect": 16, "Mask": 7, "No-Mask": 2}),
     }
     assert len(ds) == 703 and ds.num_boxes == 3215

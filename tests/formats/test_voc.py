@@ -181,7 +181,9 @@ def test_shared_voc_counts_and_round_trip(shared, tmp_path):
         before = voc._value(DefusedET.parse(shared / "andrewmvd-voc" / record.annotation).getroot())
         after = voc._value(DefusedET.parse(out / record.annotation).getroot())
         assert after == before, record.annotation
-    shutil.copytree(shared / "andrewmvd-voc" / "images", out / "images", copy_function=lambda s, d: Path(d).symlink_to(s))
+    shutil.copytree(
+        shared / "andrewmvd-voc" / "images", out / "images", copy_function=lambda s, d: Path(d).symlink_to(s)
+    )
     again = voc.load(out)
     assert [r.path for r in again.images] == [r.path for r in ds.images]
     assert all(a.same_boxes(b) for a, b in zip(again.images, ds.images))

@@ -12,7 +12,9 @@ from workbench.errors import DatasetReadError
 from workbench.formats import yolo
 
 
-def _dataset(root: Path, labels: dict[str, str], names: tuple[str, str] | None = ("classes.txt", "face\nmask\n")) -> Path:
+def _dataset(
+    root: Path, labels: dict[str, str], names: tuple[str, str] | None = ("classes.txt", "face\nmask\n")
+) -> Path:
     """Images 100 x 50 at ``images/<stem>.jpg`` (or the split path given) with their labels."""
     for rel, text in labels.items():
         image_rel = rel.replace("labels", "images").replace(".txt", ".jpg")
@@ -69,7 +71,11 @@ def test_names_sources(tmp_path, names_file, content, classes):
 def test_split_layouts_and_missing_label_means_no_objects(tmp_path):
     a = _dataset(
         tmp_path / "a",
-        {"labels/train/x.txt": "0 0.5 0.5 0.2 0.2\n", "labels/val/y.txt": "1 0.5 0.5 0.2 0.2\n", "labels/val/z.txt": None},
+        {
+            "labels/train/x.txt": "0 0.5 0.5 0.2 0.2\n",
+            "labels/val/y.txt": "1 0.5 0.5 0.2 0.2\n",
+            "labels/val/z.txt": None,
+        },
     )
     ds = yolo.load(a)
     assert {r.path: (r.split, len(r), r.annotation) for r in ds.images} == {
@@ -78,7 +84,10 @@ def test_split_layouts_and_missing_label_means_no_objects(tmp_path):
         "images/val/z.jpg": ("val", 0, None),
     }
     b = _dataset(tmp_path / "b", {"train/labels/x.txt": "0 0.5 0.5 0.2 0.2\n", "valid/labels/y.txt": ""})
-    assert {r.path: r.split for r in yolo.load(b).images} == {"train/images/x.jpg": "train", "valid/images/y.jpg": "valid"}
+    assert {r.path: r.split for r in yolo.load(b).images} == {
+        "train/images/x.jpg": "train",
+        "valid/images/y.jpg": "valid",
+    }
 
 
 def test_label_beside_image_darknet(tmp_path):
@@ -129,14 +138,18 @@ def test_round_trip_save_never_mutates(tmp_path):
     ds = yolo.load(root)
     snapshot = ds.copy()
     yolo.save(ds, root)
-    assert (root / "labels" / "a.txt").read_text() == "1 0.123457 0.500000 0.200000 0.200000\n0 0.500000 0.500000 1.000000 1.000000\n"
+    assert (
+        root / "labels" / "a.txt"
+    ).read_text() == "1 0.123457 0.500000 0.200000 0.200000\n0 0.500000 0.500000 1.000000 1.000000\n"
     assert ds.images[0].same_boxes(snapshot.images[0])
     assert yolo.load(root).images[0].same_boxes(ds.images[0], atol=1e-9)
 
 
 def test_new_dataset_writes_names_and_data_yaml(tmp_path):
     write_image(tmp_path / "images" / "train" / "x.jpg", 40, 40)
-    record = ImageRecord(path="images/train/x.jpg", width=40, height=40, boxes=[[1.5, 2, 11.5, 12]], class_ids=[1], split="train")
+    record = ImageRecord(
+        path="images/train/x.jpg", width=40, height=40, boxes=[[1.5, 2, 11.5, 12]], class_ids=[1], split="train"
+    )
     ds = Dataset(root=tmp_path, format="voc", classes=["a", "b"], images=[record])
     out = tmp_path / "out"
     yolo.save(ds, out)

@@ -30,7 +30,7 @@ import numpy as np
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, iter_files, relpath, safe_relpath
-from workbench.formats.common import ErrorCollector, number, progress, size_from_header, split_of
+from workbench.formats.common import ErrorCollector, number, progress, size_from_header, split_of, to_int
 from workbench.formats.labelme import read_json
 
 NAME = "coco"
@@ -124,10 +124,8 @@ def parse_file(root: Path, json_path: Path) -> tuple[list[dict[str, Any]], list[
         base_rel = relpath(base, root)
         name = img["file_name"]
         rel = safe_relpath(f"{base_rel}/{name}" if base_rel != "." else name, file=file, record=f"{where}: file_name")
-        try:
-            width, height = int(img.get("width") or 0), int(img.get("height") or 0)
-        except (TypeError, ValueError):
-            raise ReadError(file, "'width'/'height' must be integers", where) from None
+        width = to_int(img.get("width") or 0, file, "'width'", where)
+        height = to_int(img.get("height") or 0, file, "'height'", where)
         if width <= 0 or height <= 0:
             width, height = size_from_header(root, rel)
         records[img["id"]] = ImageRecord(
@@ -161,9 +159,7 @@ def parse_file(root: Path, json_path: Path) -> tuple[list[dict[str, Any]], list[
     return categories, list(records.values()), top
 
 
-def load(
-    root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None
-) -> Dataset:
+def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Read every COCO file under ``root`` into one dataset (each file's images get its split).
 
     Files must agree on their categories (same id, same name); the class list is their
@@ -260,9 +256,7 @@ def to_dict(dataset: Dataset, records: list[ImageRecord], json_rel: str, top: di
     base = top.pop("@base", str(PurePosixPath(json_rel).parent))
     from_coco = dataset.format == NAME
     used_image_ids = {r.extra["coco"]["id"] for r in records if from_coco and "id" in r.extra.get("coco", {})}
-    used_ann_ids = {
-        e["coco"]["id"] for r in records if from_coco for e in r.box_extra if "id" in e.get("coco", {})
-    }
+    used_ann_ids = {e["coco"]["id"] for r in records if from_coco for e in r.box_extra if "id" in e.get("coco", {})}
     next_image = max([i for i in used_image_ids if isinstance(i, int)], default=0) + 1
     next_ann = max([i for i in used_ann_ids if isinstance(i, int)], default=0) + 1
     images, annotations, order = [], [], []
@@ -326,7 +320,9 @@ def save(
     even for a dataset read from COCO files elsewhere (what ``workbench convert`` promises).
     """
     groups = _groups(dataset, keep_files)
-    return [_write(dataset, Path(root), rel, records) for rel, records in progress(groups.items(), len(groups), on_progress)]
+    return [
+        _write(dataset, Path(root), rel, records) for rel, records in progress(groups.items(), len(groups), on_progress)
+    ]
 
 
 def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None) -> Path:

@@ -31,6 +31,14 @@ def number(value: float) -> int | float:
     return round(value, 6)
 
 
+def to_int(value: object, file: str, what: str, record: str | None = None) -> int:
+    """An integer field (a width, a height), with a ``ReadError`` naming it when it is not one."""
+    try:
+        return int(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ReadError(file, f"{what} is {value!r}, not a number", record) from None
+
+
 def number_text(value: float) -> str:
     return repr(number(value))
 
@@ -147,7 +155,7 @@ def sorted_natural(paths: Iterable[str]) -> list[str]:
 def walk_has(root: Path, predicate: Callable[[str], bool], limit: int = 20000) -> bool:
     """True when some file under ``root`` matches; stops after ``limit`` files."""
     seen = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for _dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if predicate(name):

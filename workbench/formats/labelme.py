@@ -25,7 +25,7 @@ import numpy as np
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, is_image, iter_files, relpath, safe_relpath
-from workbench.formats.common import ErrorCollector, ImageIndex, progress, size_from_header, split_of
+from workbench.formats.common import ErrorCollector, ImageIndex, progress, size_from_header, split_of, to_int
 
 NAME = "labelme"
 BOX_SHAPES = ("rectangle", "polygon")
@@ -66,11 +66,8 @@ def parse(data: Any, file: str, json_dir: str) -> ImageRecord:
     if not isinstance(image_path, str) or not image_path:
         raise ReadError(file, "'imagePath' is missing")
     rel = safe_relpath(f"{json_dir}/{image_path}" if json_dir else image_path, file=file, record="imagePath")
-    try:
-        width = int(data.get("imageWidth") or 0)
-        height = int(data.get("imageHeight") or 0)
-    except (TypeError, ValueError):
-        raise ReadError(file, "'imageWidth'/'imageHeight' must be integers") from None
+    width = to_int(data.get("imageWidth") or 0, file, "'imageWidth'")
+    height = to_int(data.get("imageHeight") or 0, file, "'imageHeight'")
 
     boxes, names, polygons, box_extra, others = [], [], [], [], []
     for i, shape in enumerate(shapes):
@@ -150,9 +147,7 @@ def detect(root: Path) -> bool:
     return False
 
 
-def load(
-    root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None
-) -> Dataset:
+def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Read every LabelMe JSON under ``root``. Class order is the order labels first appear.
 
     ``strict`` raises ``DatasetReadError`` naming every bad file; otherwise bad files are
@@ -176,9 +171,10 @@ def load(
         record.class_ids = np.array([ids[n] for n in names], dtype=np.int64)
         images.append(record)
     # Images with no JSON: no shapes yet, no annotation file (the health report lists them).
-    claimed = {r.path for r in images}
+    # The image of a bad JSON is left out with it: it is not an image without shapes.
+    claimed = {r.path for r in images} | {e.file.rsplit(".", 1)[0] for e in errors.errors}
     for rel in ImageIndex(root).paths:
-        if rel not in claimed:
+        if rel not in claimed and rel.rsplit(".", 1)[0] not in claimed:
             width, height = size_from_header(root, rel)
             images.append(ImageRecord(path=rel, width=width, height=height, split=split_of(rel)))
     skipped = errors.finish()

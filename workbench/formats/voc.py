@@ -18,6 +18,7 @@ Every element the model does not name (``folder``, ``pose``, ``truncated``, ``oc
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -38,6 +39,7 @@ from workbench.formats.common import (
     progress,
     size_from_header,
     split_of,
+    to_int,
 )
 
 NAME = "voc"
@@ -91,18 +93,14 @@ def _element(tag: str, value: Any, parent: ET.Element) -> None:
 
 def _float(obj: dict[str, Any], tag: str, file: str, record: str) -> float:
     try:
-        return float(obj[tag])
+        value = float(obj[tag])
     except KeyError:
         raise ReadError(file, f"<bndbox> has no <{tag}>", record) from None
     except (TypeError, ValueError):
         raise ReadError(file, f"<{tag}> is {obj[tag]!r}, not a number", record) from None
-
-
-def _int(value: Any, file: str, what: str) -> int:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        raise ReadError(file, f"<{what}> is {value!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ReadError(file, f"<{tag}> is {obj[tag]!r}, not a finite number", record)
+    return value
 
 
 def parse(data: bytes, file: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -131,9 +129,7 @@ def parse(data: bytes, file: str) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return fields, objects
 
 
-def _record(
-    root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None, splits: dict[str, str]
-) -> ImageRecord:
+def _record(root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None, splits: dict[str, str]) -> ImageRecord:
     file = relpath(xml_path, root)
     try:
         data = xml_path.read_bytes()
@@ -145,8 +141,8 @@ def _record(
     size = fields.get("size", {})
     if isinstance(size, str):
         size = {}
-    width = _int(size.get("width", 0), file, "width") if isinstance(size, dict) else 0
-    height = _int(size.get("height", 0), file, "height") if isinstance(size, dict) else 0
+    width = to_int(size.get("width", 0), file, "<width>") if isinstance(size, dict) else 0
+    height = to_int(size.get("height", 0), file, "<height>") if isinstance(size, dict) else 0
     if width <= 0 or height <= 0:
         width, height = size_from_header(root, image_rel)
 
@@ -252,9 +248,7 @@ def detect(root: Path) -> bool:
     return False
 
 
-def load(
-    root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None
-) -> Dataset:
+def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Read a VOC dataset. Class order is the order names first appear, files in natural order.
 
     ``strict`` raises ``DatasetReadError`` naming every bad file; otherwise bad files are
@@ -283,8 +277,10 @@ def load(
         images.append(record)
         claimed.add(record.path)
     # Images with no XML: no objects, no annotation file (the health report lists them).
+    # The image of a bad XML is left out with it: it is not an image without objects.
+    failed = {PurePosixPath(e.file).stem for e in errors.errors}
     for rel in index.paths:
-        if rel not in claimed:
+        if rel not in claimed and PurePosixPath(rel).stem not in failed:
             width, height = size_from_header(root, rel)
             images.append(ImageRecord(path=rel, width=width, height=height, split=split_of(rel)))
     skipped = errors.finish()

@@ -168,9 +168,7 @@ def _label_files(root: Path) -> list[str]:
     return out
 
 
-def load(
-    root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None
-) -> Dataset:
+def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Read a YOLO dataset. ``strict`` raises ``DatasetReadError`` naming every bad file;
     otherwise bad files are skipped and listed in ``Dataset.skipped``."""
     root = Path(root)
@@ -226,7 +224,9 @@ def to_text(record: ImageRecord) -> str:
             values = (polygon / scale).reshape(-1)
         else:
             x1, y1, x2, y2 = (float(v) for v in box)
-            values = np.array([(x1 + x2) / 2 / scale[0], (y1 + y2) / 2 / scale[1], (x2 - x1) / scale[0], (y2 - y1) / scale[1]])
+            values = np.array(
+                [(x1 + x2) / 2 / scale[0], (y1 + y2) / 2 / scale[1], (x2 - x1) / scale[0], (y2 - y1) / scale[1]]
+            )
         lines.append(" ".join([str(int(class_id)), *(_norm_text(float(v)) for v in values)]))
     return "".join(line + "\n" for line in lines)
 
@@ -256,13 +256,13 @@ def save_names(dataset: Dataset, root: Path) -> None:
     if not data:
         data["path"] = "."
         for split in dataset.splits or []:
-            folder = next(
-                (str(PurePosixPath(r.path).parent) for r in dataset.images if r.split == split), split
-            )
+            folder = next((str(PurePosixPath(r.path).parent) for r in dataset.images if r.split == split), split)
             data["val" if split in ("valid", "validation") else split] = folder
         atomic_write(root / "classes.txt", text_names)
     previous = data.get("names")
-    data["names"] = {i: n for i, n in enumerate(dataset.classes)} if isinstance(previous, dict) else list(dataset.classes)
+    data["names"] = (
+        {i: n for i, n in enumerate(dataset.classes)} if isinstance(previous, dict) else list(dataset.classes)
+    )
     if "nc" in data or not names_file:
         data["nc"] = len(dataset.classes)
     atomic_write(root / (names_file or "data.yaml"), yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
