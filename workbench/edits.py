@@ -228,15 +228,17 @@ def class_usage(dataset: Dataset, class_id: int) -> ClassChange:
     return ClassChange(boxes=sum(counts), images=sum(1 for c in counts if c))
 
 
-def add_class(dataset: Dataset, name: str) -> int:
-    """Append a class named ``name`` (stripped, not empty, not already there); returns its id."""
+def add_class(dataset: Dataset | list[str], name: str) -> int:
+    """Append a class named ``name`` (stripped, not empty, not already there) to a dataset or
+    a class list; returns its id."""
+    classes = dataset.classes if isinstance(dataset, Dataset) else dataset
     name = name.strip()
     if not name:
         raise WorkbenchError("a class name cannot be empty")
-    if name in dataset.classes:
+    if name in classes:
         raise WorkbenchError(f"class {name!r} already exists")
-    dataset.classes.append(name)
-    return len(dataset.classes) - 1
+    classes.append(name)
+    return len(classes) - 1
 
 
 def _check_class(dataset: Dataset, class_id: int) -> None:

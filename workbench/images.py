@@ -82,7 +82,9 @@ def draw_boxes(
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
-    for i, (box, class_id) in enumerate(zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), class_ids, strict=True)):
+    for i, (box, class_id) in enumerate(
+        zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), class_ids, strict=True)
+    ):
         x1, y1, x2, y2 = (float(v) for v in box)
         colour = class_colour(int(class_id))
         line = width * 2 if highlight == i else width

@@ -259,6 +259,7 @@ def _db() -> Iterator[sqlite3.Connection]:
         finally:
             db.close()
 
+
 def _dataset_header(dataset: Dataset) -> bytes:
     """The dataset without its records (classes, extra, skipped), pickled."""
     shell = Dataset(

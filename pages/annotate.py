@@ -1,0 +1,406 @@
+"""Annotate: one image, large, with its boxes. Draw, move, resize, relabel and delete boxes,
+add a class, step through the images of the current filter, save back to the dataset's own
+format, undo the last save; dataset-wide rename, merge and delete of a class.
+
+Edits go to a working copy of the record held in the session; Save writes it through
+``workbench.edits.save_record`` (conflict check, atomic write, journal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+from streamlit.elements.lib.image_utils import image_to_url
+from streamlit.elements.lib.layout_utils import LayoutConfig
+from streamlit_image_annotation.Detection import _component_func
+
+from workbench import edits, workspace
+from workbench.annotations import ImageRecord
+from workbench.errors import WorkbenchError
+from workbench.images import colour_map, open_rgb, render
+
+CANVAS = (1024, 768)  # the largest size the drawing component shows an image at (px)
+
+
+def current_entry() -> workspace.DatasetEntry | None:
+    path = st.session_state.get("dataset")
+    entry = workspace.find_dataset(path) if path else None
+    return entry or workspace.current_dataset()
+
+
+def filtered(opened: workspace.OpenDataset) -> list[int]:
+    """Positions of the images in the Browse page's current filter."""
+    chosen = {
+        "classes": st.session_state.get("filter_classes") or [],
+        "kinds": st.session_state.get("filter_kinds") or [],
+        "splits": st.session_state.get("filter_splits") or [],
+        "empty": bool(st.session_state.get("filter_empty")),
+        "search": st.session_state.get("filter_search") or "",
+    }
+    report = workspace.health(opened) if chosen["kinds"] else None
+    return workspace.filter_images(opened.dataset, report=report, **chosen)
+
+
+def start_work(opened: workspace.OpenDataset, position: int) -> dict:
+    """A fresh working copy of the record at ``position`` and the state its files must still
+    have on disk when it is saved."""
+    record = opened.dataset.images[position]
+    work = {
+        "root": str(opened.root),
+        "path": record.path,
+        "position": position,
+        "record": record.copy(),
+        "classes": list(opened.dataset.classes),
+        "expected": edits.expected_state(opened, edits.files_of(opened.dataset, record)),
+        "changes": [],
+        "rev": st.session_state.get("work", {}).get("rev", 0) + 1,
+        "applied": None,
+    }
+    st.session_state["work"] = work
+    return work
+
+
+def bump(work: dict, changes: list[str]) -> None:
+    work["changes"].extend(changes)
+    work["rev"] += 1
+
+
+def label_list(work: dict) -> list[str]:
+    record: ImageRecord = work["record"]
+    count = max(len(work["classes"]), int(record.class_ids.max()) + 1 if len(record) else 0)
+    return [work["classes"][i] if i < len(work["classes"]) else str(i) for i in range(count)]
+
+
+def component_view(boxes: np.ndarray, scale: float, size: tuple[int, int]) -> np.ndarray:
+    """The boxes as the drawing component gives them back untouched: it clamps them to the
+    image and makes any side under 5 display px a 5 x 5 box (Detection/BBoxCanvas.tsx)."""
+    out = []
+    for x1, y1, x2, y2 in boxes / scale:
+        x, y, w, h = x1, y1, x2 - x1, y2 - y1
+        if x < 0 or y < 0:
+            w, h = w + min(0, x), h + min(0, y)
+            x, y = max(0, x), max(0, y)
+        if x + w > size[0] or y + h > size[1]:
+            w, h = min(w, size[0] - x), min(h, size[1] - y)
+        if w < 5 or h < 5:
+            w = h = 5
+        out.append([x, y, x + w, y + h])
+    return np.asarray(out, dtype=np.float64).reshape(-1, 4) * scale
+
+
+def detection(shown, scale: float, names: list[str], xywh: list[list[float]], labels: list[int], *, key: str):
+    """streamlit-image-annotation's ``detection`` (0.8.0), with the workbench's class colours and
+    an image already scaled to fit: boxes in and out are ``[x, y, w, h]`` in image pixels."""
+    url = image_to_url(
+        shown, LayoutConfig(width=shown.width, height=shown.height), True, "RGB", "JPEG", f"detect-{key}"
+    )
+    colours = colour_map(names)
+    info = [
+        {"bbox": [v / scale for v in b], "label_id": c, "label": names[c]} for b, c in zip(xywh, labels, strict=True)
+    ]
+    value = _component_func(
+        image_url=url,
+        image_size=shown.size,
+        label_list=names,
+        bbox_info=info,
+        color_map=colours,
+        line_width=2,
+        use_space=False,
+        key=key,
+    )
+    if value is None:
+        return None
+    return [
+        {"bbox": [v * scale for v in item["bbox"]], "label_id": item["label_id"], "label": item["label"]}
+        for item in value
+    ]
+
+
+def canvas(opened: workspace.OpenDataset, work: dict) -> None:
+    """The drawing component; when the user clicks Complete, its boxes become the working copy."""
+    record: ImageRecord = work["record"]
+    names = label_list(work)
+    if not names:
+        st.info("This dataset has no class yet: add one on the right to draw boxes.")
+        st.image(render(opened.root / record.path, record.boxes, record.class_ids, names), width="stretch")
+        return
+    try:
+        image = open_rgb(opened.root / record.path)
+    except WorkbenchError as e:
+        st.error(str(e))
+        return
+    # Fit the picture to the canvas, enlarging a small one (the component never enlarges).
+    fit = min(CANVAS[0] / image.width, CANVAS[1] / image.height)
+    shown = image.resize(
+        (max(1, round(image.width * fit)), max(1, round(image.height * fit))), Image.Resampling.BILINEAR
+    )
+    scale = image.width / shown.width
+    xywh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in record.boxes]
+    key = f"detect-{work['rev']}"
+    result = detection(shown, scale, names, xywh, [int(c) for c in record.class_ids], key=key)
+    st.caption(
+        "Click a box to select it, drag to move, pull a corner to resize, drag on the image to draw a new box; "
+        "pick its class on the right of the picture. Click **Complete** to take the changes."
+    )
+    if result is None:
+        return
+    token = key + json.dumps(result)
+    if work["applied"] == token:
+        return
+    work["applied"] = token
+    drawn = [
+        ([b["bbox"][0], b["bbox"][1], b["bbox"][0] + b["bbox"][2], b["bbox"][1] + b["bbox"][3]], b["label_id"])
+        for b in result
+    ]
+    view = component_view(record.boxes, scale, shown.size)
+    changes = edits.apply_drawn(record, drawn, shown=view, names=names, tol=max(1.0, scale))
+    if changes:
+        bump(work, changes)
+        st.rerun()
+    else:
+        st.toast("No change to take.")
+
+
+def box_editor(work: dict) -> None:
+    """Relabel, move (by numbers) or delete one box; add a class."""
+    record: ImageRecord = work["record"]
+    names = label_list(work)
+    rev = work["rev"]
+    st.markdown(f"**Boxes** ({len(record)})")
+    if len(record):
+        if st.session_state.get("box_pick", 0) >= len(record):
+            st.session_state["box_pick"] = 0
+        index = st.selectbox(
+            "Box",
+            range(len(record)),
+            format_func=lambda i: f"#{i + 1} {names[int(record.class_ids[i])]} " + edits._box_text(record.boxes[i]),
+            key="box_pick",
+        )
+        class_id = st.selectbox(
+            "Class",
+            range(len(names)),
+            index=int(record.class_ids[index]),
+            format_func=names.__getitem__,
+            key=f"box_class-{rev}-{index}",
+        )
+        c = st.columns(4)
+        coords = [
+            c[k].number_input(
+                label, value=float(record.boxes[index][k]), step=1.0, format="%g", key=f"box_{label}-{rev}-{index}"
+            )
+            for k, label in enumerate(("x1", "y1", "x2", "y2"))
+        ]
+        b1, b2 = st.columns(2)
+        if b1.button("Apply", key="box_apply", width="stretch"):
+            changes = []
+            if class_id != int(record.class_ids[index]):
+                changes.append(f"box {index + 1}: {names[int(record.class_ids[index])]} → {names[class_id]}")
+                edits.relabel_box(record, index, class_id)
+            if not np.allclose(coords, record.boxes[index], rtol=0, atol=1e-9):
+                try:
+                    edits.move_box(record, index, coords)
+                    changes.append(f"box {index + 1} ({names[class_id]}): moved to {edits._box_text(coords)}")
+                except WorkbenchError as e:
+                    st.error(str(e))
+            if changes:
+                bump(work, changes)
+                st.rerun()
+        if b2.button("Delete box", key="box_delete", width="stretch"):
+            name = names[int(record.class_ids[index])]
+            edits.delete_box(record, index)
+            bump(work, [f"box {index + 1} ({name}): deleted"])
+            st.rerun()
+    with st.form("add_class", clear_on_submit=True, border=False):
+        new = st.text_input("New class", key="new_class")
+        if st.form_submit_button("Add class"):
+            try:
+                edits.add_class(work["classes"], new)
+                bump(work, [f"class {new.strip()!r} added"])
+                st.rerun()
+            except WorkbenchError as e:
+                st.error(str(e))
+
+
+def save_panel(opened: workspace.OpenDataset, work: dict) -> None:
+    journal = edits.Journal()
+    changes = work["changes"]
+    if changes:
+        st.warning(f"{len(changes)} unsaved change(s):\n" + "\n".join(f"- {c}" for c in changes))
+    c1, c2 = st.columns(2)
+    if c1.button("Save", type="primary", disabled=not changes, key="save", width="stretch"):
+        try:
+            result = edits.save_record(
+                opened,
+                work["position"],
+                work["record"],
+                classes=work["classes"],
+                expected=work["expected"],
+                journal=journal,
+                message=f"{work['path']}: " + "; ".join(changes),
+            )
+        except edits.ConflictError as e:
+            st.session_state["conflict"] = str(e)
+        except WorkbenchError as e:
+            st.error(f"Not saved: {e}")
+        else:
+            written = ", ".join(result.files) or "nothing (no byte changed)"
+            st.session_state["flash"] = f"Saved {written}."
+            start_work(opened, work["position"])
+            st.rerun()
+    if c2.button("Discard", disabled=not changes, key="discard", width="stretch"):
+        start_work(opened, work["position"])
+        st.rerun()
+    if st.session_state.get("conflict"):
+        st.error(st.session_state["conflict"])
+        if st.button("Reload from disk (drops my unsaved changes)", key="conflict_reload"):
+            st.session_state.pop("conflict")
+            fresh = workspace.get_open(opened.root, opened.dataset.format, reload=True)
+            start_work(fresh, min(work["position"], len(fresh.dataset) - 1))
+            st.rerun()
+    undoable = journal.undoable(opened.root)
+    if undoable:
+        last = undoable[-1]
+        if st.button("Undo last save", key="undo", help=last.get("message", ""), width="stretch"):
+            try:
+                edits.undo(opened.root, journal=journal)
+            except WorkbenchError as e:
+                st.error(f"Cannot undo: {e}")
+            else:
+                fresh = workspace.get_open(opened.root, opened.dataset.format, reload=True)
+                st.session_state["flash"] = f"Undone: {last.get('message', '')}"
+                position = next((i for i, r in enumerate(fresh.dataset.images) if r.path == work["path"]), 0)
+                start_work(fresh, position)
+                st.rerun()
+        st.caption(f"Last save: {last.get('message', '')[:120]}")
+
+
+def labelme_action(opened: workspace.OpenDataset, work: dict) -> None:
+    """'Open in LabelMe', only where a display and the labelme tool are available."""
+    if not os.environ.get("DISPLAY") or not shutil.which("labelme"):
+        return
+    record: ImageRecord = work["record"]
+    target = record.annotation if opened.dataset.format == "labelme" and record.annotation else record.path
+    if st.button("Open in LabelMe", key="labelme", help=f"labelme {target}; the file is reloaded when it closes"):
+        with st.spinner("Waiting for LabelMe to close …"):
+            subprocess.run([shutil.which("labelme"), str(opened.root / target)], check=False)
+        fresh = workspace.get_open(opened.root, opened.dataset.format, reload=True)
+        start_work(fresh, work["position"])
+        st.rerun()
+
+
+def class_tools(opened: workspace.OpenDataset) -> None:
+    """Dataset-wide rename, merge and delete of a class, each confirmed with its count."""
+    dataset = opened.dataset
+    if not dataset.classes:
+        return
+    with st.expander("Classes (whole dataset)"):
+        c1, c2, c3 = st.columns(3)
+        class_id = c1.selectbox(
+            "Class", range(len(dataset.classes)), format_func=dataset.classes.__getitem__, key="cls_pick"
+        )
+        action = c2.selectbox("Action", ["rename", "merge into", "delete"], key="cls_action")
+        target = None
+        if action == "rename":
+            target = c3.text_input("New name", key="cls_new_name")
+        elif action == "merge into":
+            others = [i for i in range(len(dataset.classes)) if i != class_id]
+            target = (
+                c3.selectbox("Into", others, format_func=dataset.classes.__getitem__, key="cls_into")
+                if others
+                else None
+            )
+        usage = edits.class_usage(dataset, class_id)
+        name = dataset.classes[class_id]
+        verb = {
+            "rename": f"rename {name!r} to {target!r}",
+            "merge into": "",
+            "delete": f"delete {name!r} and its boxes",
+        }[action]
+        if action == "merge into" and target is not None:
+            verb = f"relabel {name!r} as {dataset.classes[target]!r} and remove {name!r}"
+        st.warning(f"This will {verb}: {usage.boxes:,} box(es) in {usage.images:,} image(s) change.")
+        if st.button("Confirm", key="cls_confirm", disabled=target in (None, "") and action != "delete"):
+            changed = edits.copy_for_class_edit(dataset)
+            try:
+                if action == "rename":
+                    edits.rename_class(changed, class_id, target)
+                elif action == "merge into":
+                    edits.merge_classes(changed, class_id, target)
+                else:
+                    edits.delete_class(changed, class_id)
+                result = edits.save_class_change(opened, changed, journal=edits.Journal(), message=verb)
+            except WorkbenchError as e:
+                st.error(f"Not saved: {e}")
+            else:
+                st.session_state["flash"] = f"Done: {verb}; {len(result.files)} file(s) written."
+                st.session_state.pop("work", None)
+                st.rerun()
+
+
+def main() -> None:
+    entry = current_entry()
+    if entry is None:
+        st.info("No dataset yet: add one on the Datasets page.")
+        return
+    try:
+        opened = workspace.get_open(entry.path, entry.format)
+    except WorkbenchError as e:
+        st.error(f"Cannot open {entry.path}: {e}")
+        return
+    dataset = opened.dataset
+    if not len(dataset):
+        st.info("This dataset has no image.")
+        return
+    positions = filtered(opened) or list(range(len(dataset)))
+    by_path = {dataset.images[i].path: i for i in range(len(dataset))}
+    wanted = st.session_state.get("image")
+    if wanted not in by_path:
+        wanted = dataset.images[positions[0]].path
+        st.session_state["image"] = wanted
+    work = st.session_state.get("work")
+    if not work or work["root"] != str(opened.root) or work["path"] != wanted:
+        work = start_work(opened, by_path[wanted])
+    record: ImageRecord = work["record"]
+
+    here = positions.index(work["position"]) if work["position"] in positions else None
+    dirty = bool(work["changes"])
+    nav = st.columns([1, 4, 1])
+    if nav[0].button("◀ Previous", disabled=dirty or not here, key="prev", width="stretch"):
+        st.session_state["image"] = dataset.images[positions[here - 1]].path
+        st.rerun()
+    where = f"{here + 1} of {len(positions):,} in the filter" if here is not None else "not in the current filter"
+    nav[1].markdown(
+        f"<div style='text-align:center'><b>{record.path}</b> · {record.width} x {record.height}"
+        + (f" · {record.split}" if record.split else "")
+        + f" · {where}</div>",
+        unsafe_allow_html=True,
+    )
+    at_end = here is None or here + 1 >= len(positions)
+    if nav[2].button("Next ▶", disabled=dirty or at_end, key="next", width="stretch"):
+        st.session_state["image"] = dataset.images[positions[here + 1]].path
+        st.rerun()
+    if dirty:
+        st.caption("Save or discard the changes to move to another image.")
+    if flash := st.session_state.pop("flash", None):
+        st.success(flash)
+
+    left, right = st.columns([3, 1])
+    with left:
+        canvas(opened, work)
+        legend = colour_map(label_list(work))
+        st.caption(" · ".join(f"{k}" for k in legend))
+    with right:
+        save_panel(opened, work)
+        box_editor(work)
+        labelme_action(opened, work)
+        file = (edits.files_of(dataset, record) or ["(no annotation file)"])[0]
+        st.caption(f"Annotation file: `{file}`")
+    class_tools(opened)
+
+
+main()

@@ -1,0 +1,167 @@
+"""Datasets: add a dataset by path, pick one of those already added, and see its summary
+(images, boxes, classes, box sizes, splits) and its health findings, each linking to the
+image it concerns."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from workbench import workspace
+from workbench.errors import WorkbenchError
+from workbench.formats import FORMATS, detect_format
+from workbench.health import KINDS
+
+FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
+
+
+def current_entry() -> workspace.DatasetEntry | None:
+    path = st.session_state.get("dataset")
+    entry = workspace.find_dataset(path) if path else None
+    return entry or workspace.current_dataset()
+
+
+def open_image(image: str) -> None:
+    st.session_state["image"] = image
+    st.switch_page("pages/annotate.py")
+
+
+def add_form() -> workspace.DatasetEntry | None:
+    """The 'add a dataset' form. Shows the resolved path and the detected format before
+    anything is added; returns the entry once added."""
+    with st.container(border=True):
+        st.markdown("**Add a dataset**")
+        text = st.text_input("Folder", placeholder="/path/to/dataset", key="add_path")
+        choice = st.selectbox("Format", ["detect", *sorted(FORMATS)], key="add_format")
+        if not text.strip():
+            return None
+        try:
+            root = workspace.resolve_path(text)
+        except WorkbenchError as e:
+            st.error(str(e))
+            return None
+        if not root.is_dir():
+            st.error(f"`{root}` is not a folder.")
+            return None
+        fmt = None if choice == "detect" else choice
+        try:
+            found = fmt or detect_format(root)
+        except WorkbenchError as e:
+            st.warning(f"{e}")
+            return None
+        st.info(f"Will add `{root}` as **{found.upper()}**.")
+        if st.button("Add this dataset", type="primary", key="add_confirm"):
+            entry = workspace.add_dataset(root, found)
+            st.session_state["dataset"] = entry.path
+            return entry
+    return None
+
+
+def chooser(entries: list[workspace.DatasetEntry], current: workspace.DatasetEntry | None) -> None:
+    labels = {e.path: f"{e.name} ({e.format}) — {e.path}" for e in entries}
+    paths = list(labels)
+    index = paths.index(current.path) if current and current.path in paths else 0
+    picked = st.radio("Open dataset", paths, index=index, format_func=labels.get, key="dataset_choice")
+    if picked != (current.path if current else None):
+        st.session_state["dataset"] = picked
+        workspace.set_current(picked)
+        for key in ("image", "filter_classes", "filter_kinds", "filter_splits", "gallery_page"):
+            st.session_state.pop(key, None)
+        st.rerun()
+    col1, col2 = st.columns(2)
+    if col1.button("Reload from disk", key="reload"):
+        entry = workspace.find_dataset(picked)
+        workspace.get_open(entry.path, entry.format, reload=True)
+        st.rerun()
+    if col2.button("Forget this dataset", key="forget", help="Removes it from the list; no file is touched."):
+        workspace.remove_dataset(picked)
+        st.session_state.pop("dataset", None)
+        st.rerun()
+
+
+def summary(opened: workspace.OpenDataset) -> None:
+    dataset = opened.dataset
+    report = workspace.health(opened)
+    cols = st.columns(5)
+    cols[0].metric("Images", f"{len(dataset):,}")
+    cols[1].metric("Boxes", f"{dataset.num_boxes:,}")
+    cols[2].metric("Classes", len(dataset.classes))
+    cols[3].metric("Findings", f"{len(report.findings):,}")
+    cols[4].metric("Unreadable files", len(dataset.skipped))
+    st.caption(
+        f"`{dataset.root}` · {dataset.format.upper()} · loaded in {opened.seconds:.2f} s"
+        + (" from the index cache" if opened.from_cache else "")
+    )
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Boxes per class**")
+        counts = pd.DataFrame({"class": list(report.classes), "boxes": list(report.classes.values())})
+        if len(counts):
+            st.altair_chart(
+                alt.Chart(counts)
+                .mark_bar()
+                .encode(x=alt.X("boxes:Q"), y=alt.Y("class:N", sort=None), tooltip=["class", "boxes"]),
+                width="stretch",
+            )
+        else:
+            st.caption("No classes.")
+    with right:
+        st.markdown("**Box sizes** (√(w·h), px)")
+        sizes = pd.DataFrame({"size": list(report.size_histogram), "boxes": list(report.size_histogram.values())})
+        if len(sizes):
+            st.altair_chart(
+                alt.Chart(sizes)
+                .mark_bar()
+                .encode(x=alt.X("size:N", sort=None), y="boxes:Q", tooltip=["size", "boxes"]),
+                width="stretch",
+            )
+        else:
+            st.caption("No boxes.")
+    if report.splits:
+        st.markdown("**Splits:** " + ", ".join(f"{k} {v:,}" for k, v in report.splits.items()))
+
+    st.subheader("Health")
+    groups = report.by_kind()
+    if not groups:
+        st.success("No findings.")
+    for kind, findings in groups.items():
+        with st.expander(f"{KINDS.get(kind, kind)} — {len(findings):,}", expanded=kind == "bad_file"):
+            for n, f in enumerate(findings[:FINDINGS_WITH_LINKS]):
+                c1, c2 = st.columns([5, 1])
+                c1.markdown(f"`{f.file}` — {f.detail}")
+                if f.image and kind not in ("bad_file", "missing_image", "orphan_annotation"):
+                    if c2.button("Open", key=f"finding-{kind}-{n}"):
+                        open_image(f.image)
+            if len(findings) > FINDINGS_WITH_LINKS:
+                st.dataframe(
+                    pd.DataFrame([{"file": f.file, "detail": f.detail} for f in findings]),
+                    hide_index=True,
+                    width="stretch",
+                )
+
+
+def main() -> None:
+    st.title("Datasets")
+    added = add_form()
+    if added is not None:
+        st.success(f"Added {added.name} ({added.format}).")
+    entries = workspace.list_datasets()
+    if not entries:
+        st.info("No dataset yet: add a folder above.")
+        return
+    current = current_entry()
+    chooser(entries, current)
+    current = current_entry()
+    if current is None:
+        return
+    try:
+        with st.spinner(f"Reading {current.path} …"):
+            opened = workspace.get_open(current.path, current.format)
+    except WorkbenchError as e:
+        st.error(f"Cannot open {current.path}: {e}")
+        return
+    summary(opened)
+
+
+main()
