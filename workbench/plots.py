@@ -1,0 +1,103 @@
+"""PNG plots of an evaluation: AP per class, the confusion matrix, precision-recall curves.
+
+Each ``*_figure`` returns a matplotlib ``Figure`` (the Errors page shows it with ``st.pyplot``);
+``save_plots`` writes all three into an evaluation folder. Headless: the Agg backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from workbench.images import class_colour
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from workbench.evaluation import EvalReport
+
+
+def ap_figure(report: EvalReport) -> Figure:
+    """Horizontal bars: AP (IoU 0.50:0.95) and AP50 per class; classes without ground truth are left out."""
+    names = [n for n, v in report.per_class.items() if v["AP"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * max(3, len(names)) + 1))
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, [report.per_class[n]["AP50"] for n in names], height=0.4, label="AP50", color="#9ecae1")
+    ax.barh(y + 0.2, [report.per_class[n]["AP"] for n in names], height=0.4, label="AP", color="#3182bd")
+    ax.set_yticks(y, [f"{n} ({report.per_class[n]['gt']})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("average precision (pycocotools)")
+    ax.legend(loc="lower right")
+    ax.set_title("AP per class (ground-truth boxes in brackets)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(report: EvalReport) -> Figure:
+    """The confusion matrix as a heat map with counts; rows ground truth, columns predictions."""
+    names = report.confusion["classes"]
+    matrix = np.asarray(report.confusion["matrix"], dtype=np.int64)
+    size = 1.0 + 0.7 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    shown = np.log1p(matrix)  # a log scale keeps the small off-diagonal counts visible
+    image = ax.imshow(shown, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    peak = shown.max() if shown.size else 0
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            colour = "white" if peak and shown[i, j] > 0.6 * peak else "black"
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour, fontsize=9)
+    ax.set_title(
+        f"confusion at IoU {report.confusion['iou']:g}, score >= {report.confusion['score_threshold']:g}", fontsize=10
+    )
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="log(1 + count)")
+    fig.tight_layout()
+    return fig
+
+
+def pr_figure(report: EvalReport) -> Figure:
+    """Precision-recall curves per class at IoU 0.50 (solid) and 0.75 (dashed)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, name in enumerate(report.classes):
+        curve = report.pr_curves.get(name)
+        if not curve or report.per_class.get(name, {}).get("AP") is None:
+            continue
+        colour = class_colour(i)
+        ap50 = report.per_class[name]["AP50"]
+        ax.plot(curve["recall"], curve["precision50"], color=colour, label=f"{name} (AP50 {ap50:.3f})")
+        ax.plot(curve["recall"], curve["precision75"], color=colour, linestyle="--", alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall per class (solid IoU 0.50, dashed 0.75)", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_plots(report: EvalReport, out_dir: Path) -> list[Path]:
+    """Write ``ap_per_class.png``, ``confusion.png`` and ``pr_curves.png`` into ``out_dir``."""
+    written = []
+    for name, make in (
+        ("ap_per_class.png", ap_figure),
+        ("confusion.png", confusion_figure),
+        ("pr_curves.png", pr_figure),
+    ):
+        fig = make(report)
+        path = Path(out_dir) / name
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
