@@ -173,16 +173,17 @@ def box_editor(work: dict) -> None:
     rev = work["rev"]
     st.markdown(f"**Boxes** ({len(record)})")
     if len(record):
-        if st.session_state.get("box_pick", 0) >= len(record):
-            st.session_state["box_pick"] = 0
+        start = min(int(st.session_state.get("box_index", 0)), len(record) - 1)
         index = st.selectbox(
             "Box",
             range(len(record)),
-            format_func=lambda i: f"#{i + 1} {names[int(record.class_ids[i])]} " + edits._box_text(record.boxes[i]),
-            key="box_pick",
+            index=start,
+            format_func=lambda i: f"#{i + 1} {names[int(record.class_ids[i])]} " + edits.box_text(record.boxes[i]),
+            key=f"box_pick-{rev}",
         )
+        st.session_state["box_index"] = index
         class_id = st.selectbox(
-            "Class",
+            "Box class",
             range(len(names)),
             index=int(record.class_ids[index]),
             format_func=names.__getitem__,
@@ -204,7 +205,7 @@ def box_editor(work: dict) -> None:
             if not np.allclose(coords, record.boxes[index], rtol=0, atol=1e-9):
                 try:
                     edits.move_box(record, index, coords)
-                    changes.append(f"box {index + 1} ({names[class_id]}): moved to {edits._box_text(coords)}")
+                    changes.append(f"box {index + 1} ({names[class_id]}): moved to {edits.box_text(coords)}")
                 except WorkbenchError as e:
                     st.error(str(e))
             if changes:
@@ -301,7 +302,7 @@ def class_tools(opened: workspace.OpenDataset) -> None:
     with st.expander("Classes (whole dataset)"):
         c1, c2, c3 = st.columns(3)
         class_id = c1.selectbox(
-            "Class", range(len(dataset.classes)), format_func=dataset.classes.__getitem__, key="cls_pick"
+            "Class to change", range(len(dataset.classes)), format_func=dataset.classes.__getitem__, key="cls_pick"
         )
         action = c2.selectbox("Action", ["rename", "merge into", "delete"], key="cls_action")
         target = None

@@ -202,7 +202,7 @@ def apply_drawn(
             box = tidy(new[n])
             if box[2] > box[0] and box[3] > box[1]:
                 move_box(record, o, box)
-                changes.append(f"box {o + 1} ({name(new_ids[n])}): moved to {_box_text(box)}")
+                changes.append(f"box {o + 1} ({name(new_ids[n])}): moved to {box_text(box)}")
     for o in sorted(free_old, reverse=True):
         changes.append(f"box {o + 1} ({name(int(record.class_ids[o]))}): deleted")
         delete_box(record, o)
@@ -210,13 +210,13 @@ def apply_drawn(
         box = tidy(new[n])
         if box[2] > box[0] and box[3] > box[1]:
             add_box(record, box, new_ids[n])
-            changes.append(f"new box {len(record)} ({name(new_ids[n])}) at {_box_text(box)}")
+            changes.append(f"new box {len(record)} ({name(new_ids[n])}) at {box_text(box)}")
     return changes
 
 
-def _box_text(box: Iterable[float]) -> str:
+def box_text(box: Iterable[float]) -> str:
     x1, y1, x2, y2 = (float(v) for v in box)
-    return f"({x1:g}, {y1:g})-({x2:g}, {y2:g})"
+    return f"({x1:.4g}, {y1:.4g})-({x2:.4g}, {y2:.4g})"
 
 
 # --- dataset-wide class edits ---------------------------------------------------------------
