@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_ui)
+    from workbench.training.cli import add_commands
+    add_commands(sub)
     return parser
 
 

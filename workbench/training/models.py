@@ -76,7 +76,7 @@ def fasterrcnn_mobilenet_v2_fpn(
 
     ``weights`` must be ``None`` (no COCO model exists). ``weights_backbone`` is ``None``
     or a path/state dict of torchvision's ImageNet MobileNetV2; with it the batch norms
-    are frozen and the stem and first blocks (stride <= 4) are not trained.
+    are frozen and the blocks up to stride 8 are not trained.
     Small anchors (16-256 px) suit faces and other small objects at 320-640 px images.
     """
     if weights is not None:
@@ -87,7 +87,10 @@ def fasterrcnn_mobilenet_v2_fpn(
     if pretrained:
         state = weights_backbone if isinstance(weights_backbone, dict) else _load_file(Path(weights_backbone))
         load_matching(net, state)
-        for layer in list(net.features)[:4]:  # stem and stride-4 blocks: generic edges, keep them
+        # freeze the stem and the stride-4 and stride-8 blocks (torchvision trains only the last
+        # stages of a pretrained backbone too): generic features, and their backward pass is most
+        # of a CPU step at full resolution
+        for layer in list(net.features)[:7]:
             for p in layer.parameters():
                 p.requires_grad_(False)
     # features[6] ends stride 8 (32 ch), [13] stride 16 (96 ch), [18] stride 32 (1280 ch)
@@ -110,7 +113,7 @@ def fasterrcnn_mobilenet_v2_fpn(
         "rpn_pre_nms_top_n_test": 500,
         "rpn_post_nms_top_n_test": 500,
         "rpn_batch_size_per_image": 256,
-        "box_batch_size_per_image": 256,
+        "box_batch_size_per_image": 128,
         "rpn_score_thresh": 0.0,
     }
     return tvd.FasterRCNN(

@@ -1,0 +1,172 @@
+"""The training sub-commands of ``workbench``: ``train``, ``jobs``, ``cancel``.
+
+``add_commands(sub)`` registers them on the main parser (``workbench/cli.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    p = job.get("progress") or {}
+    if not p:
+        return job["state"]
+    text = (
+        f"{job['state']} epoch {p.get('epoch')}/{p.get('epochs')} iter {p.get('iteration')}/{p.get('iters_per_epoch')}"
+    )
+    if p.get("loss") is not None:
+        text += f" loss {p['loss']:.4f}"
+    if p.get("AP") is not None:
+        text += f" AP {p['AP']:.4f} AP50 {p.get('AP50', 0):.4f}"
+    return text + f" ETA {_fmt_eta(p.get('eta_seconds'))}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from workbench.training import jobs
+
+    if args.resume:
+        run = jobs.resume_job(
+            args.resume, epochs=args.epochs, batch=args.batch, device=args.device, workers=args.workers,
+            max_iters=args.max_iters, gpus=args.gpus,
+        )  # fmt: skip
+        print(f"resuming {run}")
+    else:
+        if not args.data:
+            raise WorkbenchError("--data DATASET is required (or --resume RUN)")
+        config: dict[str, Any] = {
+            "data": args.data,
+            "format": args.src_format,
+            "engine": args.engine,
+            "model": args.model,
+            "weights": args.weights,
+            "device": args.device,
+            "gpus": args.gpus or 1,
+        }
+        for key in ("epochs", "imgsz", "batch", "workers", "lr", "max_iters", "max_val_images", "seed", "rotation"):
+            value = getattr(args, key)
+            if value is not None:
+                config[key] = value
+        if args.val_fraction is not None:
+            config["val_fraction"] = args.val_fraction
+        run = jobs.start_job(config, run=args.name)
+        print(f"started {run}")
+    job = jobs.get_job(run)
+    print(f"  log:     {job['folder']}/train.log")
+    if not args.wait:
+        print(f"  follow:  workbench jobs    stop: workbench cancel {run}")
+        return 0
+    last = [""]
+
+    def show(j: dict[str, Any]) -> None:
+        line = _progress_line(j)
+        if line != last[0]:
+            print(f"  {line}", file=sys.stderr, flush=True)
+            last[0] = line
+
+    try:
+        state = jobs.wait_job(run, poll=1.0, on_progress=show)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; {run} keeps training (workbench cancel {run} stops it)", file=sys.stderr)
+        return 130
+    job = jobs.get_job(run)
+    print(f"{run}: {state}" + (f" ({job['message']})" if job.get("message") and state != "finished" else ""))
+    from workbench.training.registry import read_json
+
+    card = read_json(f"{job['folder']}/model_card.json") if state == "finished" else None
+    if card:
+        best = card.get("best_metrics") or {}
+        print(f"  best val AP {best.get('AP', 0):.4f} AP50 {best.get('AP50', 0):.4f} (epoch {best.get('epoch')})")
+        print(f"  model card: {job['folder']}/MODEL_CARD.md")
+    return 0 if state == "finished" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from workbench.training import jobs
+
+    rows = jobs.list_jobs()
+    if args.json:
+        for j in rows:
+            j["config"] = dict(j["config"])
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no jobs yet (workbench train --data DATASET)")
+        return 0
+    print(f"{'RUN':40s} {'STATE':12s} {'MODEL':28s} {'EPOCH':>7s} {'AP':>7s} {'AP50':>7s} {'ETA':>8s}  STARTED")
+    for j in rows:
+        p, m = j["progress"], j["metrics"]
+        epoch = f"{p.get('epoch', '-')}/{p.get('epochs', j['config'].get('epochs'))}"
+        started = time.strftime("%m-%d %H:%M", time.localtime(j["started"] or j["created"]))
+        eta = _fmt_eta(p.get("eta_seconds")) if j["state"] == "running" else ""
+        ap = f"{m['AP']:.4f}" if "AP" in m else "-"
+        ap50 = f"{m['AP50']:.4f}" if "AP50" in m else "-"
+        print(
+            f"{j['run']:40s} {j['state']:12s} {j['config'].get('model', ''):28s} {epoch:>7s} {ap:>7s} {ap50:>7s} {eta:>8s}  {started}"
+        )
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from workbench.training import jobs
+
+    state = jobs.cancel_job(args.run, timeout=args.timeout)
+    print(f"{args.run}: {state}")
+    return 0 if state == "cancelled" else 1
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``jobs`` and ``cancel`` on the ``workbench`` sub-parser."""
+    from workbench.formats import FORMATS
+
+    p = sub.add_parser("train", help="train a detector in a background job")
+    p.add_argument("--data", help="dataset folder (any format)")
+    p.add_argument("--from", dest="src_format", choices=sorted(FORMATS), help="dataset format (default: detected)")
+    p.add_argument("--engine", default="torchvision", choices=["torchvision", "detectron2"])
+    p.add_argument(
+        "--model",
+        default="default",
+        help="model name (default: fasterrcnn_resnet50_fpn_v2 on CUDA, fasterrcnn_mobilenet(_v2) on the CPU); "
+        "torchvision: fasterrcnn_mobilenet_v2, fasterrcnn_mobilenet, fasterrcnn_resnet50_fpn_v2, "
+        "retinanet_resnet50_fpn_v2, ssdlite320_mobilenet_v3_large, fcos_resnet50_fpn; detectron2: a model-zoo "
+        "config such as COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+    )
+    p.add_argument("--weights", default="auto", choices=["auto", "coco", "imagenet", "none"], help="starting weights")
+    p.add_argument("--epochs", type=int, help="epochs (default 12)")
+    p.add_argument("--imgsz", type=int, help="longest image side in pixels (default: the model's)")
+    p.add_argument("--batch", type=int, help="images per step and process (default 4)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--gpus", type=int, help="DDP processes through torchrun (default 1)")
+    p.add_argument("--workers", type=int, help="data-loader processes (default 2)")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.02 * batch / 8)")
+    p.add_argument("--val-fraction", type=float, help="validation share when the dataset has no splits (0.2)")
+    p.add_argument("--seed", type=int, help="split and shuffle seed (default 0)")
+    p.add_argument("--rotation", type=float, help="random rotation augmentation, degrees (default 0: off)")
+    p.add_argument("--max-iters", type=int, help="at most this many iterations per epoch (tiny runs)")
+    p.add_argument("--max-val-images", type=int, help="validate on at most this many images (tiny runs)")
+    p.add_argument("--name", help="run name (default <model>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 when it finished")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("jobs", help="list training jobs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("cancel", help="stop a training job (it can be resumed)")
+    p.add_argument("run", help="run name")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL (default 60)")
+    p.set_defaults(func=cmd_cancel)

@@ -1,0 +1,129 @@
+"""The process behind one background job: ``python -m workbench.training.worker RUN``.
+
+Started detached by ``jobs.start_job``; its stdout and stderr are the run's ``train.log``.
+It waits while another job runs, marks the job running, trains (in-process, or through
+``torchrun`` for ``gpus > 1``), and records the outcome: finished (and ``models/latest``
+moves here), cancelled (SIGTERM), or failed (the traceback is in the log).
+
+``python -m workbench.training.worker --rank RUN`` is one DDP rank under torchrun.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+log = logging.getLogger("workbench.training")
+
+_stop = False
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    global _stop
+    _stop = True
+
+
+def should_stop() -> bool:
+    return _stop
+
+
+def _torchrun(run: str, gpus: int) -> int:
+    """Run ``gpus`` DDP ranks on this machine; SIGTERM is forwarded to torchrun, which stops them."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+        "-m", "workbench.training.worker", "--rank", run,
+    ]  # fmt: skip
+    log.info("DDP: %s", " ".join(command))
+    proc = subprocess.Popen(command)
+    forwarded = False
+    while proc.poll() is None:
+        if _stop and not forwarded:
+            proc.send_signal(signal.SIGTERM)
+            forwarded = True
+        time.sleep(0.2)
+    return proc.returncode
+
+
+def run_job(run: str) -> int:
+    from workbench.training import jobs, registry
+    from workbench.training.loop import Cancelled, main, setup_logging
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    setup_logging(None, 0)
+    job = jobs.get_job(run)
+    folder = Path(job["folder"])
+    while True:  # one job at a time
+        busy = jobs.other_running(run)
+        if not busy or _stop:
+            break
+        jobs.set_state(run, "queued", message=f"waiting for {', '.join(busy)}")
+        time.sleep(2.0)
+    if _stop:
+        jobs.set_state(run, "cancelled", message="cancelled while queued")
+        return 1
+    jobs.set_state(run, "running", pid=os.getpid(), start_token=jobs.process_token(os.getpid()), started=time.time(),
+                   message=None)  # fmt: skip
+    log.info("job %s running (pid %d)", run, os.getpid())
+    config = job["config"]
+    try:
+        if config.get("engine") == "detectron2":
+            from workbench.training.engine_detectron2 import main as d2_main
+
+            d2_main(config, folder, should_stop=should_stop)
+        elif int(config.get("gpus") or 1) > 1:
+            code = _torchrun(run, int(config["gpus"]))
+            if _stop:
+                raise Cancelled("cancelled")
+            if code != 0:
+                raise RuntimeError(f"torchrun exited with code {code}; the ranks' tracebacks are above")
+        else:
+            main(config, folder, should_stop=should_stop)
+    except Cancelled as e:
+        log.info("job %s %s", run, e)
+        jobs.set_state(run, "cancelled", message=str(e))
+        return 1
+    except BaseException as e:
+        traceback.print_exc()
+        sys.stderr.flush()
+        jobs.set_state(run, "failed", message=f"{type(e).__name__}: {e}"[:500])
+        return 1
+    registry.set_latest(folder)
+    jobs.set_state(run, "finished", message="finished")
+    log.info("job %s finished; models/latest -> %s", run, folder.name)
+    return 0
+
+
+def run_rank(run: str) -> int:
+    """One torchrun rank: train the run's config with the others (rank 0 writes the files)."""
+    from workbench.training import jobs
+    from workbench.training.loop import Cancelled, main
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    job = jobs.get_job(run)
+    try:
+        main(job["config"], Path(job["folder"]), should_stop=should_stop)
+    except Cancelled:
+        return 3
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--rank"]:
+        sys.exit(run_rank(args[1]))
+    if len(args) != 1:
+        print("usage: python -m workbench.training.worker [--rank] RUN", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_job(args[0]))
