@@ -34,13 +34,13 @@ from pathlib import Path
 from PIL import Image
 
 from workbench.annotations import Dataset, ImageRecord
-from workbench.errors import WorkbenchError
+from workbench.errors import ReadError, WorkbenchError
 from workbench.fileio import atomic_write
 from workbench.formats import detect_format, get_format
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATASET = PROJECT_ROOT / "datasets" / "facemask-sample"
-INDEX_VERSION = 1  # bump when the pickled record layout changes: old rows are then ignored
+INDEX_VERSION = 2  # bump when the pickled record layout changes: old rows are then ignored
 THUMB_SIZE = 256  # px, the longer side of a gallery thumbnail
 
 Stat = tuple[int, int]  # (size in bytes, mtime in ns)
@@ -262,14 +262,12 @@ def _db() -> Iterator[sqlite3.Connection]:
 
 def _dataset_header(dataset: Dataset) -> bytes:
     """The dataset without its records (classes, extra, skipped), pickled."""
-    shell = Dataset(
-        root=dataset.root,
-        format=dataset.format,
-        classes=list(dataset.classes),
-        extra=dataset.extra,
-        skipped=dataset.skipped,
-    )
-    return pickle.dumps(shell, protocol=pickle.HIGHEST_PROTOCOL)
+    # ReadError does not pickle (its __init__ takes more than the message): keep its parts.
+    skipped = [
+        (e.file, e.reason, e.record) if isinstance(e, ReadError) else (str(e), str(e), None) for e in dataset.skipped
+    ]
+    shell = Dataset(root=dataset.root, format=dataset.format, classes=list(dataset.classes), extra=dataset.extra)
+    return pickle.dumps((shell, skipped), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def store_index(opened: OpenDataset) -> None:
@@ -318,9 +316,13 @@ def _cached(root: Path, fmt: str, stats: dict[str, Stat]) -> Dataset | None:
         if row is None or row[0] != INDEX_VERSION or row[1] != fmt or pickle.loads(row[2]) != stats:
             return None
         blobs = db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,)).fetchall()
-    dataset: Dataset = pickle.loads(row[3])
+    try:
+        dataset, skipped = pickle.loads(row[3])
+        dataset.images = [pickle.loads(b) for (b,) in blobs]
+    except Exception:  # a cache that cannot be read is rebuilt, never fatal
+        return None
     dataset.root = root
-    dataset.images = [pickle.loads(b) for (b,) in blobs]
+    dataset.skipped = [ReadError(file, reason, record) for file, reason, record in skipped]
     return dataset
 
 

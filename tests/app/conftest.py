@@ -22,8 +22,8 @@ def copy_voc(dest: Path, count: int = 10, *, must_have: str | None = None) -> Pa
     (dest / "annotations").mkdir(parents=True)
     (dest / "images").mkdir()
     for xml in chosen:
-        shutil.copy2(xml, dest / "annotations" / xml.name)
-        shutil.copy2(src / "images" / f"{xml.stem}.png", dest / "images" / f"{xml.stem}.png")
+        shutil.copyfile(xml, dest / "annotations" / xml.name)
+        shutil.copyfile(src / "images" / f"{xml.stem}.png", dest / "images" / f"{xml.stem}.png")
     return dest
 
 
@@ -33,15 +33,15 @@ def copy_yolo(dest: Path, count: int = 8) -> Path:
     src = SHARED / "macwinwin-yolo"
     (dest / "images").mkdir(parents=True)
     (dest / "labels").mkdir()
-    shutil.copy2(src / "classes.txt", dest / "classes.txt")
+    shutil.copyfile(src / "classes.txt", dest / "classes.txt")
     taken = 0
     for label in sorted((src / "labels").glob("*.txt")):
         lines = [line for line in label.read_text().splitlines() if line.strip()]
         images = list((src / "images").glob(label.stem + ".*"))
         if len(lines) < 2 or len(lines) > 6 or len(images) != 1 or {line.split()[0] for line in lines} != {"0", "1"}:
             continue
-        shutil.copy2(label, dest / "labels" / label.name)
-        shutil.copy2(images[0], dest / "images" / images[0].name)
+        shutil.copyfile(label, dest / "labels" / label.name)
+        shutil.copyfile(images[0], dest / "images" / images[0].name)
         taken += 1
         if taken == count:
             break

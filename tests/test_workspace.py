@@ -1,0 +1,125 @@
+"""The workspace: the remembered dataset list, the index cache, thumbnails, filters."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.app.conftest import copy_voc
+from workbench import workspace
+from workbench.errors import WorkbenchError
+
+
+@pytest.fixture
+def voc_copy(tmp_path) -> Path:
+    return copy_voc(tmp_path / "voc", 6, must_have="mask_weared_incorrect")
+
+
+def test_home_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "wb"))
+    assert workspace.home() == tmp_path / "wb" and (tmp_path / "wb").is_dir()
+    monkeypatch.delenv("WORKBENCH_HOME")
+    assert workspace.home() == workspace.PROJECT_ROOT / ".workbench"
+
+
+def test_datasets_are_remembered_resolved_and_deduplicated(voc_copy, monkeypatch):
+    monkeypatch.chdir(voc_copy.parent)
+    entry = workspace.add_dataset("./voc/../voc")
+    assert entry == workspace.DatasetEntry(name="voc", path=str(voc_copy.resolve()), format="voc")
+    workspace.add_dataset(voc_copy, "voc", name="faces")
+    assert workspace.list_datasets() == [workspace.DatasetEntry("faces", str(voc_copy.resolve()), "voc")]
+    assert workspace.current_dataset().name == "faces"
+    workspace.remove_dataset(str(voc_copy.resolve()))
+    assert workspace.list_datasets() == [] and workspace.current_dataset() is None
+
+
+def test_adding_a_bad_folder_is_refused(tmp_path):
+    with pytest.raises(WorkbenchError, match="not a folder"):
+        workspace.add_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkbenchError, match="choose the format"):
+        workspace.add_dataset(tmp_path / "empty")
+    assert workspace.list_datasets() == []
+
+
+def test_first_run_adds_a_copy_of_the_sample():
+    entry = workspace.ensure_sample()
+    assert entry is not None and entry.name == "facemask-sample" and entry.format == "voc"
+    assert Path(entry.path).is_relative_to(workspace.home())
+    assert len(workspace.open_dataset(entry.path).dataset) == 32
+    assert workspace.ensure_sample() is None  # only on the first run
+
+
+def test_index_cache_is_used_and_invalidated_by_a_changed_file(voc_copy):
+    cold = workspace.open_dataset(voc_copy)
+    assert not cold.from_cache
+    warm = workspace.open_dataset(voc_copy)
+    assert warm.from_cache
+    assert [r.path for r in warm.dataset.images] == [r.path for r in cold.dataset.images]
+    assert all(a.same_boxes(b) for a, b in zip(warm.dataset.images, cold.dataset.images, strict=True))
+    assert warm.dataset.classes == cold.dataset.classes
+    xml = voc_copy / cold.dataset.images[0].annotation
+    xml.write_text(xml.read_text().replace("<name>with_mask</name>", "<name>other</name>", 1))
+    st = xml.stat()
+    os.utime(xml, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed = workspace.open_dataset(voc_copy)
+    assert not changed.from_cache
+    assert "other" in changed.dataset.classes
+    assert workspace.open_dataset(voc_copy).from_cache
+
+
+def test_an_added_file_invalidates_the_cache(voc_copy):
+    workspace.open_dataset(voc_copy)
+    (voc_copy / "images" / "extra.png").write_bytes((voc_copy / "images").glob("*.png").__next__().read_bytes())
+    again = workspace.open_dataset(voc_copy)
+    assert not again.from_cache and any(r.path == "images/extra.png" for r in again.dataset.images)
+
+
+def test_broken_files_are_listed(voc_copy):
+    (voc_copy / "annotations" / "broken.xml").write_text("<annotation><object>")
+    opened = workspace.open_dataset(voc_copy)
+    assert [e.file for e in opened.dataset.skipped] == ["annotations/broken.xml"]
+    assert [e.file for e in workspace.open_dataset(voc_copy).dataset.skipped] == ["annotations/broken.xml"]
+
+
+def test_thumbnail_is_cached_by_path_size_and_mtime(voc_copy):
+    image = sorted((voc_copy / "images").glob("*.png"))[0]
+    thumb, scale = workspace.thumbnail(image, 64)
+    assert max(thumb.size) == 64 and 0 < scale < 1
+    cached = list((workspace.home() / "thumbs").rglob("*.jpg"))
+    assert len(cached) == 1
+    again, scale2 = workspace.thumbnail(image, 64)
+    assert again.size == thumb.size and scale2 == pytest.approx(scale, rel=1e-6)
+    assert len(list((workspace.home() / "thumbs").rglob("*.jpg"))) == 1
+    time.sleep(0.01)
+    image.touch()
+    workspace.thumbnail(image, 64)
+    assert len(list((workspace.home() / "thumbs").rglob("*.jpg"))) == 2  # a changed file gets a new one
+    assert workspace.thumbnail(voc_copy / "images" / "missing.png") is None
+
+
+def test_tile_is_a_jpeg_with_boxes(voc_copy):
+    opened = workspace.open_dataset(voc_copy)
+    data = workspace.tile(opened.dataset, opened.dataset.images[0], 128)
+    assert data[:2] == b"\xff\xd8"
+
+
+def test_filters(voc_copy):
+    dataset = workspace.open_dataset(voc_copy).dataset
+    everything = workspace.filter_images(dataset)
+    assert everything == list(range(len(dataset)))
+    rare = workspace.filter_images(dataset, classes=["mask_weared_incorrect"])
+    assert len(rare) == 1 and "mask_weared_incorrect" in [
+        dataset.class_name(int(c)) for c in dataset.images[rare[0]].class_ids
+    ]
+    name = dataset.images[3].path.rsplit("/", 1)[-1]
+    assert workspace.filter_images(dataset, search=name.upper()) == [3]
+    assert workspace.filter_images(dataset, empty=True) == []
+    report = workspace.health(workspace.get_open(voc_copy))
+    tiny = workspace.filter_images(dataset, kinds=["tiny"], report=report)
+    assert tiny == sorted(
+        {[r.path for r in dataset.images].index(f.image) for f in report.findings if f.kind == "tiny"}
+    )
