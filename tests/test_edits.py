@@ -185,6 +185,7 @@ def test_save_writes_only_the_record_file_and_undo_restores_bytes(voc_copy):
     # the journal line holds the old bytes; undo works from a fresh Journal (a restart)
     line = json.loads(journal.path.read_text().splitlines()[-1])
     assert line["files"][0]["path"] == record.annotation
+    assert journal.get(line["files"][0]["before"]) == original
     entry = edits.undo(voc_copy, journal=edits.Journal())
     assert entry["id"] == 1
     assert xml.read_bytes() == original

@@ -9,20 +9,20 @@ and images they touch. ``save_record`` and ``save_class_change`` write the files
 2. a file whose bytes would not change is left alone;
 3. a file that changed on disk since it was loaded (its size or mtime differs from the
    state the caller passes) refuses the whole save with ``ConflictError``: nothing is written;
-4. every file is written atomically, and the journal gets one line holding each file's
-   previous bytes, so ``undo`` restores them byte for byte, even after a restart.
+4. every file is written atomically, and the journal gets one line naming each file's
+   previous bytes (kept beside it), so ``undo`` restores them byte for byte, even after a restart.
 
 Coordinates are the model's: float pixels ``x1, y1, x2, y2``, x2/y2 exclusive.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -322,13 +322,39 @@ def _sha(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
+_JOURNAL_LOCK = threading.Lock()
+
+
 class Journal:
     """An append-only JSON Lines file of saves. Each line: ``id``, ``time``, ``root``, ``format``,
-    ``message``, ``files`` (``path``, ``before`` as base64 or ``null`` when the file did not
-    exist, ``after`` as SHA-256 or ``null`` when removed) and, for an undo, ``undoes``."""
+    ``message``, ``files`` (``path``, ``before`` and ``after`` as the SHA-256 of the file's
+    bytes, ``null`` when it did not exist) and, for an undo, ``undoes``.
+
+    The bytes themselves are kept once each in ``journal-blobs/<sha256>`` beside the journal
+    (a 5 MB COCO file edited 100 times must not make every page load read 500 MB of JSON);
+    a blob is written before the line that names it.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path else workspace.home() / "journal.jsonl"
+        self.blobs = self.path.parent / "journal-blobs"
+
+    def put(self, data: bytes) -> str:
+        """Keep ``data``; returns its SHA-256, the name to ``get`` it back by."""
+        sha = _sha(data)
+        target = self.blobs / sha
+        if not target.is_file():
+            atomic_write(target, data)
+        return sha
+
+    def get(self, sha: str) -> bytes:
+        try:
+            data = (self.blobs / sha).read_bytes()
+        except FileNotFoundError:
+            raise WorkbenchError(f"{self.blobs / sha}: the journal's copy of the file is missing") from None
+        if _sha(data) != sha:
+            raise WorkbenchError(f"{self.blobs / sha}: the journal's copy of the file is damaged")
+        return data
 
     def entries(self, root: Path | str | None = None) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -345,14 +371,15 @@ class Journal:
         return out
 
     def append(self, entry: dict[str, Any]) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        last = self.entries()
-        entry = {"id": (last[-1]["id"] + 1) if last else 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return entry["id"]
+        with _JOURNAL_LOCK:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            last = self.entries()
+            entry = {"id": (last[-1]["id"] + 1) if last else 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return entry["id"]
 
     def undoable(self, root: Path | str) -> list[dict[str, Any]]:
         """Saves of ``root`` not yet undone, newest last."""
@@ -453,7 +480,7 @@ def _commit(
         record["files"] = [
             {
                 "path": rel,
-                "before": None if before[rel] is None else base64.b64encode(before[rel]).decode("ascii"),
+                "before": None if before[rel] is None else journal.put(before[rel]),
                 "after": _sha(data),
             }
             for rel, data in changed.items()
@@ -583,7 +610,7 @@ def undo(root: Path | str, *, journal: Journal | None = None) -> dict[str, Any]:
     if not undoable:
         raise NothingToUndo(f"{root}: nothing to undo")
     entry = undoable[-1]
-    rendered = {f["path"]: None if f["before"] is None else base64.b64decode(f["before"]) for f in entry["files"]}
+    rendered = {f["path"]: None if f["before"] is None else journal.get(f["before"]) for f in entry["files"]}
     expect_sha = {f["path"]: f["after"] for f in entry["files"]}
     result = _commit(
         root,

@@ -1,0 +1,120 @@
+"""Browse speed on a 10,000-image VOC dataset built by replicating the shared VOC set.
+
+    .venv/bin/python benchmarks/browse.py [--images 10000] [--shared ../shared/datasets/andrewmvd-voc]
+
+Images are hard-linked (symlinked across file systems) into a temporary folder, each XML copied
+with its ``<filename>`` renamed, so every image is a distinct file. Measured, each in a fresh
+workspace (``WORKBENCH_HOME`` in the same temporary folder):
+
+* index load, cold (format loader + cache write) and warm (from the on-disk index cache);
+* one gallery page of 50 tiles (thumbnail + boxes, JPEG), cold (no thumbnail cached) and warm;
+* the save of one edit (relabel a box; conflict check, atomic write, journal line, cache row).
+
+Targets on the 2-core reference machine: warm index < 1.5 s, warm page < 0.5 s, save < 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+TARGETS = {"index warm": 1.5, "gallery page warm": 0.5, "save one edit": 0.1}
+
+
+def build(src: Path, dest: Path, count: int) -> None:
+    """``count`` images under ``dest`` by replicating ``src`` (``annotations/`` + ``images/``)."""
+    xmls = sorted((src / "annotations").glob("*.xml"))
+    (dest / "annotations").mkdir(parents=True)
+    (dest / "images").mkdir()
+    link = os.link
+    for n in range(count):
+        xml = xmls[n % len(xmls)]
+        copy = n // len(xmls)
+        text = xml.read_text(encoding="utf-8")
+        image = src / "images" / f"{xml.stem}.png"
+        name = f"r{copy:02d}_{xml.stem}"
+        text = re.sub(r"<filename>[^<]*</filename>", f"<filename>{name}.png</filename>", text, count=1)
+        (dest / "annotations" / f"{name}.xml").write_text(text, encoding="utf-8")
+        target = dest / "images" / f"{name}.png"
+        try:
+            link(image, target)
+        except OSError:
+            link = os.symlink
+            link(image, target)
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    """Median seconds of ``repeat`` calls, and the last result. Every result is kept until the end,
+    so that freeing one (a 10,000-record dataset) is not timed as part of the next call."""
+    times, results = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        results.append(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), results[-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--shared", type=Path, default=PROJECT.parent / "shared" / "datasets" / "andrewmvd-voc")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="browse-bench-") as tmp:
+        tmp = Path(tmp)
+        os.environ["WORKBENCH_HOME"] = str(tmp / "home")
+        from workbench import edits, workspace
+        from workbench.formats import voc
+
+        root = tmp / "voc"
+        seconds, _ = timed(lambda: build(args.shared, root, args.images))
+        print(f"built {args.images:,} images in {seconds:.1f} s under {root}", file=sys.stderr)
+
+        results: dict[str, float] = {}
+        results["format loader alone (no cache)"], _ = timed(lambda: voc.load(root, strict=False))
+        results["index cold"], cold = timed(lambda: workspace.open_dataset(root))
+        assert not cold.from_cache
+        results["index warm"], warm = timed(lambda: workspace.open_dataset(root), repeat=5)
+        assert warm.from_cache and len(warm.dataset) == args.images
+
+        dataset = warm.dataset
+        page = dataset.images[:50]
+        results["gallery page cold"], _ = timed(lambda: [workspace.tile(dataset, r) for r in page])
+        results["gallery page warm"], tiles = timed(lambda: [workspace.tile(dataset, r) for r in page], repeat=3)
+        assert len(tiles) == 50
+
+        journal = edits.Journal()
+        positions = iter(i for i, r in enumerate(dataset.images) if len(r))
+
+        def save_one() -> None:
+            i = next(positions)
+            record = dataset.images[i].copy()
+            edits.relabel_box(record, 0, (int(record.class_ids[0]) + 1) % len(dataset.classes))
+            edits.save_record(warm, i, record, journal=journal, message="benchmark")
+
+        results["save one edit"], _ = timed(save_one, repeat=9)
+
+    print(f"\nbrowse benchmark, {args.images:,} images ({os.cpu_count()} CPUs)")
+    print(f"{'measure':34s} {'seconds':>9s} {'target':>8s}")
+    failed = False
+    for name, value in results.items():
+        target = TARGETS.get(name)
+        mark = "" if target is None else (" ok" if value < target else " SLOW")
+        failed |= target is not None and value >= target
+        print(f"{name:34s} {value:9.3f} {'' if target is None else f'< {target:g}':>8s}{mark}")
+    ratio = results["format loader alone (no cache)"] / results["index warm"]
+    print(f"warm index is {ratio:.1f}x faster than reading the XML files")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
