@@ -393,8 +393,11 @@ def main() -> None:
     left, right = st.columns([3, 1])
     with left:
         canvas(opened, work)
-        legend = colour_map(label_list(work))
-        st.caption(" · ".join(f"{k}" for k in legend))
+        chips = " ".join(
+            f"<span style='border-left:14px solid {colour};padding-left:6px;margin-right:14px'>{name}</span>"
+            for name, colour in colour_map(label_list(work)).items()
+        )
+        st.markdown(chips, unsafe_allow_html=True)
     with right:
         save_panel(opened, work)
         box_editor(work)

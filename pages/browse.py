@@ -83,7 +83,10 @@ def main() -> None:
     chosen = filters(opened)
     report = workspace.health(opened) if chosen["kinds"] else None
     positions = workspace.filter_images(dataset, report=report, **chosen)
-    st.session_state["browse_signature"] = repr(sorted(chosen.items()))
+    signature = repr(sorted(chosen.items()))
+    if st.session_state.get("browse_signature") != signature:  # new filter: back to its first page
+        st.session_state["browse_signature"] = signature
+        st.session_state["gallery_page"] = 1
     legend(dataset)
     if not positions:
         st.info("No image matches these filters.")

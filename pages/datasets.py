@@ -12,6 +12,7 @@ from workbench import workspace
 from workbench.errors import WorkbenchError
 from workbench.formats import FORMATS, detect_format
 from workbench.health import KINDS
+from workbench.images import colour_map
 
 FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
 
@@ -97,11 +98,21 @@ def summary(opened: workspace.OpenDataset) -> None:
     with left:
         st.markdown("**Boxes per class**")
         counts = pd.DataFrame({"class": list(report.classes), "boxes": list(report.classes.values())})
+        colours = colour_map(list(report.classes))
         if len(counts):
             st.altair_chart(
                 alt.Chart(counts)
                 .mark_bar()
-                .encode(x=alt.X("boxes:Q"), y=alt.Y("class:N", sort=None), tooltip=["class", "boxes"]),
+                .encode(
+                    x=alt.X("boxes:Q"),
+                    y=alt.Y("class:N", sort=None),
+                    color=alt.Color(
+                        "class:N",
+                        scale=alt.Scale(domain=list(colours), range=list(colours.values())),
+                        legend=None,
+                    ),
+                    tooltip=["class", "boxes"],
+                ),
                 width="stretch",
             )
         else:

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import PROJECT
-from workbench import workspace
+from workbench import edits, workspace
 
 TIMEOUT = 60
 
@@ -131,3 +131,24 @@ def test_app_entry_opens_sample_on_first_run(home, page):
     entries = workspace.list_datasets()
     assert [e.name for e in entries] == ["facemask-sample"]
     assert Path(entries[0].path).is_relative_to(home)  # a copy: the repository's sample is never edited
+
+
+def test_annotate_page_merges_a_class_after_showing_the_count(home, voc):
+    workspace.add_dataset(voc)
+    opened = workspace.get_open(voc, "voc", reload=True)
+    source = opened.dataset.classes.index("mask_weared_incorrect")
+    target = opened.dataset.classes.index("with_mask")
+    usage = edits.class_usage(opened.dataset, source)
+    with_mask_before = opened.dataset.class_counts()["with_mask"]
+    at = run("pages/annotate.py")
+    at.selectbox(key="cls_pick").set_value(source).run()
+    at.selectbox(key="cls_action").set_value("merge into").run()
+    at.selectbox(key="cls_into").set_value(target).run()
+    assert f"{usage.boxes:,} box(es) in {usage.images:,} image(s) change" in texts(at)
+    at.button(key="cls_confirm").click().run()
+    assert not at.exception
+    fresh = workspace.open_dataset(voc, "voc", use_cache=False).dataset
+    assert "mask_weared_incorrect" not in fresh.classes
+    assert fresh.class_counts()["with_mask"] == with_mask_before + usage.boxes
+    at.button(key="undo").click().run()
+    assert "mask_weared_incorrect" in workspace.open_dataset(voc, "voc", use_cache=False).dataset.classes
