@@ -1,0 +1,563 @@
+"""The Gradio demo of a trained detector: image, webcam and video tabs, the model card, an API.
+
+    from workbench.demo import DetectorDemo, ModelSource, build_demo, launch
+    demo = build_demo(DetectorDemo(ModelSource("latest")))
+    launch(demo, port=7860)                       # what `workbench demo` runs
+
+The only module of the workbench that imports Gradio. ``gr.Blocks`` is built from the plain
+methods of ``DetectorDemo`` (they take and return arrays, paths and strings, and are tested
+without a server), and every event has an ``api_name``, so the same demo is an API for
+``gradio_client`` (``docs/demo.md``):
+
+==================  =======================================================================
+``/detect_image``   image path, score threshold, IoU threshold -> annotated image, table,
+                    annotated PNG file, JSON file, status line
+``/detect_webcam``  a webcam frame (streaming), thresholds -> annotated frame
+``/detect_video``   video path, thresholds, frame step -> annotated WebM video, status line
+``/model_card``     -> banner, model card (Markdown), model card (JSON)
+==================  =======================================================================
+
+Boxes are in the pixel grid of the file as stored (no EXIF rotation: Gradio's own image
+decoding would rotate, so the image arrives as a path and is decoded by ``load_image``, the
+same way ``workbench predict`` and the annotation tools read it).
+
+The model is looked up on every request (``ModelSource``): a new ``models/latest`` is picked
+up without a restart, and with no trained model each event answers how to train one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from workbench.errors import ReadError, WorkbenchError
+from workbench.fileio import load_image
+from workbench.images import class_colour, draw_boxes
+from workbench.training.paths import models_dir
+from workbench.training.predict import Detections, Predictor, detections_to_json, load_predictor
+from workbench.training.registry import LATEST, resolve_run
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGES = PROJECT_ROOT / "datasets" / "facemask-sample" / "images"
+TRAIN_HINT = (
+    "Train one with `workbench train --data datasets/facemask-sample --wait` (or on the **Train** page of "
+    "`workbench ui`). The demo picks up the new `models/latest` on the next request: no restart needed."
+)
+TABLE_HEADERS = ["#", "class", "score", "x1", "y1", "x2", "y2"]
+
+
+@dataclass(frozen=True)
+class DemoLimits:
+    """What one request may ask for.
+
+    Attributes:
+        max_file_size: largest upload, passed to ``launch(max_file_size=...)`` (Gradio refuses bigger files).
+        max_side: longest image or video side, pixels.
+        max_pixels: width x height of an image.
+        max_video_seconds: longest video processed.
+        concurrency: events of one kind running at once (the queue holds the rest).
+        queue_size: requests waiting in the queue before new ones are turned away.
+        stream_seconds: how long one webcam stream runs before the user restarts it.
+    """
+
+    max_file_size: str = "50mb"
+    max_side: int = 4096
+    max_pixels: int = 16_000_000
+    max_video_seconds: float = 60.0
+    concurrency: int = 2
+    queue_size: int = 64
+    stream_seconds: int = 120
+
+
+class NoModel(WorkbenchError):
+    """There is no trained model to serve (yet)."""
+
+
+class ModelSource:
+    """The predictor of ``run`` (``"latest"`` or a run name), reloaded when the run changes.
+
+    ``get()`` resolves the run on every call (a symlink read and two ``stat`` calls) and loads
+    the model again only when the folder or its checkpoint changed, so a new ``models/latest``
+    is served by the next request. ``predict()`` runs one image at a time: the predictor's
+    thresholds live in the model (``set_postprocess``), so two requests with different sliders
+    must not interleave, and on a CPU one inference already uses every core.
+    """
+
+    def __init__(
+        self, run: str = LATEST, *, device: str = "auto", loader: Callable[..., Predictor] = load_predictor
+    ) -> None:
+        self.run = run
+        self.device = device
+        self._loader = loader
+        self._key: tuple | None = None
+        self._predictor: Predictor | None = None
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    def _key_of(self, folder: Path) -> tuple:
+        files = [folder / "model_best.pth", folder / "checkpoint.pth", folder / "model_card.json"]
+        return (str(folder.resolve()), *(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
+
+    def get(self) -> Predictor:
+        """The current predictor; raises ``NoModel`` (with how to train one) when there is none."""
+        try:
+            folder = resolve_run(self.run)
+            key = self._key_of(folder)
+        except (WorkbenchError, OSError) as e:
+            link = models_dir() / LATEST
+            if self.run == LATEST and not link.exists():
+                raise NoModel(f"No trained model yet ({link} does not exist).") from e
+            raise NoModel(f"No model to serve: {e}") from e
+        with self._load_lock:
+            if key != self._key:
+                try:
+                    predictor = self._loader(folder, device=self.device)
+                except WorkbenchError as e:
+                    raise NoModel(f"The model {folder.name} cannot be loaded: {e}.") from e
+                if self._predictor is not None:
+                    log.info("model changed: %s -> %s", self._predictor.run_dir.name, folder.name)
+                self._predictor, self._key = predictor, key
+            return self._predictor
+
+    def predict(
+        self, image: np.ndarray, *, score_threshold: float, iou_threshold: float
+    ) -> tuple[Predictor, Detections]:
+        predictor = self.get()
+        with self._run_lock:
+            return predictor, predictor.predict(image, score_threshold=score_threshold, iou_threshold=iou_threshold)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def annotate(image: np.ndarray, det: Detections, classes: list[str]) -> np.ndarray:
+    """A copy of ``image`` with each box in its class colour (``workbench.images``) and
+    ``class score`` written above it; text scales with the image."""
+    picture = draw_boxes(
+        Image.fromarray(image),
+        det.boxes,
+        det.class_ids,
+        classes,
+        width=max(2, round(max(image.shape[:2]) / 300)),
+        labels=False,
+    )
+    draw = ImageDraw.Draw(picture)
+    font = _font(max(11, round(max(image.shape[:2]) / 45)))
+    for box, score, class_id in zip(det.boxes, det.scores, det.class_ids):
+        x1, y1 = float(box[0]), float(box[1])
+        name = classes[class_id] if 0 <= class_id < len(classes) else str(class_id)
+        text = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1
+        draw.rectangle([x1, ty, x1 + tw + 4, ty + th + 4], fill=class_colour(int(class_id)))
+        draw.text((x1 + 2 - left, ty + 2 - top), text, fill="white", font=font)
+    return np.asarray(picture)
+
+
+def detection_rows(det: Detections, classes: list[str]) -> list[list[Any]]:
+    """One table row per detection: number, class, score, ``x1 y1 x2 y2`` pixels."""
+    return [[i + 1, rec["class"], rec["score"], *rec["box"]] for i, rec in enumerate(detections_to_json(det, classes))]
+
+
+class DetectorDemo:
+    """The demo's event handlers, as plain methods (Gradio calls them, tests call them directly).
+
+    Output files (annotated PNG, JSON, video) go to a private temporary folder, one
+    sub-folder per request, removed after ``keep_seconds``; Gradio copies what it serves into
+    its own cache (``gr.Blocks(delete_cache=...)`` empties that one).
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        limits: DemoLimits | None = None,
+        out_dir: Path | None = None,
+        keep_seconds: float = 900,
+    ) -> None:
+        self.source = source
+        self.limits = limits or DemoLimits()
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="workbench-demo-"))
+        self.keep_seconds = keep_seconds
+
+    # ----------------------------------------------------------------- helpers
+
+    def _predictor(self) -> Predictor:
+        try:
+            return self.source.get()
+        except NoModel as e:
+            raise gr.Error(f"{e} {TRAIN_HINT}", title="No trained model") from e
+
+    def _predict(self, image: np.ndarray, score: float, iou: float) -> tuple[Predictor, Detections]:
+        try:
+            return self.source.predict(image, score_threshold=float(score), iou_threshold=float(iou))
+        except NoModel as e:
+            raise gr.Error(f"{e} {TRAIN_HINT}", title="No trained model") from e
+
+    def _request_dir(self) -> Path:
+        now = time.time()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.out_dir.iterdir():
+            try:
+                if now - old.stat().st_mtime > self.keep_seconds:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                continue
+        folder = self.out_dir / uuid.uuid4().hex[:12]
+        folder.mkdir()
+        return folder
+
+    def _check_size(self, width: int, height: int, what: str) -> None:
+        limits = self.limits
+        if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+            raise gr.Error(
+                f"The {what} is {width}x{height} px; the demo takes at most {limits.max_side} px a side "
+                f"and {limits.max_pixels / 1e6:.0f} megapixels. Resize it and try again.",
+                title="Too large",
+            )
+
+    def _read_image(self, path: str) -> np.ndarray:
+        try:
+            with Image.open(path) as header:  # the header only: refuse huge images before decoding them
+                self._check_size(header.width, header.height, "image")
+            return load_image(Path(path), shown=Path(path).name)
+        except ReadError as e:
+            raise gr.Error(str(e), title="Unreadable image") from e
+        except (OSError, Image.DecompressionBombError) as e:
+            raise gr.Error(f"{Path(path).name}: not an image this demo can read ({e})", title="Unreadable image") from e
+
+    # ----------------------------------------------------------------- events
+
+    def detect_image(
+        self, image_path: str | None, score_threshold: float = 0.25, iou_threshold: float = 0.5
+    ) -> tuple[np.ndarray, list[list[Any]], str, str, str]:
+        """``image_path`` -> (annotated ``(H, W, 3)`` image, table rows, annotated PNG path, JSON path, status)."""
+        if not image_path:
+            raise gr.Error("Upload an image first (or pick one of the examples).", title="No image")
+        self._predictor()  # the no-model answer before decoding anything
+        image = self._read_image(image_path)
+        start = time.perf_counter()
+        predictor, det = self._predict(image, score_threshold, iou_threshold)
+        elapsed = time.perf_counter() - start
+        annotated = annotate(image, det, predictor.classes)
+        folder = self._request_dir()
+        stem = Path(image_path).stem or "image"
+        png = folder / f"{stem}_detections.png"
+        Image.fromarray(annotated).save(png)
+        record = {
+            "image": Path(image_path).name,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "model": predictor.run_dir.name,
+            "classes": predictor.classes,
+            "score_threshold": float(score_threshold),
+            "iou_threshold": float(iou_threshold),
+            "box_format": "x1, y1, x2, y2 pixels of the stored image (0-based, x2/y2 exclusive)",
+            "detections": detections_to_json(det, predictor.classes),
+        }
+        json_path = folder / f"{stem}_detections.json"
+        json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        status = (
+            f"**{len(det)}** detection(s) in {image.shape[1]}x{image.shape[0]} px, "
+            f"{elapsed * 1000:.0f} ms, model `{predictor.run_dir.name}`"
+        )
+        return annotated, detection_rows(det, predictor.classes), str(png), str(json_path), status
+
+    def detect_frame(
+        self, frame: np.ndarray | None, score_threshold: float = 0.25, iou_threshold: float = 0.5
+    ) -> np.ndarray | None:
+        """One webcam frame ``(H, W, 3)`` uint8 RGB -> the same frame annotated."""
+        if frame is None:
+            return None
+        frame = np.asarray(frame)[:, :, :3].astype(np.uint8, copy=False)
+        self._check_size(frame.shape[1], frame.shape[0], "frame")
+        predictor, det = self._predict(frame, score_threshold, iou_threshold)
+        return annotate(frame, det, predictor.classes)
+
+    def detect_video(
+        self,
+        video_path: str | None,
+        score_threshold: float = 0.25,
+        iou_threshold: float = 0.5,
+        frame_step: int = 1,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[str, str]:
+        """``video_path`` -> (annotated WebM path, status). Runs the model on every
+        ``frame_step``-th frame; the frames between keep the last boxes."""
+        from workbench import video
+
+        if not video_path:
+            raise gr.Error("Upload a video first.", title="No video")
+        predictor = self._predictor()
+        try:
+            info = video.probe(video_path)
+        except ReadError as e:
+            raise gr.Error(f"{Path(video_path).name}: {e.reason}", title="Unreadable video") from e
+        self._check_size(info.width, info.height, "video")
+        if info.seconds > self.limits.max_video_seconds:
+            raise gr.Error(
+                f"The video lasts {info.seconds:.0f} s; the demo takes at most {self.limits.max_video_seconds:.0f} s. "
+                "Cut it shorter and try again.",
+                title="Too long",
+            )
+        step = max(1, int(frame_step or 1))
+        total = info.frames or None
+        limit = int(self.limits.max_video_seconds * info.fps) + 1  # containers that under-report their length
+        out = self._request_dir() / f"{Path(video_path).stem or 'video'}_detections"
+        start = time.perf_counter()
+        done = detections_total = 0
+        progress(0, desc="Detecting", total=total, unit="frames")
+        det = Detections()
+        with video.VideoWriter(out, fps=info.fps, size=(info.width, info.height)) as writer:
+            for index, frame in enumerate(video.read_frames(video_path)):
+                if index >= limit:
+                    break
+                if frame.shape[1::-1] != (info.width, info.height):  # a stream that changes size mid-way
+                    break
+                if index % step == 0:
+                    predictor, det = self._predict(frame, score_threshold, iou_threshold)
+                    detections_total += len(det)
+                writer.write(annotate(frame, det, predictor.classes))
+                done += 1
+                progress((done, total), desc="Detecting", unit="frames")
+        if not done:
+            raise gr.Error(f"{Path(video_path).name}: no frame could be decoded.", title="Unreadable video")
+        elapsed = time.perf_counter() - start
+        status = (
+            f"**{done}** frame(s), model run on {(done + step - 1) // step}, {detections_total} detection(s); "
+            f"{elapsed:.1f} s ({elapsed / done * 1000:.0f} ms a frame), codec {writer.fourcc}, "
+            f"model `{predictor.run_dir.name}`"
+        )
+        return str(writer.path), status
+
+    def model_card(self) -> tuple[str, str, dict[str, Any]]:
+        """(banner, model card as Markdown, model card as JSON); the no-model answer when there is none."""
+        try:
+            predictor = self.source.get()
+        except NoModel as e:
+            message = f"**{e}** {TRAIN_HINT}"
+            return f"⚠️ {message}", message, {"model": None, "message": f"{e} {TRAIN_HINT}"}
+        card = dict(predictor.card)
+        card.setdefault("run", predictor.run_dir.name)
+        card["classes"] = predictor.classes
+        banner = (
+            f"Serving **`{predictor.run_dir.name}`** ({card.get('model')}, {len(predictor.classes)} classes: "
+            f"{', '.join(predictor.classes)}) on {predictor.device.type}."
+        )
+        return banner, card_markdown(card), card
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card for people: classes (in their colours), metrics, training data, weights."""
+    weights = card.get("weights") or {}
+    best = card.get("best_metrics") or {}
+    classes = card.get("classes") or []
+    swatches = " ".join(
+        f'<span style="background:{class_colour(i)};color:white;padding:1px 6px;border-radius:3px">{name}</span>'
+        for i, name in enumerate(classes)
+    )
+    lines = [
+        f"### `{card.get('run')}`",
+        "",
+        f"- **Model**: {card.get('engine') or 'torchvision'} / `{card.get('model')}`",
+        f"- **Classes** ({len(classes)}): {swatches}",
+        f"- **Weights used**: {weights.get('kind', '?')} ({weights.get('source', '?')})"
+        + (f", `{weights.get('weights')}`" if weights.get("weights") else ""),
+        f"- **Training data**: `{card.get('dataset', '?')}` ({card.get('dataset_format', '?')}), "
+        f"{card.get('train_images', '?')} train / {card.get('val_images', '?')} val images, "
+        f"annotations sha256 `{str(card.get('dataset_hash', '?'))[:16]}`",
+        f"- **Training**: {card.get('epochs_done', '?')} of {card.get('epochs', '?')} epochs, "
+        f"{card.get('imgsz', '?')} px, batch {card.get('batch', '?')}, on {card.get('device', '?')}; "
+        f"finished {card.get('finished_at') or 'no (an unfinished run)'}",
+    ]
+    if best:
+        lines += ["", "| metric (best epoch, COCO) | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in best.items()]
+    else:
+        lines += ["", "_No validation metrics in the card._"]
+    return "\n".join(lines)
+
+
+def sample_examples(limit: int = 6) -> list[list[str]]:
+    """Example inputs from the bundled sample dataset (empty when it is missing)."""
+    if not SAMPLE_IMAGES.is_dir():
+        return []
+    files = sorted(p for p in SAMPLE_IMAGES.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    return [[str(p)] for p in files[:limit]]
+
+
+def build_demo(app: DetectorDemo) -> gr.Blocks:
+    """The ``gr.Blocks`` of the demo; queue settings from ``app.limits``."""
+    limits = app.limits
+    with gr.Blocks(title="Detection workbench demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## Detection workbench: try the model")
+        banner = gr.Markdown()
+        with gr.Tab("Image"):
+            with gr.Row():
+                with gr.Column():
+                    image_in = gr.Image(
+                        label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=420
+                    )
+                    score = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Confidence threshold")
+                    iou = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="IoU threshold (NMS)")
+                    run_image = gr.Button("Detect", variant="primary")
+                    examples = sample_examples()
+                    if examples:
+                        gr.Examples(examples=examples, inputs=[image_in], label="Examples (bundled facemask sample)")
+                with gr.Column():
+                    image_out = gr.Image(label="Detections", type="numpy", format="png", height=420, interactive=False)
+                    image_status = gr.Markdown()
+                    with gr.Row():
+                        png_file = gr.DownloadButton("Annotated image (PNG)", size="sm")
+                        json_file = gr.DownloadButton("Detections (JSON)", size="sm")
+            table = gr.Dataframe(headers=TABLE_HEADERS, label="Detections", interactive=False, max_height=320)
+            run_image.click(
+                app.detect_image,
+                inputs=[image_in, score, iou],
+                outputs=[image_out, table, png_file, json_file, image_status],
+                api_name="detect_image",
+            )
+        with gr.Tab("Webcam"):
+            gr.Markdown(
+                f"Start the camera; frames go to the model while it records (up to {limits.stream_seconds} s a "
+                "stream). Each frame waits for the one before it, so the rate is what this machine can do."
+            )
+            with gr.Row():
+                cam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy")
+                cam_out = gr.Image(label="Detections", type="numpy", interactive=False)
+            with gr.Row():
+                cam_score = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="Confidence threshold")
+                cam_iou = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="IoU threshold (NMS)")
+            cam.stream(
+                app.detect_frame,
+                inputs=[cam, cam_score, cam_iou],
+                outputs=[cam_out],
+                api_name="detect_webcam",
+                stream_every=0.25,
+                time_limit=limits.stream_seconds,
+                trigger_mode="always_last",
+                show_progress="hidden",
+                concurrency_limit=limits.concurrency,
+                concurrency_id="webcam",
+            )
+        with gr.Tab("Video"):
+            with gr.Row():
+                with gr.Column():
+                    video_in = gr.Video(label="Video", sources=["upload"], include_audio=True)
+                    v_score = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Confidence threshold")
+                    v_iou = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="IoU threshold (NMS)")
+                    v_step = gr.Slider(1, 10, value=1, step=1, label="Run the model on every n-th frame")
+                    run_video = gr.Button("Detect", variant="primary")
+                with gr.Column():
+                    video_out = gr.Video(label="Detections (WebM)", interactive=False)
+                    video_status = gr.Markdown()
+            run_video.click(
+                app.detect_video,
+                inputs=[video_in, v_score, v_iou, v_step],
+                outputs=[video_out, video_status],
+                api_name="detect_video",
+                concurrency_limit=1,  # a video holds the model for many frames; one at a time
+                concurrency_id="video",
+            )
+        with gr.Tab("Model"):
+            card_md = gr.Markdown()
+            with gr.Accordion("model_card.json", open=False):
+                card_json = gr.JSON()
+            refresh = gr.Button("Reload", size="sm")
+        refresh.click(app.model_card, outputs=[banner, card_md, card_json], api_name="model_card", queue=False)
+        demo.load(app.model_card, outputs=[banner, card_md, card_json], api_name="model_card_on_load", queue=False)
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
+    return demo
+
+
+def share_failure_reason(timeout: float = 3.0) -> str:
+    """Why Gradio could not open a share link, as far as can be told from here."""
+    from gradio import tunneling
+
+    host = "api.gradio.app"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            pass
+    except OSError as e:
+        return f"cannot reach {host}:443 ({e.strerror or e}); is this machine offline or behind a proxy?"
+    if not Path(tunneling.BINARY_PATH).exists():
+        return f"the tunnel client is missing ({tunneling.BINARY_PATH}) and could not be downloaded"
+    return "the share server refused the tunnel (see Gradio's message above)"
+
+
+@dataclass
+class Served:
+    """Where a launched demo answers: ``local_url`` always, ``share_url`` when a public link was made."""
+
+    local_url: str
+    share_url: str | None
+    share_error: str | None
+
+
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    auth: tuple[str, str] | None = None,
+    limits: DemoLimits | None = None,
+    quiet: bool = False,
+) -> Served:
+    """Start the server without blocking (``demo.block_thread()`` waits; ``demo.close()`` stops).
+
+    A failed share link is not an error: the demo keeps serving on ``host:port`` and
+    ``Served.share_error`` says why.
+    """
+    limits = limits or DemoLimits()
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=auth,
+        auth_message="Log in with the user and password given to `workbench demo --auth`." if auth else None,
+        max_file_size=limits.max_file_size,
+        prevent_thread_lock=True,
+        show_error=True,
+        quiet=quiet,
+        footer_links=["api", "settings"],
+    )
+    share_url = getattr(demo, "share_url", None) if share else None
+    error = share_failure_reason() if share and not share_url else None
+    return Served(local_url=demo.local_url, share_url=share_url, share_error=error)
+
+
+__all__ = [
+    "DemoLimits",
+    "DetectorDemo",
+    "ModelSource",
+    "NoModel",
+    "Served",
+    "annotate",
+    "build_demo",
+    "card_markdown",
+    "detection_rows",
+    "launch",
+    "sample_examples",
+]

@@ -1,0 +1,262 @@
+"""``workbench demo``: serve the Gradio demo, and start/stop it as a background process.
+
+    workbench demo [--model RUN|latest] [--port N] [--share] [--auth USER:PASS]
+
+Gradio is imported only when the server starts, so the Streamlit Demo page can use
+``start``/``stop``/``status`` below without paying for it.
+
+A running demo (started here or from a terminal) writes ``<workspace>/demo.json``: its pid,
+port, local URL, public URL or why there is none, and the model asked for. The file is
+removed when the server exits; a file whose pid is gone is stale and ignored. The server's
+output goes to ``<workspace>/demo.log`` when started by ``start``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+from workbench.training.paths import workspace_dir
+
+STATE_FILE = "demo.json"
+LOG_FILE = "demo.log"
+AUTH_ENV = "WORKBENCH_DEMO_AUTH"  # USER:PASS, so a password need not show in `ps`
+DEFAULT_PORT = 7860
+
+
+def _error(message: str) -> None:
+    print(f"workbench: error: {message}", file=sys.stderr)
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """``"USER:PASS"`` -> ``("USER", "PASS")``; ``None`` or ``""`` -> no login."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise WorkbenchError("--auth takes USER:PASS (both non-empty)")
+    return user, password
+
+
+# --------------------------------------------------------------------------- state file
+
+
+def state_path() -> Path:
+    return workspace_dir() / STATE_FILE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child (started by this process, not yet reaped) is not serving
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_state() -> dict[str, Any] | None:
+    """The running demo's state, or ``None`` when none runs (a stale file is removed)."""
+    path = state_path()
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    path = state_path()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _clear_state(pid: int) -> None:
+    path = state_path()
+    try:
+        if int(json.loads(path.read_text(encoding="utf-8")).get("pid", -1)) == pid:
+            path.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
+def responds(url: str, timeout: float = 2.0) -> bool:
+    """Whether a demo answers at ``url`` (a login page counts)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/gradio_api/info", timeout=timeout) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code in (401, 403)
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- background process
+
+
+def start(
+    *,
+    model: str = "latest",
+    port: int = DEFAULT_PORT,
+    share: bool = False,
+    auth: str | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 90.0,
+) -> dict[str, Any]:
+    """Start ``workbench demo`` in the background and wait until it serves; returns its state.
+
+    Raises ``WorkbenchError`` with the end of its log when it exits or does not answer in time.
+    A demo already running is returned as is.
+    """
+    running = read_state()
+    if running:
+        return running
+    log_path = workspace_dir() / LOG_FILE
+    command = [sys.executable, "-m", "workbench.cli", "demo", "--model", model, "--port", str(port), "--host", host]
+    if share:
+        command.append("--share")
+    env = dict(os.environ)
+    if auth:
+        parse_auth(auth)
+        env[AUTH_ENV] = auth
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state()
+        if state and int(state["pid"]) == process.pid:
+            return state
+        if process.poll() is not None:
+            break
+        time.sleep(0.3)
+    if process.poll() is None:
+        stop_pid(process.pid)
+    tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+    raise WorkbenchError(f"the demo did not start (log {log_path}):\n{tail}")
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> bool:
+    """SIGTERM ``pid``, then SIGKILL after ``timeout`` s; True when it is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return not _alive(pid)
+
+
+def stop() -> bool:
+    """Stop the running demo (if any); True when one was stopped."""
+    state = read_state()
+    if not state:
+        return False
+    pid = int(state["pid"])
+    stop_pid(pid)
+    _clear_state(pid)
+    return True
+
+
+def status() -> dict[str, Any] | None:
+    """The running demo's state plus ``responding`` (it answers HTTP), or ``None``."""
+    state = read_state()
+    if state:
+        state["responding"] = responds(state["local_url"])
+        state["log"] = str(workspace_dir() / LOG_FILE)
+    return state
+
+
+# --------------------------------------------------------------------------- command
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workbench.demo import DemoLimits, DetectorDemo, ModelSource, build_demo, launch
+
+    auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    limits = DemoLimits(concurrency=args.concurrency)
+    source = ModelSource(args.model, device=args.device)
+    app = DetectorDemo(source, limits=limits)
+    banner, _, _ = app.model_card()  # loads the model now, so the first request is not slow
+    print(banner.replace("**", "").replace("`", ""), file=sys.stderr)
+    demo = build_demo(app)
+    try:
+        served = launch(demo, host=args.host, port=args.port, share=args.share, auth=auth, limits=limits)
+    except OSError as e:
+        _error(f"cannot serve on {args.host}:{args.port}: {e} (another demo running? try --port)")
+        return 1
+    if args.share and served.share_error:
+        print(
+            f"workbench demo: --share: no public link: {served.share_error}. Still serving locally at {served.local_url}",
+            file=sys.stderr,
+        )
+    elif served.share_url:
+        print(f"workbench demo: public link {served.share_url}", file=sys.stderr)
+    print(f"workbench demo: serving on {served.local_url}", file=sys.stderr, flush=True)
+    pid = os.getpid()
+    _write_state(
+        {
+            "pid": pid,
+            "host": args.host,
+            "port": args.port,
+            "local_url": served.local_url,
+            "share_url": served.share_url,
+            "share_error": served.share_error,
+            "model": args.model,
+            "auth": bool(auth),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _clear_state(pid)
+        demo.close()
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="serve a Gradio demo of a trained model (image, webcam, video, API)")
+    p.add_argument("--model", default="latest", metavar="RUN", help="run name, run folder or 'latest' (default)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public link (keeps serving locally if none)")
+    p.add_argument(
+        "--auth", metavar="USER:PASS", help=f"require this login (or set {AUTH_ENV}, which `ps` does not show)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--concurrency", type=int, default=2, help="requests of one kind run at once (default 2)")
+    p.set_defaults(func=cmd_demo)
