@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ui)
     from workbench.training.cli import add_commands
     add_commands(sub)
+    from workbench.demo_cli import add_commands as add_demo_commands
+    add_demo_commands(sub)
     from workbench.eval_cli import add_commands as add_eval_commands
     add_eval_commands(sub)
     return parser
