@@ -152,7 +152,19 @@ def summary(opened: workspace.OpenDataset) -> None:
                 )
 
 
+def through_app() -> None:
+    """If a fresh server's first request is this page's URL, Streamlit runs the page alone (its
+    old ``pages/`` folder mode), without app.py's navigation and ``--data``: leave that mode and
+    rerun, so that app.py runs and opens this same page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def main() -> None:
+    through_app()
     st.title("Datasets")
     added = add_form()
     if added is not None:

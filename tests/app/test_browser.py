@@ -125,14 +125,21 @@ def shot(page, tmp_path: Path, name: str) -> None:
     assert errors.count() == 0, errors.first.inner_text()
 
 
-def drive(page, url: str, *, class_name: str, record, relabel_to: str, move: int, delta, tmp_path, tag: str) -> None:
-    """Filter, open, relabel box 0, drag box ``move`` by ``delta`` image px, save."""
+def drive(
+    page, url: str, *, class_name: str, record, relabel_to: str, move: int, delta, tmp_path, tag: str, direct: bool
+) -> None:
+    """Filter, open, relabel box 0, drag box ``move`` by ``delta`` image px, save. ``direct``
+    opens the Browse page's URL as the fresh server's first request (which must still go through
+    app.py: its navigation and ``--data``)."""
     page.set_default_timeout(30_000)
-    page.goto(url)
-    page.get_by_text("Images", exact=True).wait_for()
-    shot(page, tmp_path, f"{tag}-1-datasets")
-
-    page.locator("[data-testid='stSidebarNav'] a", has_text="Browse").click()
+    if direct:
+        page.goto(url + "/browse")
+        page.locator("[data-testid='stSidebarNav'] a", has_text="Datasets").wait_for()
+    else:
+        page.goto(url)
+        page.get_by_text("Images", exact=True).wait_for()
+        shot(page, tmp_path, f"{tag}-1-datasets")
+        page.locator("[data-testid='stSidebarNav'] a", has_text="Browse").click()
     page.get_by_text(re.compile(r"page 1 of \d+ · \d+ images")).wait_for()
     classes = page.locator("[data-testid='stMultiSelect']", has_text="Class")
     classes.click()
@@ -209,7 +216,7 @@ def run_case(browser, tmp_path: Path, data: Path, fmt: str, class_name: str):
         page = context.new_page()
         drive(
             page, server.url, class_name=class_name, record=record, relabel_to=relabel_to,
-            move=move, delta=delta, tmp_path=tmp_path, tag=fmt,
+            move=move, delta=delta, tmp_path=tmp_path, tag=fmt, direct=fmt == "yolo",
         )  # fmt: skip
         saved = ann.read_bytes()
         after = {k: v for k, v in digests(data).items() if k != str(ann.relative_to(data))}
