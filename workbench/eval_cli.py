@@ -25,9 +25,18 @@ def _progress(enabled: bool):
     return progress_bars(enabled)
 
 
-def _quiet_fiftyone() -> None:
-    """FiftyOne logs its progress to stdout; keep stdout for our own output."""
-    logging.getLogger("fiftyone").setLevel(logging.WARNING)
+def _fiftyone_logs_to_stderr() -> None:
+    """FiftyOne logs its progress to stdout (its handlers are added on import); keep stdout for
+    our own output (``--json`` must print one JSON object and nothing else)."""
+    from workbench.fiftyone_app import fiftyone
+
+    fiftyone()
+    for name, item in list(logging.root.manager.loggerDict.items()):
+        if not name.startswith(("fiftyone", "eta")) or not isinstance(item, logging.Logger):
+            continue
+        for handler in item.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)
 
 
 def _fmt(value: float | None) -> str:
@@ -180,8 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_errors(args: argparse.Namespace) -> int:
     from workbench import fiftyone_app as fa
 
-    if args.json:
-        _quiet_fiftyone()
+    _fiftyone_logs_to_stderr()
     with _progress(not args.json) as update:
         errors = fa.prepare_errors(
             args.model,

@@ -12,11 +12,12 @@ comes from pycocotools' ``COCOeval`` on the ground truth that ``training.coco_ev
 
 The confusion matrix is not a COCO metric; it is counted here, at one IoU (0.5) and one score
 threshold (0.25): rows are the ground truth, columns the predictions, both ending with
-``background``. Detections are taken highest score first; each takes the unmatched ground-truth
-box of its own class with the highest IoU >= the threshold, else the unmatched box of any class
-with the highest IoU (a class confusion), else it is a false positive (background row), unless
-it lies in an ignore region (intersection over its own area >= the threshold, as COCO's crowd
-rule), where it is not counted. Unmatched ground-truth boxes are false negatives (background
+``background``. First COCO's rule: detections, highest score first, each take the unmatched
+ground-truth box of their own class with the highest IoU >= the threshold (the true positives,
+the same as FiftyOne's classwise matching). Then the detections left, in the same order, take the
+unmatched box of another class with the highest IoU (a class confusion). A detection still left
+is a false positive (background row), unless it lies in an ignore region (intersection over its
+own area >= the threshold, COCO's crowd rule), where it is not counted. Unmatched ground-truth boxes are false negatives (background
 column). Per image, ``fp`` counts detections not matched to a box of their class and ``fn`` boxes
 not found with their class, so a confusion counts once in each.
 
@@ -262,15 +263,25 @@ def match_image(
         else np.zeros(len(det_labels))
     )
     taken = np.zeros(len(gt_labels), dtype=bool)
+    matched = np.full(len(det_labels), -1)
+    # pass 1, COCO's rule: each detection (highest score first) takes the free box of its own
+    # class with the highest IoU >= the threshold (these are the true positives);
+    # pass 2: the detections left take a free box of another class (the class confusions).
+    for same_class in (True, False):
+        for d in order:
+            if matched[d] >= 0 or not len(gt_labels):
+                continue
+            free = (~taken) & (ious[d] >= iou_threshold)
+            if same_class:
+                free &= gt_labels == det_labels[d]
+            if free.any():
+                g = int(np.argmax(np.where(free, ious[d], -1.0)))
+                taken[g] = True
+                matched[d] = g
     pairs: list[tuple[int, int]] = []
     for d in order:
-        free = (~taken) & (ious[d] >= iou_threshold) if len(gt_labels) else np.zeros(0, dtype=bool)
-        same = free & (gt_labels == det_labels[d])
-        pick = same if same.any() else free
-        if pick.any():
-            g = int(np.argmax(np.where(pick, ious[d], -1.0)))
-            taken[g] = True
-            pairs.append((int(gt_labels[g]), int(det_labels[d])))
+        if matched[d] >= 0:
+            pairs.append((int(gt_labels[matched[d]]), int(det_labels[d])))
         elif ignore_overlap[d] < iou_threshold:
             pairs.append((-1, int(det_labels[d])))
     pairs += [(int(label), -1) for label in gt_labels[~taken]]

@@ -187,3 +187,9 @@ def test_save_and_load_report(tmp_path):
     summary = json.loads(json.dumps(again.summary()))
     assert 0.0 <= summary["AP"] <= 1.0 and summary["per_class"]["a"] == {"AP": 1.0, "AP50": 1.0}
     assert json.loads((out / "coco_results.json").read_text())[0]["file_name"] == "images/0.png"
+
+
+def test_a_confusion_does_not_take_the_box_of_a_right_detection():
+    # the higher-scoring detection has the wrong class: the right one, scoring lower, is still the true positive
+    pairs = match_image([[0, 0, 100, 100]], [1], [[0, 0, 100, 100], [2, 0, 100, 100]], [0, 1], [0.9, 0.5])
+    assert sorted(pairs) == [(-1, 0), (1, 1)]

@@ -1,0 +1,99 @@
+"""Fixtures of the evaluation tests: an isolated FiftyOne database and a tiny model trained once.
+
+FiftyOne reads its configuration when it is first imported, so the database folder is set
+here, when pytest loads this file, before any test imports ``fiftyone``: a fresh temporary
+folder per test session, never ``~/.fiftyone``. The ``mongod`` FiftyOne starts there is stopped
+(and checked gone) when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED, copy_voc_subset
+
+FIFTYONE_TMP = Path(tempfile.mkdtemp(prefix="wb-fiftyone-"))
+os.environ["FIFTYONE_DATABASE_DIR"] = str(FIFTYONE_TMP / "db")
+os.environ["FIFTYONE_CONFIG_PATH"] = str(FIFTYONE_TMP / "config.json")  # not the user's config
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
+for _name in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_NAME"):
+    os.environ.pop(_name, None)
+
+# 8 images of the shared VOC set with all three classes between them
+STEMS = [f"maksssksksss{i}" for i in (0, 1, 2, 3, 4, 6, 8, 13)]
+
+
+def _mongod_processes() -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if "mongod" in (proc.info["name"] or "") and str(FIFTYONE_TMP) in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="session")
+def fiftyone_db():
+    """The ``fiftyone`` module connected to a ``mongod`` in a temporary folder; stopped afterwards."""
+    if "fiftyone" in sys.modules:
+        import fiftyone as fo
+
+        assert fo.config.database_dir == str(FIFTYONE_TMP / "db"), "fiftyone was imported before the test isolation"
+    import fiftyone as fo
+
+    assert fo.config.database_uri is None
+    assert fo.list_datasets() == []  # starts mongod in FIFTYONE_TMP; a fresh database
+    assert _mongod_processes(), "expected a mongod serving the temporary database folder"
+    yield fo
+    import fiftyone.core.odm.database as fodb
+
+    fodb._disconnect()
+    if fodb._db_service is not None:
+        fodb._db_service.stop()
+        fodb._db_service = None
+    deadline = time.monotonic() + 20
+    while _mongod_processes() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    left = _mongod_processes()
+    for proc in left:  # ours: started for this session
+        proc.kill()
+    shutil.rmtree(FIFTYONE_TMP, ignore_errors=True)
+    assert not left, f"mongod still running after the tests: {left}"
+
+
+@pytest.fixture(scope="session")
+def voc8(tmp_path_factory) -> Path:
+    """8 images of the shared VOC set (a session copy: tests must not change it)."""
+    return copy_voc_subset(SHARED, tmp_path_factory.mktemp("voc8"), STEMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, voc8) -> Path:
+    """A model trained for 2 iterations at 160 px through ``workbench train``; its run folder."""
+    home = tmp_path_factory.mktemp("train")
+    env = dict(os.environ, WORKBENCH_HOME=str(home / "home"), WORKBENCH_MODELS=str(home / "models"))
+    command = [
+        sys.executable, "-m", "workbench.cli", "train", "--data", str(voc8), "--model", "fasterrcnn_mobilenet_v2",
+        "--epochs", "1", "--imgsz", "160", "--batch", "2", "--max-iters", "2", "--workers", "0",
+        "--name", "tiny", "--wait",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run = home / "models" / "tiny"
+    assert (run / "model_best.pth").is_file() or (run / "checkpoint.pth").is_file()
+    return run

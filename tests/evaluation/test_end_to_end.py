@@ -1,0 +1,204 @@
+"""A tiny model trained in the session, evaluated with pycocotools and in FiftyOne (a real mongod)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench import fiftyone_app as fa
+from workbench.cli import main
+from workbench.evaluation import EVAL_DIR, evaluate_run, load_report
+from workbench.formats import load_dataset, save_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_run, voc8):
+    return evaluate_run(tiny_run, voc8, split="all")
+
+
+@pytest.fixture(scope="session")
+def errors(fiftyone_db, evaluated):
+    return fa.errors_from_evaluation(evaluated)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_eval_cli_json(tiny_run, voc8, capsys):
+    assert main(["eval", "--model", str(tiny_run), "--data", str(voc8), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("AP", "AP50", "AP75"):
+        assert 0.0 <= out[key] <= 1.0
+    assert out["per_class"], "no class with ground truth in the run's validation images"
+    for values in out["per_class"].values():
+        assert set(values) == {"AP", "AP50"} and all(0.0 <= v <= 1.0 for v in values.values())
+    assert out["confusion"]["classes"][-1] == "background"
+    assert out["split"].startswith("the run's validation images")
+    assert (Path(out["saved"]) / "metrics.json").is_file()
+
+
+def test_report_saved_in_the_run(evaluated, tiny_run, voc8):
+    report = evaluated.report
+    assert report.out_dir.parent == tiny_run / EVAL_DIR
+    for name in (
+        "metrics.json",
+        "detections.json",
+        "coco_results.json",
+        "ap_per_class.png",
+        "confusion.png",
+        "pr_curves.png",
+    ):
+        assert (report.out_dir / name).stat().st_size > 0
+    assert len(report.images) == 8
+    # every ground-truth box is in exactly one cell of its class's row
+    dataset = load_dataset(voc8)
+    matrix = np.array(report.confusion["matrix"])
+    for i, name in enumerate(report.classes):
+        assert matrix[i].sum() == dataset.class_counts().get(name, 0) == report.per_class[name]["gt"]
+    assert load_report(report.out_dir).metrics == report.metrics
+
+
+def test_fiftyone_dataset_holds_the_same_samples_and_boxes(errors, evaluated, voc8):
+    ds, dataset = errors.dataset, evaluated.dataset
+    assert len(ds) == len(dataset.images) == 8
+    assert ds.count("ground_truth.detections") == dataset.num_boxes
+    by_path = {r.path: r for r in dataset.images}
+    worst = 0.0
+    for wb_path, gt, split, source in zip(*ds.values(["wb_path", "ground_truth", "split", "source"]), strict=True):
+        record = by_path[wb_path]
+        w, h = record.width, record.height
+        expected = np.array([[x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h] for x1, y1, x2, y2 in record.boxes])
+        got = np.array([d.bounding_box for d in gt.detections]).reshape(-1, 4)
+        assert got.shape == expected.shape
+        worst = max(worst, float(np.abs(got - expected).max()) if len(got) else 0.0)
+        assert [d.label for d in gt.detections] == [dataset.classes[c] for c in record.class_ids]
+        assert source == record.annotation and split == record.split
+    assert worst < 1e-6
+    # predictions: the detections at the score threshold, the same boxes
+    kept = {r.path: d[d.scores >= 0.25] for r, d in zip(evaluated.records, evaluated.detections, strict=True)}
+    assert ds.count("predictions.detections") == sum(len(d) for d in kept.values())
+    for wb_path, preds in zip(*ds.values(["wb_path", "predictions"]), strict=True):
+        record, det = by_path[wb_path], kept[wb_path]
+        got = np.array([p.bounding_box for p in preds.detections]).reshape(-1, 4)
+        back = np.array([fa.from_fiftyone_box(b, record.width, record.height) for b in got]).reshape(-1, 4)
+        assert np.allclose(back, det.boxes, rtol=0, atol=1e-6 * max(record.width, record.height))
+
+
+def test_fiftyone_evaluation_agrees_with_ours(errors, evaluated):
+    ds, key = errors.dataset, errors.eval_key
+    assert key == "eval_tiny" and ds.has_evaluation(key) and ds.has_evaluation(key + "_any")
+    ours = {t: sum(im[t] for im in evaluated.report.images) for t in ("tp", "fp", "fn")}
+    theirs = {t: int(sum(ds.values(f"{key}_{t}"))) for t in ("tp", "fp", "fn")}
+    assert theirs == ours
+
+
+def test_ready_views(errors):
+    ds, key = errors.dataset, errors.eval_key
+    assert set(ds.list_saved_views()) == set(fa.VIEWS)
+    fp = ds.load_saved_view("false-positives")
+    labels = fp.values(f"predictions.detections.{key}", unwind=True)
+    assert set(labels) <= {"fp"} and len(labels) == errors.summary["fp"]
+    fn = ds.load_saved_view("false-negatives").values(f"ground_truth.detections.{key}", unwind=True)
+    assert set(fn) <= {"fn"} and len(fn) == errors.summary["fn"]
+    low = ds.load_saved_view("low-iou").values(f"predictions.detections.{key}_iou", unwind=True)
+    assert all(v < fa.LOW_IOU for v in low)
+    assert errors.summary["brain"]["mistakenness"].startswith("ran")
+    assert errors.summary["brain"]["hardness"].startswith("skipped")
+    mistaken = ds.load_saved_view("most-mistaken").values("mistakenness")
+    assert mistaken == sorted(mistaken, reverse=True)
+
+
+def test_tags_come_back_as_a_relabel_queue_and_fixes_show_after_refresh(fiftyone_db, voc8, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(voc8, root)
+    dataset = load_dataset(root)
+    ds = fa.refresh(dataset)
+    assert ds.name == fa.dataset_name(root) and len(ds) == 8
+    assert fa.relabel_queue(root) == []
+    target = dataset.images[0].path
+    sample = ds.match({"wb_path": target}).first()
+    sample.tags.append(fa.FIX_TAG)
+    sample.save()
+    ds.match({"wb_path": dataset.images[1].path}).tag_labels(fa.FIX_TAG, label_fields="ground_truth")
+    queue = fa.relabel_queue(root)
+    assert [q["path"] for q in queue] == sorted([target, dataset.images[1].path])
+    assert any("tagged 'fix'" in reason for reason in queue[0]["reasons"] + queue[1]["reasons"])
+    # a fix saved in the workbench (one box removed) shows up at the next refresh; the tag stays
+    before = len(dataset.images[0])
+    fixed = dataset.copy()
+    fixed.images[0].remove_box(0)
+    save_dataset(fixed, root)
+    ds = fa.refresh(load_dataset(root))
+    assert len(ds.match({"wb_path": target}).first().ground_truth.detections) == before - 1
+    assert fa.FIX_TAG in ds.match({"wb_path": target}).first().tags
+    assert ds.count("ground_truth.detections") == dataset.num_boxes - 1
+    assert len(fa.relabel_queue(root)) == 2
+    assert fa.clear_tag(root, [target, dataset.images[1].path]) == 2
+    assert fa.relabel_queue(root) == []
+
+
+def test_predict_cli(tiny_run, voc8, tmp_path, capsys):
+    image = voc8 / "images" / "maksssksksss0.png"
+    assert main(["predict", "--model", str(tiny_run), str(image), "--json", "--score", "0.01"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "tiny" and out["images"][0]["width"] == 512
+    for d in out["images"][0]["detections"]:
+        assert set(d) == {"box", "score", "class_id", "class"} and d["score"] >= 0.01
+    out_dir = tmp_path / "pred"
+    assert (
+        main(["predict", "--model", str(tiny_run), str(voc8 / "images"), "--out", str(out_dir), "--score", "0.01"]) == 0
+    )
+    assert len(list(out_dir.glob("*.jpg"))) == 8
+    results = json.loads((out_dir / "coco_results.json").read_text())
+    images = json.loads((out_dir / "coco_images.json").read_text())
+    assert len(images["images"]) == 2 and {r["image_id"] for r in results} <= {im["id"] for im in images["images"]}
+
+
+def test_errors_cli_serves_the_app_on_localhost(fiftyone_db, tiny_run, voc8):
+    port = free_port()
+    env = dict(os.environ)  # holds the test database's port: the command joins the same mongod
+    command = [
+        sys.executable, "-m", "workbench.cli", "errors", "--model", str(tiny_run), "--data", str(voc8),
+        "--port", str(port), "--json",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-3000:] if proc.poll() is not None else "no output"
+        summary = json.loads(line)  # stdout holds our JSON only (FiftyOne's messages go to stderr)
+        assert summary["url"].startswith(f"http://127.0.0.1:{port}/")
+        assert summary["samples"] == 2 and summary["views"]["false-negatives"] >= 0
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(summary["url"], timeout=10) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
