@@ -123,6 +123,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from workbench.training import jobs
 
+    before = jobs.get_job(args.run)["state"]
+    if before not in jobs.ACTIVE:
+        print(f"{args.run}: not running ({before})", file=sys.stderr)
+        return 1
     state = jobs.cancel_job(args.run, timeout=args.timeout)
     print(f"{args.run}: {state}")
     return 0 if state == "cancelled" else 1

@@ -283,7 +283,7 @@ def main(
 
     from workbench.training.coco_eval import evaluate
     from workbench.training.data import DetectionDataset, collate, train_transforms
-    from workbench.training.models import build_model, get_spec, resolve_weights
+    from workbench.training.models import apply_structure, build_model, get_spec, resolve_weights, structure_of
     from workbench.training.predict import load_checkpoint, pick_device
 
     config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
@@ -296,6 +296,8 @@ def main(
         torch.cuda.set_device(device)
     if device.type == "cpu" and world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if world > 1:
+        log.info("DDP: %d processes, backend %s, this is rank %d", world, dist.get_backend(), rank)
     torch.manual_seed(config.seed + rank)
     if config.model == "default":
         config.model = default_model(config.device)
@@ -331,6 +333,9 @@ def main(
         f" ({weights.get('file')})" if weights.get("file") else "",
     )
     model = build_model(spec.name, len(config.classes) + 1, weights=None if checkpoint else weights, imgsz=config.imgsz)
+    if checkpoint:
+        apply_structure(model, checkpoint["structure"])  # the frozen layers of the pretrained start
+    structure = structure_of(model)
     model.transform._skip_resize = True  # the loader resizes (scale jitter); eval still resizes to imgsz
     model.to(device)
 
@@ -472,6 +477,7 @@ def main(
                     "epoch": epoch,
                     "classes": config.classes,
                     "weights": weights,
+                    "structure": structure,
                     "best_ap": max(best_ap, metrics["AP"]),
                     "best_metrics": best_metrics,
                 }

@@ -75,7 +75,7 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
         raise WorkbenchError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
     if array.dtype != np.uint8:
         raise WorkbenchError(f"expected a uint8 image, got {array.dtype}")
-    array = np.ascontiguousarray(array[:, :, :3])
+    array = np.array(array[:, :, :3], copy=True)  # decoded images are often read-only
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
