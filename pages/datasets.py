@@ -23,8 +23,9 @@ def current_entry() -> workspace.DatasetEntry | None:
     return entry or workspace.current_dataset()
 
 
-def open_image(image: str) -> None:
+def open_image(image: str, box: int | None = None) -> None:
     st.session_state["image"] = image
+    st.session_state["box_index"] = box or 0  # the box the finding is about, picked in the editor
     st.switch_page("pages/annotate.py")
 
 
@@ -142,8 +143,8 @@ def summary(opened: workspace.OpenDataset) -> None:
                 c1, c2 = st.columns([5, 1])
                 c1.markdown(f"`{f.file}` — {f.detail}")
                 if f.image and kind not in ("bad_file", "missing_image", "orphan_annotation"):
-                    if c2.button("Open", key=f"finding-{kind}-{n}"):
-                        open_image(f.image)
+                    if c2.button("Open image", key=f"finding-{kind}-{n}", help=f.image):
+                        open_image(f.image, f.box)
             if len(findings) > FINDINGS_WITH_LINKS:
                 st.dataframe(
                     pd.DataFrame([{"file": f.file, "detail": f.detail} for f in findings]),
