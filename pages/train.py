@@ -1,0 +1,243 @@
+"""Train: pick a dataset and a model, click Train, and watch the background job.
+
+The job runs in its own process (``workbench.training.jobs``): closing the tab does not stop
+it. The page shows live progress with loss and validation mAP charts and the log's tail,
+Cancel and Resume buttons, and a table of every run to compare them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from workbench.errors import WorkbenchError
+from workbench.training import jobs, registry
+
+REFRESH_SECONDS = 2.0
+LOG_LINES = 40
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = PROJECT_ROOT / "datasets" / "facemask-sample"
+
+
+@st.cache_resource
+def hardware() -> dict:
+    """The devices this machine offers (torch is imported once per server)."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"gpus": gpus, "cpus": torch.get_num_threads()}
+
+
+@st.cache_data
+def model_choices() -> dict[str, str]:
+    from workbench.training.models import MODELS
+
+    return {name: spec.description for name, spec in MODELS.items()}
+
+
+@st.cache_data(ttl=30)
+def default_model(device: str) -> str:
+    from workbench.training.loop import default_model as pick
+
+    return pick(device)
+
+
+@st.cache_data(ttl=60)
+def detectron2_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("detectron2") is not None
+
+
+def dataset_choices() -> list[str]:
+    """The workspace's datasets (the Datasets page adds them), else the bundled sample."""
+    try:
+        from workbench import workspace
+
+        paths = [entry.path for entry in workspace.list_datasets()]
+    except (ImportError, AttributeError):
+        paths = []
+    if not paths and SAMPLE.is_dir():
+        paths = [str(SAMPLE)]
+    current = st.session_state.get("dataset")
+    if current in paths:
+        paths.remove(current)
+        paths.insert(0, current)
+    return paths
+
+
+def train_form() -> None:
+    """The options and the one Train button; starts a job and remembers its run."""
+    hw = hardware()
+    st.markdown("**New training run**")
+    engines = ["torchvision", "detectron2"] if detectron2_available() else ["torchvision"]
+    engine = (
+        st.segmented_control(
+            "Engine", engines, default="torchvision", key="train_engine", help="detectron2 appears when it is installed"
+        )
+        or "torchvision"
+    )
+    with st.form("train_form", border=True):
+        datasets = dataset_choices()
+        c1, c2 = st.columns([3, 2])
+        choice = c1.selectbox("Dataset", [*datasets, "Other folder..."], key="train_dataset")
+        other = c1.text_input("Other folder", placeholder="/path/to/dataset", key="train_other")
+        device_options = ["auto", "cpu"] + (["cuda"] if hw["gpus"] else [])
+        models = model_choices()
+        if engine == "torchvision":
+            names = list(models)
+            model = c2.selectbox(
+                "Model",
+                names,
+                index=names.index(default_model("auto")),
+                format_func=lambda n: f"{n}: {models[n]}",
+                key="train_model",
+            )
+        else:
+            from workbench.training.engine_detectron2 import ZOO_CONFIGS
+
+            model = c2.selectbox("Model-zoo config", ZOO_CONFIGS, key="train_model_d2")
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input("Epochs", 1, 1000, 12, key="train_epochs")
+        imgsz = c2.number_input("Image size (px, 0 = model's)", 0, 2048, 0, step=32, key="train_imgsz")
+        batch = c3.number_input("Batch", 1, 256, 4, key="train_batch")
+        device = c4.selectbox("Device", device_options, key="train_device")
+        st.caption(
+            f"GPU: {', '.join(hw['gpus'])}"
+            if hw["gpus"]
+            else f"No GPU found: training runs on the CPU ({hw['cpus']} threads)."
+        )
+        submitted = st.form_submit_button("Train", type="primary")
+    if not submitted:
+        return
+    data = other.strip() if choice == "Other folder..." else choice
+    if not data:
+        st.error("Choose a dataset folder.")
+        return
+    config = {
+        "data": data,
+        "engine": engine,
+        "model": model,
+        "epochs": int(epochs),
+        "batch": int(batch),
+        "device": device,
+    }
+    if imgsz:
+        config["imgsz"] = int(imgsz)
+    try:
+        run = jobs.start_job(config)
+    except WorkbenchError as e:
+        st.error(str(e))
+        return
+    st.session_state["train_run"] = run
+    st.success(f"Started **{run}**. It trains in the background: you can close this tab.")
+
+
+def log_tail(path: Path, lines: int = LOG_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 20000))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live(all_jobs: list[dict]) -> None:
+    """Progress of one run, refreshed every few seconds: state, charts, log, Cancel/Resume."""
+    rows = {j["run"]: j for j in jobs.list_jobs()} or {j["run"]: j for j in all_jobs}
+    if not rows:
+        st.info("No training run yet: choose a dataset and a model above and click Train.")
+        return
+    names = list(rows)
+    wanted = st.session_state.get("train_run")
+    run = st.selectbox("Run", names, index=names.index(wanted) if wanted in names else 0, key="train_watch")
+    job = rows[run]
+    folder = Path(job["folder"])
+    p = job["progress"] or {}
+    state = job["state"]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("State", state)
+    c2.metric("Epoch", f"{p.get('epoch', '-')}/{p.get('epochs', job['config'].get('epochs'))}")
+    c3.metric("ETA", fmt_eta(p.get("eta_seconds")) if state == "running" else "-")
+    c4.metric("Best val AP", f"{job['best_ap']:.3f}" if job.get("best_ap") is not None else "-")
+    if p.get("total_iterations"):
+        done = min(1.0, p.get("global_iteration", 0) / p["total_iterations"])
+        st.progress(done, text=f"{p.get('phase', '')}: iteration {p.get('global_iteration')}/{p['total_iterations']}")
+    if job.get("message") and state not in ("running", "finished"):
+        st.caption(job["message"])
+
+    b1, b2, _ = st.columns([1, 1, 4])
+    if state in jobs.ACTIVE and b1.button("Cancel", key=f"cancel_{run}"):
+        with st.spinner("Stopping..."):
+            st.toast(f"{run}: {jobs.cancel_job(run, timeout=30)}")
+    resumable = state in ("failed", "cancelled", "interrupted")
+    if resumable and b2.button("Resume", key=f"resume_{run}", help="continue from the last checkpoint"):
+        try:
+            jobs.resume_job(run)
+            st.toast(f"{run}: resumed")
+        except WorkbenchError as e:
+            st.error(str(e))
+
+    losses = registry.read_jsonl(folder / "losses.jsonl")
+    metrics = registry.read_jsonl(folder / "metrics.jsonl")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Training loss**")
+        if losses:
+            frame = pd.DataFrame(losses).set_index("iteration")
+            st.line_chart(frame[["loss"]], height=220)
+        else:
+            st.caption("No iteration yet.")
+    with c2:
+        st.markdown("**Validation mAP (COCO)**")
+        if metrics:
+            st.line_chart(pd.DataFrame(metrics).set_index("epoch")[["AP", "AP50"]], height=220)
+        else:
+            st.caption("Measured after each epoch.")
+    with st.expander("Log", expanded=state in ("running", "failed")):
+        st.code(log_tail(folder / "train.log") or "(empty)", language=None)
+
+
+def runs_table(all_jobs: list[dict]) -> None:
+    if not all_jobs:
+        return
+    rows = []
+    for j in all_jobs:
+        c, m = j["config"], j["metrics"]
+        rows.append(
+            {
+                "run": j["run"],
+                "state": j["state"],
+                "engine": c.get("engine"),
+                "model": c.get("model"),
+                "epochs": c.get("epochs"),
+                "imgsz": c.get("imgsz"),
+                "batch": c.get("batch"),
+                "best AP": j.get("best_ap"),
+                "last AP": m.get("AP"),
+                "last AP50": m.get("AP50"),
+                "dataset": Path(c.get("data", "")).name,
+                "latest": j["run"] == registry.latest_name(),
+            }
+        )
+    st.markdown("**Runs**")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+st.title("Train")
+st.caption("Train a detector on a dataset. Jobs run in the background; models land in the registry (`models/`).")
+train_form()
+all_jobs = jobs.list_jobs()
+live(all_jobs)
+runs_table(all_jobs)

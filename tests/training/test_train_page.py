@@ -1,0 +1,61 @@
+"""The Train page renders headless (AppTest), lists runs, and starts a job from its form."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import PROJECT
+from workbench.training import jobs
+from workbench.training.registry import run_dir, write_json
+
+TIMEOUT = 90
+
+
+def page() -> AppTest:
+    return AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=TIMEOUT)
+
+
+def test_page_renders_with_no_run_yet():
+    at = page().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Train"
+    assert any("No training run yet" in i.value for i in at.info)
+    assert any(o.startswith("fasterrcnn_mobilenet_v2: ") for o in at.selectbox(key="train_model").options)
+
+
+def test_page_shows_a_run_with_its_charts_and_starts_a_job(tiny_voc, monkeypatch):
+    # a finished-looking run recorded by hand: no training needed to render it
+    folder = run_dir("shown")
+    folder.mkdir(parents=True)
+    (folder / "losses.jsonl").write_text("".join(json.dumps({"epoch": 1, "iteration": i, "loss": 2.0 - i / 10}) + "\n"
+                                                 for i in range(5)))  # fmt: skip
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "AP": 0.25, "AP50": 0.5}) + "\n")
+    (folder / "train.log").write_text("hello from the log\n")
+    write_json(folder / "progress.json", {"epoch": 1, "epochs": 1, "global_iteration": 5, "total_iterations": 5})
+    with jobs.connect() as con:
+        con.execute(
+            "INSERT INTO jobs (run, state, created, config, folder) VALUES ('shown', 'cancelled', 0, ?, ?)",
+            (json.dumps({"data": str(tiny_voc), "model": "fasterrcnn_mobilenet_v2", "epochs": 1}), str(folder)),
+        )
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    at = page().run()
+    assert not at.exception, at.exception
+    assert {m.label: m.value for m in at.metric}["Best val AP"] == "0.250"
+    assert len(at.get("vega_lite_chart")) == 2  # the loss and the validation mAP charts
+    assert any("hello from the log" in c.value for c in at.code)
+    assert [b.label for b in at.button if b.label == "Resume"]
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["shown"] and table["best AP"][0] == pytest.approx(0.25)
+    # the form starts a job with the chosen options
+    at.selectbox(key="train_dataset").select("Other folder...")
+    at.text_input(key="train_other").input(str(tiny_voc))
+    at.number_input(key="train_epochs").set_value(3)
+    at.button[0].click()  # the form's Train button
+    at.run()
+    assert not at.exception, at.exception
+    assert started and started[0]["data"] == str(tiny_voc) and started[0]["epochs"] == 3
+    assert any("Started **new-run**" in s.value for s in at.success)
