@@ -378,6 +378,7 @@ def main() -> None:
     work = st.session_state.get("work")
     if not work or work["root"] != str(opened.root) or work["path"] != wanted:
         work = start_work(opened, by_path[wanted])
+    work["position"] = by_path[wanted]  # a reload (undo, another tab) may have moved it
     record: ImageRecord = work["record"]
 
     here = positions.index(work["position"]) if work["position"] in positions else None

@@ -318,3 +318,10 @@ def test_index_cache_follows_saves(voc_copy):
     assert again.from_cache  # the save updated the cache instead of invalidating it
     assert again.dataset.images[2].boxes.tolist() == record.boxes.tolist()
     assert get_format("voc").load(voc_copy).images[2].boxes.tolist() == record.boxes.tolist()
+
+
+def test_save_to_a_position_holding_another_image_is_refused(voc_copy):
+    opened = workspace.open_dataset(voc_copy)
+    record = opened.dataset.images[0].copy()
+    with pytest.raises(WorkbenchError, match="reloaded"):
+        edits.save_record(opened, 1, record)

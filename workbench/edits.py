@@ -530,6 +530,8 @@ def save_record(
     ``ConflictError`` when a file changed on disk since; nothing is then written or changed."""
     with opened.lock:
         base = opened.dataset
+        if not 0 <= position < len(base.images) or base.images[position].path != record.path:
+            raise WorkbenchError(f"{record.path}: the dataset was reloaded since this image was opened; open it again")
         dataset = Dataset(
             root=base.root,
             format=base.format,
