@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -123,3 +124,59 @@ def test_filters(voc_copy):
     assert tiny == sorted(
         {[r.path for r in dataset.images].index(f.image) for f in report.findings if f.kind == "tiny"}
     )
+
+
+def _bump_mtime(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def _same(a, b) -> None:
+    assert a.classes == b.classes
+    assert [r.path for r in a.images] == [r.path for r in b.images]
+    for x, y in zip(a.images, b.images, strict=True):
+        assert x.same_boxes(y), x.path
+        assert x.annotation == y.annotation and x.box_extra == y.box_extra and x.extra == y.extra
+
+
+def test_a_changed_annotation_file_alone_is_reread(voc_copy):
+    from workbench.formats import voc
+
+    workspace.open_dataset(voc_copy)
+    xml = sorted((voc_copy / "annotations").glob("*.xml"))[2]
+    xml.write_text(xml.read_text().replace("<xmin>", "<xmin>1", 1))
+    _bump_mtime(xml)
+    again = workspace.open_dataset(voc_copy)
+    assert again.from_cache  # re-read one file, not the dataset
+    _same(again.dataset, voc.load(voc_copy))
+    assert workspace.open_dataset(voc_copy).from_cache  # and the cache now holds the new state
+    _same(workspace.open_dataset(voc_copy).dataset, voc.load(voc_copy))
+
+
+def test_a_changed_yolo_label_alone_is_reread(tmp_path):
+    from tests.app.conftest import copy_yolo
+    from workbench.formats import yolo
+
+    data = copy_yolo(tmp_path / "yolo", 4)
+    workspace.open_dataset(data)
+    label = sorted((data / "labels").glob("*.txt"))[1]
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join(["1" + lines[0][1:], *lines[1:]]) + "\n")
+    _bump_mtime(label)
+    again = workspace.open_dataset(data)
+    assert again.from_cache
+    _same(again.dataset, yolo.load(data))
+
+
+def test_a_class_order_change_forces_a_full_reload(voc_copy):
+    from workbench.formats import voc
+
+    first = workspace.open_dataset(voc_copy).dataset
+    xml = voc_copy / first.images[0].annotation
+    last = first.classes[-1]
+    xml.write_text(re.sub(r"<name>[^<]*</name>", f"<name>{last}</name>", xml.read_text(), count=1))
+    _bump_mtime(xml)
+    again = workspace.open_dataset(voc_copy)
+    assert not again.from_cache
+    assert again.dataset.classes[0] == last
+    _same(again.dataset, voc.load(voc_copy))

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from workbench.annotations import Dataset, ImageRecord
@@ -323,24 +324,78 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _cached(root: Path, fmt: str | None, stats: dict[str, Stat]) -> Dataset | None:
-    """The cached dataset of ``root`` if every file under it is as it was when cached (and the
-    format is ``fmt``, when given), else ``None``."""
+def _cached(root: Path, fmt: str | None) -> tuple[Dataset, dict[str, Stat]] | None:
+    """The cached dataset of ``root`` (in format ``fmt``, when given) and the state of its files
+    when it was cached, or ``None``."""
     key = str(root)
     with _db() as db:
         row = db.execute("SELECT version, format, files, dataset FROM meta WHERE root = ?", (key,)).fetchone()
-        if row is None or row[0] != INDEX_VERSION or (fmt and row[1] != fmt) or pickle.loads(row[2]) != stats:
+        if row is None or row[0] != INDEX_VERSION or (fmt and row[1] != fmt):
             return None
         blobs = db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,)).fetchall()
     try:
         with _no_gc():
+            stats = pickle.loads(row[2])
             dataset, skipped = pickle.loads(row[3])
             dataset.images = [pickle.loads(b) for (b,) in blobs]
     except Exception:  # a cache that cannot be read is rebuilt, never fatal
         return None
     dataset.root = root
     dataset.skipped = [ReadError(file, reason, record) for file, reason, record in skipped]
-    return dataset
+    return dataset, stats
+
+
+def _first_appearance(dataset: Dataset) -> list[str]:
+    """Class names in the order a VOC/LabelMe load finds them: first use, files in order."""
+    seen: dict[str, None] = {}
+    for r in dataset.images:
+        for c in r.class_ids:
+            seen.setdefault(dataset.classes[int(c)], None)
+    return list(seen)
+
+
+def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> list[int] | None:
+    """Re-read, in place, only the annotation files that changed since ``dataset`` was cached;
+    returns the positions re-read, or ``None`` when that cannot give what a full load would
+    (a file added or removed, a non-annotation file changed, a new or vanished class name, a
+    file that no longer parses): the caller then loads everything again.
+
+    Uses each per-image format's own one-file reader (``voc._record``, ``labelme._record``,
+    ``yolo._record``), so the records are exactly those a full load makes.
+    """
+    from workbench.formats import common, labelme, voc, yolo
+
+    if set(old) != set(new) or dataset.format not in ("voc", "labelme", "yolo") or dataset.skipped:
+        return None
+    changed = [rel for rel, st in new.items() if old[rel] != st]
+    position = {r.annotation: i for i, r in enumerate(dataset.images) if r.annotation}
+    if not changed or any(rel not in position for rel in changed):
+        return None
+    root = dataset.root
+    try:
+        if dataset.format == "voc":
+            index, ann_dir, splits = common.ImageIndex(root), voc._annotation_dir(root), voc._image_sets(root)
+        for rel in changed:
+            i = position[rel]
+            if dataset.format == "voc":
+                record = voc._record(root, root / rel, index, ann_dir, splits)
+            elif dataset.format == "labelme":
+                record = labelme._record(root, root / rel)
+            else:
+                record = yolo._record(root, dataset.images[i].path, rel)
+            if record.path != dataset.images[i].path:
+                return None
+            if dataset.format != "yolo":
+                names = record.extra.pop("_names")
+                if any(n not in dataset.classes for n in names):
+                    return None
+                record.class_ids = np.array([dataset.classes.index(n) for n in names], dtype=np.int64)
+            dataset.images[i] = record
+    except (ReadError, OSError, ValueError):
+        return None
+    if dataset.format != "yolo" and _first_appearance(dataset) != dataset.classes:
+        return None
+    return [position[rel] for rel in changed]
 
 
 def open_dataset(
@@ -356,10 +411,17 @@ def open_dataset(
     root = resolve_path(root)
     fmt = get_format(fmt).NAME if fmt else None
     stats = scan(root)
-    if use_cache:
-        dataset = _cached(root, fmt, stats)
-        if dataset is not None:
+    cached = _cached(root, fmt) if use_cache else None
+    if cached is not None:
+        dataset, old = cached
+        if old == stats:
             return OpenDataset(dataset, stats, from_cache=True, seconds=time.perf_counter() - start)
+        positions = _reread(dataset, old, stats)
+        if positions is not None and scan(root) == stats:
+            opened = OpenDataset(dataset, dict(old), from_cache=True)
+            update_index(opened, positions, {rel: stats[rel] for rel in stats if stats[rel] != old[rel]})
+            opened.seconds = time.perf_counter() - start
+            return opened
     fmt = fmt or detect_format(root)
     dataset = get_format(fmt).load(root, strict=False, on_progress=on_progress)
     after = scan(root)
