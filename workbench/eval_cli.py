@@ -10,6 +10,7 @@ Each is ``cmd_<name>(args) -> int``; a ``WorkbenchError`` is reported by ``workb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -211,7 +212,8 @@ def cmd_errors(args: argparse.Namespace) -> int:
         else:
             _print_errors(summary)
         return 0
-    session = fa.launch(errors.dataset, address=args.address, port=args.port)
+    with contextlib.redirect_stdout(sys.stderr):  # FiftyOne prints its own launch message
+        session = fa.launch(errors.dataset, address=args.address, port=args.port)
     summary["url"] = fa.view_url(session, errors.dataset)
     if args.json:
         print(json.dumps(summary), flush=True)

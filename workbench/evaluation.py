@@ -508,6 +508,23 @@ class Evaluation:
     run: str
 
 
+def load_evaluation(out_dir: Path, dataset: Dataset) -> Evaluation:
+    """A saved evaluation with its detections, matched to ``dataset``'s records by image path
+    (images no longer in the dataset are left out), without running the model again."""
+    report = load_report(out_dir)
+    saved = read_detections(out_dir)
+    by_path = {r.path: r for r in dataset.images}
+    paths = [im["path"] for im in report.images if im["path"] in by_path and im["path"] in saved]
+    return Evaluation(
+        report=report,
+        dataset=dataset,
+        records=[by_path[p] for p in paths],
+        detections=[saved[p] for p in paths],
+        classes=list(report.classes),
+        run=report.run,
+    )
+
+
 def evaluate_run(
     run: str | Path,
     data: str | Path,
@@ -565,6 +582,7 @@ __all__ = [
     "confusion_matrix",
     "evaluate_run",
     "list_reports",
+    "load_evaluation",
     "load_report",
     "match_image",
     "predict_records",

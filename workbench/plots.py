@@ -101,3 +101,47 @@ def save_plots(report: EvalReport, out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _dashed_rectangle(draw, box: tuple[float, float, float, float], *, colour: str, width: int, dash: int = 6) -> None:
+    x1, y1, x2, y2 = box
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = max(abs(bx - ax), abs(by - ay))
+        steps = max(1, int(length // dash))
+        for k in range(0, steps, 2):
+            t0, t1 = k / steps, min(1.0, (k + 1) / steps)
+            draw.line(
+                [(ax + (bx - ax) * t0, ay + (by - ay) * t0), (ax + (bx - ax) * t1, ay + (by - ay) * t1)],
+                fill=colour,
+                width=width,
+            )
+
+
+def draw_comparison(
+    image,
+    *,
+    gt_boxes: np.ndarray,
+    gt_class_ids: np.ndarray,
+    gt_names: list[str],
+    pred_boxes: np.ndarray,
+    pred_class_ids: np.ndarray,
+    pred_scores: np.ndarray,
+    pred_names: list[str],
+):
+    """A copy of ``image`` (PIL) with the ground truth in solid class-coloured boxes and the
+    predictions in dashed ones labelled with class and score. Boxes are pixels ``x1, y1, x2, y2``;
+    colours follow each list's own class ids (``workbench.images.class_colour``)."""
+    from PIL import ImageDraw, ImageFont
+
+    from workbench.images import draw_boxes
+
+    out = draw_boxes(image, gt_boxes, gt_class_ids, gt_names, width=3, labels=False)
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    for box, class_id, score in zip(np.asarray(pred_boxes).reshape(-1, 4), pred_class_ids, pred_scores, strict=True):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        colour = class_colour(int(class_id))
+        _dashed_rectangle(draw, (x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), colour=colour, width=2)
+        name = pred_names[int(class_id)] if 0 <= int(class_id) < len(pred_names) else str(int(class_id))
+        draw.text((x1 + 2, max(0.0, y2 + 1)), f"{name} {float(score):.2f}", fill=colour, font=font)
+    return out

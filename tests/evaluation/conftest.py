@@ -97,3 +97,11 @@ def tiny_run(tmp_path_factory, voc8) -> Path:
     run = home / "models" / "tiny"
     assert (run / "model_best.pth").is_file() or (run / "checkpoint.pth").is_file()
     return run
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_run, voc8):
+    """The tiny run evaluated on all 8 images (saved into the run's ``eval/`` folder)."""
+    from workbench.evaluation import evaluate_run
+
+    return evaluate_run(tiny_run, voc8, split="all")

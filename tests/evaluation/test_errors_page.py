@@ -1,0 +1,51 @@
+"""The Errors page renders (AppTest) with and without a run, and a worst image opens in Annotate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from workbench import workspace
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def run_page(**state) -> AppTest:
+    at = AppTest.from_file(str(PROJECT / "pages" / "errors.py"), default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.info]
+    parts += [m.value for m in at.warning] + [m.value for m in at.error] + [m.value for m in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_without_a_model_the_page_says_so(voc8):
+    workspace.add_dataset(voc8)
+    at = run_page()
+    assert not at.exception
+    assert "No trained model yet" in texts(at)
+
+
+@pytest.mark.slow
+def test_page_shows_an_evaluation(evaluated, tiny_run, voc8, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_run.parent))
+    entry = workspace.add_dataset(voc8)
+    at = run_page()
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "Worst images" in shown and "Confusion matrix" in shown and "AP per class" in shown
+    assert at.selectbox(key="errors_run").value == "tiny"
+    assert len(at.dataframe) >= 2  # the metrics table and the per-class table
+    worst = evaluated.report.worst_images(12)
+    buttons = [b for b in at.button if str(b.key).startswith("errors-open-")]
+    assert len(buttons) == len(worst) > 0
+    assert buttons[0].key == f"errors-open-{worst[0]['path']}"
+    buttons[0].click().run()
+    assert at.session_state["image"] == worst[0]["path"]
+    assert at.session_state["dataset"] == entry.path
