@@ -142,3 +142,22 @@ def test_load_20_concurrent_requests(demo_setup, record_property):
     record_property("median_s", median)
     record_property("worst_s", worst)
     print(f"\n20 concurrent /detect_image: median {median:.2f} s, worst {worst:.2f} s, all done in {wall:.2f} s")
+
+
+def test_background_start_status_stop():
+    """What the Streamlit Demo page does: start a demo, see it answer, stop it."""
+    from tests.demo.conftest import free_port
+    from workbench import demo_cli
+
+    port = free_port()
+    state = demo_cli.start(port=port, timeout=120)
+    try:
+        assert state["port"] == port and state["local_url"] == f"http://127.0.0.1:{port}/"
+        assert demo_cli.start(port=port)["pid"] == state["pid"], "a second start returns the running demo"
+        status = demo_cli.status()
+        assert status["responding"] is True
+        assert "No trained model yet" in Client(state["local_url"], verbose=False).predict(api_name="/model_card")[0]
+    finally:
+        assert demo_cli.stop() is True
+    assert demo_cli.status() is None
+    assert not demo_cli.responds(state["local_url"], timeout=1)
