@@ -180,3 +180,25 @@ def test_a_class_order_change_forces_a_full_reload(voc_copy):
     assert not again.from_cache
     assert again.dataset.classes[0] == last
     _same(again.dataset, voc.load(voc_copy))
+
+
+def test_image_index_from_a_scan_matches_the_formats_own(tmp_path):
+    from workbench.formats.common import ImageIndex
+
+    for rel in [
+        "b/img10.jpg",
+        "b/img2.jpg",
+        "a.png",
+        "a/x/1.png",
+        "a/2.png",
+        "B/c.jpg",
+        ".hidden/z.jpg",
+        "a/notes.txt",
+    ]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    ours = workspace._image_index(tmp_path, workspace.scan(tmp_path))
+    theirs = ImageIndex(tmp_path)
+    assert ours.paths == theirs.paths
+    assert ours.by_name == theirs.by_name and ours.by_stem == theirs.by_stem and ours.known == theirs.known

@@ -37,7 +37,7 @@ from PIL import Image
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError, WorkbenchError
-from workbench.fileio import atomic_write
+from workbench.fileio import atomic_write, is_image, natural_key
 from workbench.formats import detect_format, get_format
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -354,6 +354,28 @@ def _first_appearance(dataset: Dataset) -> list[str]:
     return list(seen)
 
 
+def _image_index(root: Path, files: dict[str, Stat]):
+    """``formats.common.ImageIndex(root)`` built from a scan already made instead of walking the
+    folder again (10,000 images: seconds saved). Same paths in the same order as ``iter_files``:
+    folders in name order, depth first, files in natural order."""
+    from workbench.formats.common import ImageIndex
+
+    def order(rel: str) -> tuple:
+        folders, _, name = rel.rpartition("/")
+        return (tuple(folders.split("/")) if folders else (), natural_key(name))
+
+    index = ImageIndex.__new__(ImageIndex)
+    index.root = root
+    index.paths = sorted((rel for rel in files if is_image(rel)), key=order)
+    index.known = set(index.paths)
+    index.by_name, index.by_stem = {}, {}
+    for rel in index.paths:
+        name = rel.rsplit("/", 1)[-1]
+        index.by_name.setdefault(name, []).append(rel)
+        index.by_stem.setdefault(name.rsplit(".", 1)[0], []).append(rel)
+    return index
+
+
 def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> list[int] | None:
     """Re-read, in place, only the annotation files that changed since ``dataset`` was cached;
     returns the positions re-read, or ``None`` when that cannot give what a full load would
@@ -363,7 +385,7 @@ def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> lis
     Uses each per-image format's own one-file reader (``voc._record``, ``labelme._record``,
     ``yolo._record``), so the records are exactly those a full load makes.
     """
-    from workbench.formats import common, labelme, voc, yolo
+    from workbench.formats import labelme, voc, yolo
 
     if set(old) != set(new) or dataset.format not in ("voc", "labelme", "yolo") or dataset.skipped:
         return None
@@ -374,7 +396,7 @@ def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> lis
     root = dataset.root
     try:
         if dataset.format == "voc":
-            index, ann_dir, splits = common.ImageIndex(root), voc._annotation_dir(root), voc._image_sets(root)
+            index, ann_dir, splits = _image_index(root, new), voc._annotation_dir(root), voc._image_sets(root)
         for rel in changed:
             i = position[rel]
             if dataset.format == "voc":
@@ -391,7 +413,7 @@ def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> lis
                     return None
                 record.class_ids = np.array([dataset.classes.index(n) for n in names], dtype=np.int64)
             dataset.images[i] = record
-    except (ReadError, OSError, ValueError):
+    except (ReadError, OSError, ValueError, AttributeError):
         return None
     if dataset.format != "yolo" and _first_appearance(dataset) != dataset.classes:
         return None
