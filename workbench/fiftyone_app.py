@@ -160,13 +160,14 @@ def _sample_fields(dataset: Dataset, record: ImageRecord) -> dict[str, Any]:
     }
 
 
-def refresh(dataset: Dataset, *, name: str | None = None):
+def refresh(dataset: Dataset, *, name: str | None = None, reevaluate: bool = True):
     """Create or update the persistent FiftyOne dataset of ``dataset``; return it.
 
     New images are added, removed ones deleted, and every sample's ground truth, split and
     source rewritten from the workbench dataset. Sample and label tags set in the App stay
     (label tags on ground truth survive only where the box is unchanged). When the dataset
-    holds a run's predictions, that run's evaluation is run again on the new ground truth.
+    holds a run's predictions and ``reevaluate`` is true, that run's evaluation is run again
+    on the new ground truth.
     """
     fo = fiftyone()
     name = name or dataset_name(dataset.root)
@@ -190,18 +191,15 @@ def refresh(dataset: Dataset, *, name: str | None = None):
     old = [p for p in records if p in have]
     if old:
         tags = _ground_truth_label_tags(ds)
+        fields = {p: _sample_fields(dataset, records[p]) for p in old}
+        for p, values in fields.items():
+            _restore_label_tags(values[GT_FIELD], tags.get(p, {}))
         for key in (GT_FIELD, "split", "source", "wb_path", "metadata"):
-            values = {}
-            for p in old:
-                value = _sample_fields(dataset, records[p])[key]
-                if key == GT_FIELD:
-                    _restore_label_tags(value, tags.get(p, {}))
-                values[p] = value
-            ds.set_values(key, values, key_field="filepath")
+            ds.set_values(key, {p: values[key] for p, values in fields.items()}, key_field="filepath")
     ds.info["workbench_format"] = dataset.format
     ds.save()
     run = ds.info.get("run")
-    if run and PRED_FIELD in ds.get_field_schema() and old:
+    if reevaluate and run and PRED_FIELD in ds.get_field_schema() and old:
         evaluate(ds, run)
     return ds
 
@@ -418,7 +416,7 @@ def prepare_errors(
 
 def errors_from_evaluation(ev: Any, *, score_threshold: float = 0.25) -> Errors:
     """The FiftyOne half of ``prepare_errors`` for an ``evaluation.Evaluation`` already computed."""
-    ds = refresh(ev.dataset)
+    ds = refresh(ev.dataset, reevaluate=False)  # evaluated below, with the new predictions
     kept = [d[d.scores >= score_threshold] for d in ev.detections]
     load_predictions(ds, ev.dataset, ev.records, kept, ev.classes, run=ev.run)
     summary = evaluate(ds, ev.run)

@@ -188,4 +188,5 @@ def test_errors_cli_serves_the_app_on_localhost(fiftyone_db, tiny_run, voc8, mon
     summary = json.loads(capsys.readouterr().out)  # stdout holds our JSON only (FiftyOne's messages go to stderr)
     assert summary["url"] == f"http://127.0.0.1:{port}/datasets/{fa.dataset_name(voc8)}"
     assert answers == [(summary["url"], 200)]
-    assert summary["samples"] == 2 and set(summary["views"]) == set(fa.VIEWS)
+    val = json.loads((tiny_run / "split.json").read_text())["val"]
+    assert summary["samples"] == len(val) and set(summary["views"]) == set(fa.VIEWS)

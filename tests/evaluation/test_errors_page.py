@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from workbench import workspace
+from workbench.evaluation import list_reports, load_report
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,9 @@ def test_page_shows_an_evaluation(evaluated, tiny_run, voc8, monkeypatch):
     assert "Worst images" in shown and "Confusion matrix" in shown and "AP per class" in shown
     assert at.selectbox(key="errors_run").value == "tiny"
     assert len(at.dataframe) >= 2  # the metrics table and the per-class table
-    worst = evaluated.report.worst_images(12)
+    shown_report = load_report(list_reports(tiny_run)[at.selectbox(key="errors_report").value])
+    assert Path(shown_report.dataset) == voc8
+    worst = shown_report.worst_images(12)
     buttons = [b for b in at.button if str(b.key).startswith("errors-open-")]
     assert len(buttons) == len(worst) > 0
     assert buttons[0].key == f"errors-open-{worst[0]['path']}"
