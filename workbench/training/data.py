@@ -164,7 +164,8 @@ def train_transforms(
     if hflip:
         steps.append(v2.RandomHorizontalFlip(0.5))
     if color > 0:
-        steps.append(v2.ColorJitter(brightness=color, contrast=color, saturation=color, hue=min(0.05, color / 4)))
+        # no hue jitter: it converts every pixel to HSV and back, the slowest step of the loader
+        steps.append(v2.ColorJitter(brightness=color, contrast=color, saturation=color))
     if rotation > 0:
         steps.append(v2.RandomRotation(rotation))
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0), v2.ToDtype(torch.float32, scale=True)]

@@ -234,6 +234,66 @@ def save_plots(folder: Path) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+def train_step(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    targets: list[dict[str, Any]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scaler: torch.amp.GradScaler,
+    params: list[torch.Tensor],
+    clip_grad: float,
+    use_amp: bool,
+    device: torch.device,
+) -> tuple[float, dict[str, float]]:
+    """One optimisation step on a batch; returns ``(loss, its parts)`` as floats.
+
+    Images ``(3, H, W)`` float in ``[0, 1]`` and targets as torchvision detection models take
+    them. Raises ``FloatingPointError`` on a non-finite loss (the step is not applied).
+    """
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    with torch.autocast(device_type=device.type, enabled=use_amp):
+        loss_dict = model(images, targets)
+        loss = sum(loss_dict.values())
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value}: { {k: v.item() for k, v in loss_dict.items()} }")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return value, {k: v.item() for k, v in loss_dict.items()}
+
+
+class IterationLog:
+    """Loss per iteration into ``losses.jsonl`` (one JSON line each) and TensorBoard."""
+
+    def __init__(self, path: Path, writer: Any | None) -> None:
+        self.file = open(path, "a", encoding="utf-8")
+        self.writer = writer
+
+    def __call__(self, *, epoch: int, step: int, lr: float, loss: float, parts: dict[str, float]) -> None:
+        row = {"epoch": epoch + 1, "iteration": step, "lr": lr, "loss": round(loss, 5)}
+        row.update({k: round(v, 5) for k, v in parts.items()})
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            for k, v in parts.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def prepare_run(config: TrainConfig, folder: Path) -> dict[str, Any]:
     """Load the dataset, freeze the classes and the split; write ``config.json`` and ``split.json``.
 
@@ -401,7 +461,7 @@ def main(
     writer = SummaryWriter(str(folder / "tensorboard")) if rank == 0 else None
     progress = Progress(folder, epochs=config.epochs, iters_per_epoch=iters_per_epoch, start_epoch=start_epoch)
     stop = should_stop or (lambda: False)
-    losses_file = open(folder / "losses.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    iteration_log = IterationLog(folder / "losses.jsonl", writer) if rank == 0 else None
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -413,42 +473,23 @@ def main(
                     break
                 if _agree_stop(stop(), world):
                     raise Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
-                images = [im.to(device, non_blocking=True) for im in images]
-                targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                with torch.autocast(device_type=device.type, enabled=use_amp):
-                    loss_dict = train_model(images, targets)
-                    loss = sum(loss_dict.values())
-                if not math.isfinite(loss.item()):
-                    raise WorkbenchError(f"loss is {loss.item()} at epoch {epoch + 1}, iteration {it}: {loss_dict}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                try:
+                    loss, parts = train_step(
+                        train_model, images, targets, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        params=params, clip_grad=config.clip_grad, use_amp=use_amp, device=device,
+                    )  # fmt: skip
+                except FloatingPointError as e:
+                    raise WorkbenchError(f"epoch {epoch + 1}, iteration {it}: {e}") from e
                 progress.done += 1
                 if rank == 0:
                     step = epoch * iters_per_epoch + it
-                    row = {
-                        "epoch": epoch + 1,
-                        "iteration": step,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "loss": round(loss.item(), 5),
-                        **{k: round(v.item(), 5) for k, v in loss_dict.items()},
-                    }
-                    losses_file.write(json.dumps(row) + "\n")
-                    losses_file.flush()
-                    writer.add_scalar("train/loss", row["loss"], step)
-                    writer.add_scalar("train/lr", row["lr"], step)
-                    for k, v in loss_dict.items():
-                        writer.add_scalar(f"train/{k}", v.item(), step)
-                    progress.update(epoch=epoch, iteration=it + 1, phase="train", loss=row["loss"], lr=row["lr"])
+                    lr = optimizer.param_groups[0]["lr"]
+                    iteration_log(epoch=epoch, step=step, lr=lr, loss=loss, parts=parts)
+                    progress.update(epoch=epoch, iteration=it + 1, phase="train", loss=round(loss, 5), lr=lr)
                     if it % 20 == 0:
                         log.info(
                             "epoch %d/%d iter %d/%d loss %.4f lr %.5f",
-                            epoch + 1, config.epochs, it + 1, iters_per_epoch, row["loss"], row["lr"],
+                            epoch + 1, config.epochs, it + 1, iters_per_epoch, loss, lr,
                         )  # fmt: skip
 
             if rank == 0:
@@ -499,8 +540,8 @@ def main(
     finally:
         if writer:
             writer.close()
-        if losses_file:
-            losses_file.close()
+        if iteration_log:
+            iteration_log.close()
 
     card = {}
     if rank == 0:
