@@ -36,7 +36,7 @@ def _fiftyone_logs_to_stderr() -> None:
         if not name.startswith(("fiftyone", "eta")) or not isinstance(item, logging.Logger):
             continue
         for handler in item.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+            if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
                 handler.setStream(sys.stderr)
 
 

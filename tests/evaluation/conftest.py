@@ -34,13 +34,17 @@ STEMS = [f"maksssksksss{i}" for i in (0, 1, 2, 3, 4, 6, 8, 13)]
 
 
 def _mongod_processes() -> list:
+    """Running ``mongod`` processes serving the temporary folder (an exited one left as a zombie,
+    when this container's init does not reap it, is not running)."""
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
         except psutil.Error:
+            continue
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         if "mongod" in (proc.info["name"] or "") and str(FIFTYONE_TMP) in cmdline:
             found.append(proc)
