@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -121,6 +122,19 @@ def detection(shown, scale: float, names: list[str], xywh: list[list[float]], la
     ]
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def fitted(path: str, size: int, mtime_ns: int) -> tuple[Image.Image, float]:
+    """The image fitted to the canvas (a small one enlarged: the component never enlarges) and
+    its scale (image px per canvas px). Cached by path, size and mtime: every click reruns the
+    page, and decoding a 12-megapixel photo each time would make the page sluggish."""
+    image = open_rgb(Path(path))
+    fit = min(CANVAS[0] / image.width, CANVAS[1] / image.height)
+    shown = image.resize(
+        (max(1, round(image.width * fit)), max(1, round(image.height * fit))), Image.Resampling.BILINEAR
+    )
+    return shown, image.width / shown.width
+
+
 def canvas(opened: workspace.OpenDataset, work: dict) -> None:
     """The drawing component; when the user clicks Complete, its boxes become the working copy."""
     record: ImageRecord = work["record"]
@@ -129,17 +143,13 @@ def canvas(opened: workspace.OpenDataset, work: dict) -> None:
         st.info("This dataset has no class yet: add one on the right to draw boxes.")
         st.image(render(opened.root / record.path, record.boxes, record.class_ids, names), width="stretch")
         return
+    path = opened.root / record.path
     try:
-        image = open_rgb(opened.root / record.path)
-    except WorkbenchError as e:
-        st.error(str(e))
+        stat = path.stat()
+        shown, scale = fitted(str(path), stat.st_size, stat.st_mtime_ns)
+    except (WorkbenchError, OSError) as e:
+        st.error(f"{record.path}: {e}")
         return
-    # Fit the picture to the canvas, enlarging a small one (the component never enlarges).
-    fit = min(CANVAS[0] / image.width, CANVAS[1] / image.height)
-    shown = image.resize(
-        (max(1, round(image.width * fit)), max(1, round(image.height * fit))), Image.Resampling.BILINEAR
-    )
-    scale = image.width / shown.width
     xywh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in record.boxes]
     key = f"detect-{work['rev']}"
     result = detection(shown, scale, names, xywh, [int(c) for c in record.class_ids], key=key)
