@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,21 @@ def test_annotate_page_merges_a_class_after_showing_the_count(home, voc):
     assert fresh.class_counts()["with_mask"] == with_mask_before + usage.boxes
     at.button(key="undo").click().run()
     assert "mask_weared_incorrect" in workspace.open_dataset(voc, "voc", use_cache=False).dataset.classes
+
+
+def test_open_in_labelme_only_with_a_display(home, voc, tmp_path, monkeypatch):
+    workspace.add_dataset(voc)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    at = run("pages/annotate.py")
+    assert not [b for b in at.button if b.key == "labelme"]
+    tool = tmp_path / "bin" / "labelme"
+    tool.parent.mkdir()
+    log = tmp_path / "labelme.log"
+    tool.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("DISPLAY", ":99")
+    at = run("pages/annotate.py")
+    at.button(key="labelme").click().run()
+    assert not at.exception
+    assert log.read_text().strip().endswith(".png")  # a VOC dataset: the image is opened
