@@ -173,8 +173,8 @@ def ensure_sample() -> DatasetEntry | None:
 
 
 def scan(root: Path) -> dict[str, Stat]:
-    """``relative path -> (size, mtime_ns)`` of every file under ``root`` (hidden folders and
-    files skipped, symlinks followed)."""
+    """``relative path -> (size, mtime_ns)`` of every file under ``root``: hidden folders and
+    files skipped, symlinked files followed, symlinked folders not entered (as ``os.walk``)."""
     out: dict[str, Stat] = {}
     stack = [(root, "")]
     while stack:
@@ -188,7 +188,7 @@ def scan(root: Path) -> dict[str, Stat]:
                 if entry.name.startswith("."):
                     continue
                 try:
-                    if entry.is_dir():
+                    if entry.is_dir(follow_symlinks=False):  # as os.walk: no loops
                         stack.append((Path(entry.path), prefix + entry.name + "/"))
                         continue
                     st = entry.stat()
