@@ -188,24 +188,24 @@ def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
 
     reap()
     cfg = TrainConfig.from_dict(config)
-    if cfg.model == "default":
-        from workbench.training.loop import default_model
-
-        cfg.model = default_model(cfg.device)
     if not Path(cfg.data).is_dir():
         raise WorkbenchError(f"{cfg.data}: not a dataset folder")
     cfg.data = str(Path(cfg.data).resolve())
     if cfg.engine == "detectron2":
-        from workbench.training.engine_detectron2 import check_available
+        from workbench.training.engine_detectron2 import check_available, zoo_name
 
         check_available()
-    elif cfg.engine != "torchvision":
-        raise WorkbenchError(f"unknown engine {cfg.engine!r}; choose torchvision or detectron2")
-    else:
+        cfg.model = zoo_name(cfg.model)
+        short = Path(cfg.model).stem
+    elif cfg.engine == "torchvision":
+        from workbench.training.loop import default_model
         from workbench.training.models import get_spec
 
-        cfg.model = get_spec(cfg.model).name
-    run = registry.check_run_name(run) if run else registry.new_run_name(cfg.model)
+        cfg.model = get_spec(default_model(cfg.device) if cfg.model == "default" else cfg.model).name
+        short = cfg.model
+    else:
+        raise WorkbenchError(f"unknown engine {cfg.engine!r}; choose torchvision or detectron2")
+    run = registry.check_run_name(run) if run else registry.new_run_name(short)
     folder = registry.run_dir(run)
     if folder.exists():
         raise WorkbenchError(f"run {run!r} exists already: {folder}")

@@ -590,3 +590,36 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Foreground entry for torchrun across machines (no job database):
+
+    ``torchrun ... -m workbench.training.loop --config config.json --run-dir models/<run>``
+
+    ``config.json`` holds ``TrainConfig`` fields (``data`` must exist at the same path on
+    every machine). Rank 0 writes the run folder and, when the run finishes, moves
+    ``models/latest`` to it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m workbench.training.loop", description=cli.__doc__)
+    parser.add_argument("--config", required=True, help="JSON file of TrainConfig fields")
+    parser.add_argument("--run-dir", required=True, help="the run folder (created; resumed when it has a checkpoint)")
+    args = parser.parse_args(argv)
+    config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    config.pop("run", None)
+    folder = Path(args.run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        card = main(config, folder)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if card:  # rank 0
+        registry.set_latest(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
