@@ -427,6 +427,10 @@ def main() -> None:
         labelme_action(opened, work)
         file = (edits.files_of(dataset, record) or ["(no annotation file)"])[0]
         st.caption(f"Annotation file: `{file}`")
+        findings = workspace.record_findings(dataset, record, work["classes"])
+        if findings:
+            st.markdown("**Findings**")
+            st.markdown("\n".join(f"- {f.detail}" for f in findings))
     class_tools(opened)
 
 

@@ -202,3 +202,12 @@ def test_image_index_from_a_scan_matches_the_formats_own(tmp_path):
     theirs = ImageIndex(tmp_path)
     assert sorted(ours.paths) == sorted(theirs.paths)
     assert ours.by_name == theirs.by_name and ours.by_stem == theirs.by_stem and ours.known == theirs.known
+
+
+def test_record_findings(voc_copy):
+    dataset = workspace.open_dataset(voc_copy).dataset
+    record = dataset.images[0].copy()
+    assert workspace.record_findings(dataset, record) == []
+    record.boxes[0] = [-5, 0, 3, 3]
+    kinds = sorted(f.kind for f in workspace.record_findings(dataset, record))
+    assert kinds == ["out_of_bounds", "tiny"]

@@ -579,3 +579,12 @@ def filter_images(
             continue
         out.append(i)
     return out
+
+
+def record_findings(dataset: Dataset, record: ImageRecord, classes: list[str] | None = None) -> list:
+    """The health findings of one record (its boxes and its image header), for the record as it
+    is being edited (``classes``: the class list being edited). Cheap: no other file is read."""
+    from workbench import health
+
+    shell = Dataset(root=dataset.root, format=dataset.format, classes=list(classes or dataset.classes))
+    return health._box_findings(shell, record, health.TINY_AREA) + health._image_findings(shell, record)
