@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ds = fa.refresh(dataset, name="workbench-benchmark")
     t_build = time.perf_counter() - t0
+    built = len(ds)  # every image of the dataset, as `workbench errors` builds it
     t0 = time.perf_counter()
     kept = [d[d.scores >= args.score] for d in detections]
     fa.load_predictions(ds, dataset, records, kept, predictor.classes, run=predictor.run_dir.name)
@@ -117,19 +118,20 @@ def run(args: argparse.Namespace) -> int:
     t_fiftyone = t_build + t_load + t_eval
     n = len(records)
     print()
-    print(f"{'step':34s} {'seconds':>9s} {'ms/image':>9s} {'x predict':>10s}")
+    print(f"{'step':44s} {'seconds':>9s} {'ms/image':>9s} {'x predict':>10s}")
     rows = [
         ("predict (the model)", t_predict),
         ("COCO metrics + confusion (pycocotools)", t_coco),
-        ("FiftyOne: build the dataset", t_build),
+        (f"FiftyOne: build the dataset ({built} samples)", t_build),
         ("FiftyOne: load predictions", t_load),
         ("FiftyOne: evaluate x2 + brain + views", t_eval),
         ("FiftyOne total", t_fiftyone),
         ("overhead: COCO + FiftyOne", t_coco + t_fiftyone),
     ]
     for name, seconds in rows:
-        print(f"{name:38s} {seconds:9.2f} {1000 * seconds / n:9.1f} {seconds / t_predict:10.3f}")
-    print(f"{'(mongod start-up, left out)':38s} {t_db:9.2f}")
+        print(f"{name:44s} {seconds:9.2f} {1000 * seconds / n:9.1f} {seconds / t_predict:10.3f}")
+    print(f"{'(mongod start-up, left out)':44s} {t_db:9.2f}")
+    print("(ms/image: per evaluated image)")
     print()
     print(f"AP {report.metrics['AP']:.4f}  AP50 {report.metrics['AP50']:.4f}  (pycocotools, {n} images)")
     print(

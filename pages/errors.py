@@ -186,14 +186,15 @@ def pr_section(report: EvalReport) -> None:
     if not rows:
         st.info("No class with ground truth in these images.")
         return
-    colours = [class_colour(report.classes.index(n)) for n in dict.fromkeys(r["class"] for r in rows)]
+    names = list(dict.fromkeys(r["class"] for r in rows))
+    colours = [class_colour(report.classes.index(n)) for n in names]
     chart = (
         alt.Chart(pd.DataFrame(rows))
         .mark_line()
         .encode(
             x=alt.X("recall:Q", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("precision:Q", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("class:N", scale=alt.Scale(range=colours)),
+            color=alt.Color("class:N", scale=alt.Scale(domain=names, range=colours)),
         )
     )
     st.altair_chart(chart, width="stretch")
