@@ -66,7 +66,7 @@ def select_records(
     """``(records, description)``: the images to evaluate on.
 
     ``split`` ``None``: the run's own validation images (``split.json`` in ``run_dir``) when the
-    dataset holds them, else ``split_records``' validation split; ``"all"``: every image;
+    run was trained on this dataset folder, else ``split_records``' validation split; ``"all"``: every image;
     another name: the dataset's split of that name.
     """
     records = sorted(dataset.images, key=lambda r: r.path)
@@ -78,7 +78,8 @@ def select_records(
             have = ", ".join(dataset.splits) or "none"
             raise WorkbenchError(f"{dataset.root}: no image in split {split!r} (splits: {have})")
         return chosen, f"split {split}"
-    if run_dir is not None:
+    config = (_read_json(Path(run_dir) / "config.json") or {}) if run_dir is not None else {}
+    if run_dir is not None and _same_folder(config.get("data"), dataset.root):
         saved = _read_json(Path(run_dir) / "split.json") or {}
         by_path = {r.path: r for r in records}
         val = [by_path[p] for p in saved.get("val", []) if p in by_path]
@@ -88,6 +89,13 @@ def select_records(
             return val, f"the run's validation images{note}"
     _train, val, how = split_records(dataset)
     return val, f"validation split ({how})"
+
+
+def _same_folder(a: str | Path | None, b: str | Path) -> bool:
+    try:
+        return a is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except OSError:
+        return False
 
 
 def eval_name(dataset: Dataset, description: str) -> str:

@@ -193,3 +193,22 @@ def test_a_confusion_does_not_take_the_box_of_a_right_detection():
     # the higher-scoring detection has the wrong class: the right one, scoring lower, is still the true positive
     pairs = match_image([[0, 0, 100, 100]], [1], [[0, 0, 100, 100], [2, 0, 100, 100]], [0, 1], [0.9, 0.5])
     assert sorted(pairs) == [(-1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("same_folder", [True, False])
+def test_default_images_are_the_runs_validation_images_only_on_its_own_dataset(tmp_path, same_folder):
+    from workbench.evaluation import select_records
+
+    dataset = make_dataset(tmp_path / "data", [([[0, 0, 10, 10]], [0])] * 10)
+    run = tmp_path / "run"
+    run.mkdir()
+    trained_on = dataset.root if same_folder else tmp_path / "elsewhere"
+    (run / "config.json").write_text(json.dumps({"data": str(trained_on)}))
+    (run / "split.json").write_text(json.dumps({"val": ["images/3.png", "images/7.png", "images/gone.png"]}))
+    records, how = select_records(dataset, run_dir=run)
+    if same_folder:
+        assert [r.path for r in records] == ["images/3.png", "images/7.png"]
+        assert how == "the run's validation images (1 no longer in the dataset)"
+    else:
+        assert len(records) == 2 and how.startswith("validation split (stratified")
+    assert len(select_records(dataset, split="all", run_dir=run)[0]) == 10
