@@ -156,6 +156,11 @@ def _image_findings(dataset: Dataset, record: ImageRecord) -> list[Finding]:
     return out
 
 
+def check_record(dataset: Dataset, record: ImageRecord, *, tiny_area: float = TINY_AREA) -> list[Finding]:
+    """The findings of one record, its boxes and its image header; no other file is read."""
+    return _box_findings(dataset, record, tiny_area) + _image_findings(dataset, record)
+
+
 def _duplicates(root: Path, paths: list[str]) -> list[Finding]:
     """Exact duplicate image files: grouped by size first, then by SHA-256 of the bytes."""
     by_size: dict[int, list[str]] = defaultdict(list)
@@ -192,8 +197,7 @@ def check(
     for n, record in enumerate(dataset.images, 1):
         if per_image_format and record.annotation is None:
             findings.append(Finding("no_annotation", record.path, "no annotation file", record.path))
-        findings.extend(_box_findings(dataset, record, tiny_area))
-        findings.extend(_image_findings(dataset, record))
+        findings.extend(check_record(dataset, record, tiny_area=tiny_area))
         if on_progress:
             on_progress(n, total)
     listed = {r.path for r in dataset.images}

@@ -587,4 +587,4 @@ def record_findings(dataset: Dataset, record: ImageRecord, classes: list[str] | 
     from workbench import health
 
     shell = Dataset(root=dataset.root, format=dataset.format, classes=list(classes or dataset.classes))
-    return health._box_findings(shell, record, health.TINY_AREA) + health._image_findings(shell, record)
+    return health.check_record(shell, record)
