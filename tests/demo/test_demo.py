@@ -107,7 +107,7 @@ def test_detect_image_outputs(app, tmp_path):
     set_latest(make_run("run-a"))
     path = write_image(tmp_path / "photo.png", 200, 150)
     annotated, rows, png, json_path, status = app.detect_image(str(path), 0.3, 0.45)
-    assert annotated.shape == (150, 200, 3)
+    assert annotated == png and np.asarray(Image.open(annotated)).shape == (150, 200, 3)
     assert rows == [[1, "with_mask", 0.9, 10.0, 20.0, 60.0, 90.0], [2, "without_mask", 0.4, 100.0, 5.0, 140.0, 45.0]]
     assert Image.open(png).size == (200, 150)
     record = json.loads(Path(json_path).read_text())
@@ -125,7 +125,7 @@ def test_detect_image_reads_the_stored_pixel_grid(app, tmp_path):
     set_latest(make_run("run-a"))
     path = write_image(tmp_path / "rotated.jpg", 200, 120, exif_orientation=6)
     annotated, *_, json_path, _ = app.detect_image(str(path))
-    assert annotated.shape == (120, 200, 3)
+    assert np.asarray(Image.open(annotated)).shape == (120, 200, 3)
     assert json.loads(Path(json_path).read_text())["width"] == 200
 
 
@@ -193,4 +193,4 @@ def test_real_shared_image_through_fake_model(app):
     set_latest(make_run("run-a"))
     path = SHARED / "andrewmvd-voc" / "images" / "maksssksksss200.png"
     annotated, *_ = app.detect_image(str(path))
-    assert annotated.shape == (400, 301, 3)
+    assert np.asarray(Image.open(annotated)).shape == (400, 301, 3)

@@ -1,0 +1,143 @@
+"""Time per image through the demo against a bare model call, on the same images, side by side.
+
+    .venv/bin/python benchmarks/demo_latency.py [--model latest|RUN] [--images 8] [--rounds 3]
+
+Three ways, interleaved image by image so that machine load hits them alike:
+
+* **bare**: ``predictor.predict(array)`` on an already decoded image (the model alone);
+* **handler**: ``DetectorDemo.detect_image(path)``, what one ``/detect_image`` request runs:
+  decode, predict, draw, write the annotated PNG and the JSON;
+* **http**: the same request through a real demo server on 127.0.0.1 and ``gradio_client``
+  (upload, queue, Gradio's own encoding of the outputs, download of both files).
+
+Reports the median ms per image of each, and the ratios handler/bare and http/bare (target
+<= 1.15 for the demo's predict path). The model is ``--model`` when it exists, else a
+stand-in: the default CPU model (``default_model()``) at its default image size with an
+untrained head, in a temporary registry (same network, so the same time per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+SAMPLE = PROJECT / "datasets" / "facemask-sample" / "images"
+
+
+def stand_in_run(root: Path) -> str:
+    """A registry run of the default CPU model (untrained head) under ``root``; returns its name."""
+    import torch
+
+    from workbench.training.loop import default_model
+    from workbench.training.models import build_model, get_spec
+
+    name = default_model("cpu")
+    spec = get_spec(name)
+    classes = ["with_mask", "without_mask", "mask_weared_incorrect"]
+    folder = root / "stand-in"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model(name, len(classes) + 1, weights=None, imgsz=spec.imgsz)
+    torch.save({"model": model.state_dict(), "classes": classes, "epoch": 0}, folder / "model_best.pth")
+    config = {"engine": "torchvision", "model": name, "imgsz": spec.imgsz, "classes": classes}
+    (folder / "config.json").write_text(json.dumps(config))
+    return "stand-in"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="latest", help="run name or 'latest' (default)")
+    parser.add_argument("--images", type=int, default=8, help="images of the bundled sample (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the images (default 3)")
+    parser.add_argument("--score", type=float, default=0.25, help="score threshold (default 0.25, the demo's)")
+    parser.add_argument("--no-http", action="store_true", help="skip the server round trip")
+    parser.add_argument("--port", type=int, default=7899, help="port of the temporary server (default 7899)")
+    args = parser.parse_args()
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from workbench.demo import DemoLimits, DetectorDemo, ModelSource, build_demo, launch
+    from workbench.errors import WorkbenchError
+    from workbench.fileio import load_image
+    from workbench.training.registry import resolve_run
+
+    tmp = Path(tempfile.mkdtemp(prefix="demo-latency-"))
+    run = args.model
+    try:
+        resolve_run(run)
+        what = f"run {resolve_run(run).name}"
+    except WorkbenchError:
+        os.environ["WORKBENCH_MODELS"] = str(tmp / "models")
+        run = stand_in_run(tmp / "models")
+        what = "stand-in (no trained run found)"
+
+    source = ModelSource(run, device="cpu")
+    app = DetectorDemo(source, out_dir=tmp / "out", limits=DemoLimits())
+    predictor = source.get()
+    import torch
+
+    print(
+        f"model: {predictor.card.get('model')} at {int(predictor.model.transform.min_size[0])} px, {what}; "
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
+    )
+    paths = sorted(p for p in SAMPLE.iterdir() if p.suffix == ".png")[: args.images]
+    arrays = {p: load_image(p) for p in paths}
+    score, iou = args.score, 0.5
+    counts: list[int] = []
+
+    client = server = None
+    if not args.no_http:
+        from gradio_client import Client, handle_file
+
+        server = build_demo(app)
+        served = launch(server, port=args.port, quiet=True)
+        client = Client(served.local_url, verbose=False)
+
+    for p in paths[:2]:  # warm-up: first calls allocate
+        predictor.predict(arrays[p], score_threshold=score, iou_threshold=iou)
+        app.detect_image(str(p), score, iou)
+        if client:
+            client.predict(handle_file(str(p)), score, iou, api_name="/detect_image")
+
+    times: dict[str, list[float]] = {"bare": [], "handler": [], "http": []}
+    for _ in range(args.rounds):
+        for p in paths:
+            t = time.perf_counter()
+            counts.append(len(predictor.predict(arrays[p], score_threshold=score, iou_threshold=iou)))
+            times["bare"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            app.detect_image(str(p), score, iou)
+            times["handler"].append(time.perf_counter() - t)
+            if client:
+                t = time.perf_counter()
+                client.predict(handle_file(str(p)), score, iou, api_name="/detect_image")
+                times["http"].append(time.perf_counter() - t)
+    if server is not None:
+        server.close()
+
+    bare = statistics.median(times["bare"])
+    print(
+        f"{len(paths)} images x {args.rounds} rounds (facemask sample, ~400x300 px), score >= {score}, "
+        f"{statistics.mean(counts):.0f} detections per image on average; median ms per image:"
+    )
+    for key, values in times.items():
+        if values:
+            med = statistics.median(values)
+            print(
+                f"  {key:8s} {med * 1000:8.1f} ms   ratio to bare {med / bare:5.2f}   (worst {max(values) * 1000:.0f} ms)"
+            )
+    handler = statistics.median(times["handler"]) / bare
+    verdict = "meets" if handler <= 1.15 else "misses"
+    print(f"demo predict path / bare model = {handler:.3f} ({verdict} the 1.15 target)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
