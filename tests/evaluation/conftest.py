@@ -94,7 +94,7 @@ def tiny_run(tmp_path_factory, voc8) -> Path:
     command = [
         sys.executable, "-m", "workbench.cli", "train", "--data", str(voc8), "--model", "fasterrcnn_mobilenet_v2",
         "--epochs", "1", "--imgsz", "160", "--batch", "2", "--max-iters", "2", "--workers", "0",
-        "--name", "tiny", "--wait",
+        "--max-val-images", "1", "--name", "tiny", "--wait",
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
