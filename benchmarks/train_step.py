@@ -1,7 +1,7 @@
 """Training-step overhead and loader headroom, measured side by side in one run.
 
-1. The workbench's training step (``loop.train_step`` with gradient clipping, the AMP
-   scaler, the LR scheduler and the per-iteration log: ``losses.jsonl``, TensorBoard,
+1. The workbench's training step (``loop.train_step`` with the AMP
+   scaler (disabled on the CPU), the LR scheduler and the per-iteration log: ``losses.jsonl``, TensorBoard,
    ``progress.json``) against a bare torchvision loop (forward, backward, SGD step) on the
    same batches, with two copies of the same model. The two alternate batch by batch
    (ABBA) so that a change in the machine's load hits both. Target: ratio <= 1.05.
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6, help="measured steps per variant (after one warm-up)")
     parser.add_argument("--workers", type=int, default=2, help="loader processes a real run uses")
+    parser.add_argument("--clip-grad", type=float, default=0.0, help="as train --clip-grad (default 0: off)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -114,7 +115,7 @@ def main() -> None:
     def wb_step(images, targets, i):
         loss, parts = train_step(
             wb_model, images, targets, optimizer=wb_opt, scheduler=scheduler, scaler=scaler, params=wb_params,
-            clip_grad=10.0, use_amp=False, device=device,
+            clip_grad=args.clip_grad, use_amp=False, device=device,
         )  # fmt: skip
         progress.done += 1
         iteration_log(epoch=0, step=i, lr=wb_opt.param_groups[0]["lr"], loss=loss, parts=parts)

@@ -56,7 +56,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             "device": args.device,
             "gpus": args.gpus or 1,
         }
-        for key in ("epochs", "imgsz", "batch", "workers", "lr", "max_iters", "max_val_images", "seed", "rotation"):
+        for key in (
+            "epochs",
+            "imgsz",
+            "batch",
+            "workers",
+            "lr",
+            "max_iters",
+            "max_val_images",
+            "seed",
+            "rotation",
+            "clip_grad",
+        ):
             value = getattr(args, key)
             if value is not None:
                 config[key] = value
@@ -158,6 +169,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 0.02 * batch / 8)")
     p.add_argument("--val-fraction", type=float, help="validation share when the dataset has no splits (0.2)")
     p.add_argument("--seed", type=int, help="split and shuffle seed (default 0)")
+    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default 0: off)")
     p.add_argument("--rotation", type=float, help="random rotation augmentation, degrees (default 0: off)")
     p.add_argument("--max-iters", type=int, help="at most this many iterations per epoch (tiny runs)")
     p.add_argument("--max-val-images", type=int, help="validate on at most this many images (tiny runs)")
