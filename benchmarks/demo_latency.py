@@ -6,12 +6,13 @@ Three ways, interleaved image by image so that machine load hits them alike:
 
 * **bare**: ``predictor.predict(array)`` on an already decoded image (the model alone);
 * **handler**: ``DetectorDemo.detect_image(path)``, what one ``/detect_image`` request runs:
-  decode, predict, draw, write the annotated PNG and the JSON;
+  decode, predict, draw, write the annotated JPEG and the JSON;
 * **http**: the same request through a real demo server on 127.0.0.1 and ``gradio_client``
-  (upload, queue, Gradio's own encoding of the outputs, download of both files).
+  (upload, queue, Gradio caching the output files, the client downloading them).
 
-Reports the median ms per image of each, and the ratios handler/bare and http/bare (target
-<= 1.15 for the demo's predict path). The model is ``--model`` when it exists, else a
+Reports ms per image of each (median, and best of rounds: the least disturbed by other
+processes on a shared machine) and the ratios handler/bare and http/bare (target <= 1.15
+for the demo's predict path). The model is ``--model`` when it exists, else a
 stand-in: the default CPU model (``default_model()``) at its default image size with an
 untrained head, in a temporary registry (same network, so the same time per image).
 """
@@ -122,20 +123,28 @@ def main() -> int:
     if server is not None:
         server.close()
 
+    # Two estimates: the median of every call, and "best of rounds" (each image's fastest call,
+    # summed), which is what the code costs when no other process takes the CPU away.
+    n = len(paths)
+    best = {k: sum(min(v[r * n + i] for r in range(args.rounds)) for i in range(n)) / n for k, v in times.items() if v}
     bare = statistics.median(times["bare"])
     print(
-        f"{len(paths)} images x {args.rounds} rounds (facemask sample, ~400x300 px), score >= {score}, "
-        f"{statistics.mean(counts):.0f} detections per image on average; median ms per image:"
+        f"{n} images x {args.rounds} rounds (facemask sample, ~400x300 px), score >= {score}, "
+        f"{statistics.mean(counts):.0f} detections per image on average; ms per image:"
     )
     for key, values in times.items():
         if values:
             med = statistics.median(values)
             print(
-                f"  {key:8s} {med * 1000:8.1f} ms   ratio to bare {med / bare:5.2f}   (worst {max(values) * 1000:.0f} ms)"
+                f"  {key:8s} median {med * 1000:7.1f} ms (x{med / bare:4.2f})   best-of-rounds "
+                f"{best[key] * 1000:7.1f} ms (x{best[key] / best['bare']:4.2f})   worst {max(values) * 1000:.0f} ms"
             )
-    handler = statistics.median(times["handler"]) / bare
-    verdict = "meets" if handler <= 1.15 else "misses"
-    print(f"demo predict path / bare model = {handler:.3f} ({verdict} the 1.15 target)")
+    ratio = best["handler"] / best["bare"]
+    verdict = "meets" if ratio <= 1.15 else "misses"
+    print(f"demo predict path / bare model (best of rounds) = {ratio:.3f} ({verdict} the 1.15 target)")
+    print(
+        f"default model on this CPU: {best['bare'] * 1000:.0f} ms per image (best of rounds), {bare * 1000:.0f} ms median"
+    )
     return 0
 
 
