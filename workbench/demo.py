@@ -93,9 +93,10 @@ class NoModel(WorkbenchError):
 class ModelSource:
     """The predictor of ``run`` (``"latest"`` or a run name), reloaded when the run changes.
 
-    ``get()`` resolves the run on every call (a symlink read and two ``stat`` calls) and loads
+    ``get()`` resolves the run on every call (a symlink read and a few ``stat`` calls) and loads
     the model again only when the folder or its checkpoint changed, so a new ``models/latest``
-    is served by the next request. ``predict()`` runs one image at a time: the predictor's
+    is served by the next request. A new model that fails to load is logged and the previous
+    one kept (tried again on the next request). ``predict()`` runs one image at a time: the predictor's
     thresholds live in the model (``set_postprocess``), so two requests with different sliders
     must not interleave, and on a CPU one inference already uses every core.
     """
@@ -129,8 +130,11 @@ class ModelSource:
             if key != self._key:
                 try:
                     predictor = self._loader(folder, device=self.device)
-                except WorkbenchError as e:
-                    raise NoModel(f"The model {folder.name} cannot be loaded: {e}.") from e
+                except Exception as e:  # a foreign or truncated checkpoint must not take the demo down
+                    if self._predictor is not None:
+                        log.warning("cannot load %s (%s); still serving %s", folder, e, self._predictor.run_dir.name)
+                        return self._predictor
+                    raise NoModel(f"The model {folder.name} cannot be loaded: {e}") from e
                 if self._predictor is not None:
                     log.info("model changed: %s -> %s", self._predictor.run_dir.name, folder.name)
                 self._predictor, self._key = predictor, key

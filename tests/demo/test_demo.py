@@ -194,3 +194,24 @@ def test_real_shared_image_through_fake_model(app):
     path = SHARED / "andrewmvd-voc" / "images" / "maksssksksss200.png"
     annotated, *_ = app.detect_image(str(path))
     assert np.asarray(Image.open(annotated)).shape == (400, 301, 3)
+
+
+def test_a_new_model_that_fails_to_load_keeps_the_old_one(tmp_path):
+    calls = []
+
+    def loader(folder: Path, device: str = "auto") -> FakePredictor:
+        calls.append(folder.name)
+        if folder.name == "broken":
+            raise RuntimeError("truncated checkpoint")
+        return FakePredictor(folder)
+
+    source = ModelSource("latest", loader=loader)
+    set_latest(make_run("good"))
+    assert source.get().run_dir.name == "good"
+    set_latest(make_run("broken"))
+    assert source.get().run_dir.name == "good"
+    assert source.get().run_dir.name == "good"
+    assert calls == ["good", "broken", "broken"], "the broken one is retried, not remembered"
+    alone = ModelSource("broken", loader=loader)
+    with pytest.raises(NoModel, match="truncated checkpoint"):
+        alone.get()
