@@ -171,6 +171,10 @@ def make_cfg(config, *, num_classes: int, weights: str = "auto"):
         elif weights == "imagenet":
             raise WorkbenchError(f"{name}: ImageNet backbone unavailable (not in iopath's cache, offline)")
     cfg.MODEL.WEIGHTS = info["file"] or ""
+    if info["kind"] == "none":
+        # FrozenBN is an identity without pretrained statistics: activations of a random ResNet
+        # then grow layer after layer (a loss in the hundreds). Group norm trains at any batch size.
+        cfg.MODEL.RESNETS.NORM = "GN"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     imgsz = int(config.imgsz)
@@ -327,7 +331,10 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
     total = iters_per_epoch * cfg_run.epochs
     cfg.SOLVER.BASE_LR = cfg_run.lr if cfg_run.lr is not None else 0.02 * cfg_run.batch / 16
     cfg.SOLVER.MAX_ITER = total
-    cfg.SOLVER.STEPS = (int(total * 0.67), int(total * 0.89))
+    steps = sorted({s for s in (int(total * 0.67), int(total * 0.89)) if 0 < s < total})
+    while steps and total <= len(steps) + 1:  # fvcore wants more updates than schedule values
+        steps.pop()
+    cfg.SOLVER.STEPS = tuple(steps)
     cfg.SOLVER.WARMUP_ITERS = min(cfg_run.warmup_iters, iters_per_epoch)
     cfg.SEED = cfg_run.seed
     cfg.freeze()

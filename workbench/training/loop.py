@@ -467,6 +467,8 @@ def main(
         for epoch in range(start_epoch, config.epochs):
             if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
                 sampler.set_epoch(epoch)
+            else:  # the order of epoch e depends on (seed, e) only: a resumed run sees the same order
+                sampler.generator.manual_seed(config.seed + epoch)
             train_model.train()
             for it, (images, targets) in enumerate(loader):
                 if it >= iters_per_epoch:
