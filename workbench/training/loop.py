@@ -392,9 +392,11 @@ def main(
         weights["source"],
         f" ({weights.get('file')})" if weights.get("file") else "",
     )
-    model = build_model(spec.name, len(config.classes) + 1, weights=None if checkpoint else weights, imgsz=config.imgsz)
-    if checkpoint:
-        apply_structure(model, checkpoint["structure"])  # the frozen layers of the pretrained start
+    if checkpoint and "structure" in checkpoint:  # the frozen layers of the pretrained start, without its file
+        model = build_model(spec.name, len(config.classes) + 1, weights=None, imgsz=config.imgsz)
+        apply_structure(model, checkpoint["structure"])
+    else:  # a new run, or a checkpoint that predates "structure": build from the starting weights again
+        model = build_model(spec.name, len(config.classes) + 1, weights=weights, imgsz=config.imgsz)
     structure = structure_of(model)
     model.transform._skip_resize = True  # the loader resizes (scale jitter); eval still resizes to imgsz
     model.to(device)
