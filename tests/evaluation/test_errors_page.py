@@ -35,7 +35,11 @@ def test_without_a_model_the_page_says_so(voc8):
 
 @pytest.mark.slow
 def test_page_shows_an_evaluation(evaluated, tiny_run, voc8, monkeypatch):
+    import streamlit
+
     monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_run.parent))
+    switched = []  # the page's st.switch_page, recorded (the Annotate page is not run here)
+    monkeypatch.setattr(streamlit, "switch_page", switched.append)
     entry = workspace.add_dataset(voc8)
     at = run_page()
     assert not at.exception, at.exception
@@ -50,5 +54,6 @@ def test_page_shows_an_evaluation(evaluated, tiny_run, voc8, monkeypatch):
     assert len(buttons) == len(worst) > 0
     assert buttons[0].key == f"errors-open-{worst[0]['path']}"
     buttons[0].click().run()
+    assert switched == ["pages/annotate.py"]
     assert at.session_state["image"] == worst[0]["path"]
     assert at.session_state["dataset"] == entry.path
