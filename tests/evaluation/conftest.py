@@ -59,7 +59,9 @@ def fiftyone_db():
 
         assert fo.config.database_dir == str(FIFTYONE_TMP / "db"), "fiftyone was imported before the test isolation"
     import fiftyone as fo
+    import fiftyone.constants as foc
 
+    foc.WELCOME_PATH = str(FIFTYONE_TMP / "welcome.json")  # the App's first-launch marker, else under ~
     assert fo.config.database_uri is None
     assert fo.list_datasets() == []  # starts mongod in FIFTYONE_TMP; a fresh database
     assert _mongod_processes(), "expected a mongod serving the temporary database folder"
@@ -78,6 +80,11 @@ def fiftyone_db():
         proc.kill()
     shutil.rmtree(FIFTYONE_TMP, ignore_errors=True)
     assert not left, f"mongod still running after the tests: {left}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The temporary folder goes even when no test used the database."""
+    shutil.rmtree(FIFTYONE_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
