@@ -326,6 +326,7 @@ def prepare_run(config: TrainConfig, folder: Path) -> dict[str, Any]:
         "val": val,
         "how": how,
         "hash": dataset_hash(dataset),
+        "version": __import__("workbench.versions", fromlist=["*"]).take_for_training(dataset, folder),
     }
 
 
