@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_commands(sub)
     from workbench.eval_cli import add_commands as add_eval_commands
     add_eval_commands(sub)
+    from workbench.labelling_cli import add_commands as add_labelling_commands
+    add_labelling_commands(sub)
     return parser
 
 

@@ -588,3 +588,48 @@ def record_findings(dataset: Dataset, record: ImageRecord, classes: list[str] | 
 
     shell = Dataset(root=dataset.root, format=dataset.format, classes=list(classes or dataset.classes))
     return health.check_record(shell, record)
+
+
+# --- adding images ------------------------------------------------------------------------
+
+
+def image_folder(dataset: Dataset) -> str:
+    """Where new images of ``dataset`` go, relative to its root: the folder holding most of its
+    images (``images``, ``JPEGImages``, ``images/train`` ...), else ``images``."""
+    from collections import Counter
+
+    folders = Counter(r.path.rpartition("/")[0] for r in dataset.images)
+    return folders.most_common(1)[0][0] if folders else "images"
+
+
+def add_images(dataset: Dataset, files: dict[str, bytes] | Iterable[Path]) -> list[str]:
+    """Copy new images into ``dataset``'s image folder (``image_folder``): ``files`` is
+    ``{file name: bytes}`` (an upload) or image paths (a folder's files). A name already taken
+    gets a ``-2``, ``-3`` ... suffix; a non-image is skipped. Returns the relative paths written.
+
+    The new images have no annotation file yet: the next open lists them as unlabelled records
+    (VOC, LabelMe, YOLO), which the review queue puts first. COCO keeps its image list inside its
+    JSON, so images cannot be added to it this way."""
+    if dataset.format == "coco":
+        raise WorkbenchError(
+            f"{dataset.root}: a COCO dataset lists its images in its JSON file; add images to a VOC, YOLO or "
+            "LabelMe dataset, or convert it first"
+        )
+    folder = image_folder(dataset)
+    target = dataset.root / folder if folder else dataset.root
+    target.mkdir(parents=True, exist_ok=True)
+    items = files.items() if isinstance(files, dict) else ((Path(p).name, Path(p)) for p in files)
+    written = []
+    for name, source in items:
+        name = Path(name).name
+        if not is_image(name):
+            continue
+        stem, dot, ext = name.rpartition(".")
+        out, n = target / name, 1
+        while out.exists():
+            n += 1
+            out = target / f"{stem}-{n}{dot}{ext}"
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        atomic_write(out, data)
+        written.append(f"{folder}/{out.name}" if folder else out.name)
+    return written
