@@ -1,0 +1,104 @@
+"""Suggestions of a tiny trained model: stored in the workspace, never in the dataset's files until
+accepted; accept-all above a score writes exactly those boxes; undo gives the file back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from workbench import cli, edits, review, suggestions, versions, workspace
+from workbench.formats import voc
+
+
+def hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def test_training_took_a_version_named_in_the_run(tiny_run, monkeypatch):
+    card = json.loads((tiny_run / "model_card.json").read_text())
+    named = json.loads((tiny_run / "dataset_version.json").read_text())
+    assert named["hash"] == card["dataset_hash"] and named["name"] == "v1"
+    monkeypatch.setenv("WORKBENCH_HOME", str(tiny_run.parent.parent / "home"))
+    listed = versions.list_versions(card["dataset"])
+    assert [(v["name"], v["hash"], v["runs"]) for v in listed] == [("v1", card["dataset_hash"], ["tiny"])]
+    assert versions.run_version(tiny_run)["name"] == "v1"
+
+
+def test_suggest_accept_reject_undo(tiny_run, voc8, capsys):
+    before = hashes(voc8)
+    assert cli.main(["suggest", "--model", str(tiny_run), "--data", str(voc8), "--score", "0.01", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 8 and summary["run"] == "tiny"
+    assert hashes(voc8) == before  # suggesting wrote nothing into the dataset
+    stored = suggestions.pending(voc8)
+    assert sum(len(v) for v in stored.values()) == summary["boxes"] > 0
+    path = max(stored, key=lambda p: len(stored[p]))
+    items = stored[path]
+    assert all(s["score"] >= 0.01 for s in items)
+
+    # reject one: only the store changes
+    suggestions.reject(voc8, path, [items[-1]["id"]])
+    assert hashes(voc8) == before
+    items = suggestions.pending(voc8, path)
+
+    # accept all above a score: exactly those boxes are written, through the journal
+    scores = sorted(s["score"] for s in items)
+    threshold = scores[len(scores) // 2]
+    chosen = [s for s in items if s["score"] >= threshold]
+    opened = workspace.open_dataset(voc8)
+    old = opened.dataset.record(path).copy()
+    xml = voc8 / old.annotation
+    xml_before = xml.read_bytes()
+    journal = edits.Journal()
+    result = suggestions.accept(opened, path, min_score=threshold, journal=journal)
+    assert list(result.files) == [old.annotation] and result.entry is not None
+    changed = {k for k in before if hashes(voc8).get(k) != before[k]}
+    assert changed == {old.annotation}
+    reloaded = voc.load(voc8).record(path)
+    assert len(reloaded) == len(old) + len(chosen)
+    np.testing.assert_allclose(reloaded.boxes[: len(old)], old.boxes)
+    added = reloaded.boxes[len(old) :]
+    expected = np.array([s["box"] for s in chosen])
+    expected = np.clip(expected, 0, [old.width, old.height, old.width, old.height])
+    np.testing.assert_allclose(added, np.round(expected), atol=1.0)  # VOC stores whole pixels
+    names = [voc.load(voc8).class_name(int(c)) for c in reloaded.class_ids[len(old) :]]
+    assert names == [s["label"] for s in chosen]
+    assert {s["id"] for s in suggestions.pending(voc8, path)} == {s["id"] for s in items if s["score"] < threshold}
+    assert journal.undoable(voc8)[-1]["message"].startswith(f"{path}: accepted suggestion")
+
+    # undo restores the file byte for byte
+    edits.undo(voc8, journal=journal)
+    assert xml.read_bytes() == xml_before
+    assert hashes(voc8) == before
+
+
+def test_edit_then_accept_and_review_queue(tiny_run, voc8):
+    opened = workspace.open_dataset(voc8)
+    unlabelled = opened.dataset.images[-1]
+    workspace.add_images(opened.dataset, {"new.png": (voc8 / unlabelled.path).read_bytes()})
+    opened = workspace.open_dataset(voc8)
+    assert opened.dataset.record("images/new.png").boxes.shape == (0, 4)
+    result = suggestions.suggest(voc8, run=tiny_run, score=0.01, only_unlabelled=True)
+    assert result.images == 1 and result.skipped_labelled == 8
+    queue = review.build_queue(opened)
+    assert queue[0]["path"] == "images/new.png" and queue[0]["tier"] == "unlabelled"
+    assert "no labels" in queue[0]["reasons"]
+    items = suggestions.pending(voc8, "images/new.png")
+    if items:  # edit, then accept: the edited box and class are written
+        first = items[0]
+        edited = {first["id"]: {"box": [10, 12, 40, 44], "label": "with_mask"}}
+        suggestions.accept(opened, "images/new.png", ids=[first["id"]], edited=edited)
+        record = voc.load(voc8).record("images/new.png")
+        np.testing.assert_allclose(record.boxes, [[10, 12, 40, 44]])
+        assert (voc8 / "annotations" / "new.xml").is_file()
+    # disagreement from an evaluation: FP + FN order the labelled images
+    queue = review.build_queue(
+        workspace.open_dataset(voc8), evaluation=("tiny", {opened.dataset.images[0].path: (2, 1)})
+    )
+    tiers = [q["tier"] for q in queue]
+    assert tiers == sorted(tiers, key=review.TIERS.index)
+    assert any("2 false positive(s) + 1 false negative(s)" in r for q in queue for r in q["reasons"])
