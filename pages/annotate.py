@@ -1,6 +1,9 @@
 """Annotate: one image, large, with its boxes. Draw, move, resize, relabel and delete boxes,
 add a class, step through the images of the current filter, save back to the dataset's own
-format, undo the last save; dataset-wide rename, merge and delete of a class.
+format, undo the last save; dataset-wide rename, merge and delete of a class. A model's
+suggestions (``workbench suggest``) are drawn dashed beside the accepted boxes and can be
+accepted (one, or all above a score), rejected, or edited then accepted; the sidebar holds the
+review queue and FiftyOne's relabel queue. Shortcuts: A accept, X reject, N next, P previous.
 
 Edits go to a working copy of the record held in the session; Save writes it through
 ``workbench.edits.save_record`` (conflict check, atomic write, journal)."""
@@ -20,7 +23,7 @@ from streamlit.elements.lib.image_utils import image_to_url
 from streamlit.elements.lib.layout_utils import LayoutConfig
 from streamlit_image_annotation.Detection import _component_func
 
-from workbench import edits, workspace
+from workbench import edits, review, suggestions, workspace
 from workbench.annotations import ImageRecord
 from workbench.errors import WorkbenchError
 from workbench.images import colour_map, open_rgb, render
@@ -261,6 +264,7 @@ def save_panel(opened: workspace.OpenDataset, work: dict) -> None:
         else:
             written = ", ".join(result.files) or "nothing (no byte changed)"
             st.session_state["flash"] = f"Saved {written}."
+            after_save(opened, work)
             start_work(opened, work["position"])
             st.rerun()
     if c2.button("Discard", disabled=not changes, key="discard", width="stretch"):
@@ -288,6 +292,177 @@ def save_panel(opened: workspace.OpenDataset, work: dict) -> None:
                 start_work(fresh, position)
                 st.rerun()
         st.caption(f"Last save: {last.get('message', '')[:120]}")
+
+
+# --- suggestions, the review queue and FiftyOne's relabel queue ------------------------------
+
+
+def after_save(opened: workspace.OpenDataset, work: dict) -> None:
+    """A saved image leaves FiftyOne's relabel queue (its ``fix`` tag is cleared) when it was in it."""
+    if work["path"] not in st.session_state.get("relabel_paths", set()):
+        return
+    try:
+        from workbench import fiftyone_app
+
+        fiftyone_app.clear_tag(opened.root, [work["path"]])
+        st.session_state["relabel_paths"].discard(work["path"])
+        fiftyone_queue.clear()
+    except Exception as e:  # FiftyOne's database may be down: the save itself is done
+        st.session_state["flash"] = st.session_state.get("flash", "") + f" (FiftyOne tag not cleared: {e})"
+
+
+def accept_suggestions(opened: workspace.OpenDataset, work: dict, **chosen) -> None:
+    """Accept suggestions (``ids=``, ``min_score=``, ``edited=``) into the working copy and save it."""
+    try:
+        result = suggestions.accept(
+            opened,
+            work["path"],
+            record=work["record"],
+            classes=work["classes"],
+            expected=work["expected"],
+            journal=edits.Journal(),
+            notes=work["changes"],
+            **chosen,
+        )
+    except edits.ConflictError as e:
+        st.session_state["conflict"] = str(e)
+        return
+    except WorkbenchError as e:
+        st.error(f"Not accepted: {e}")
+        return
+    written = ", ".join(result.files) or "nothing"
+    st.session_state["flash"] = f"Accepted; saved {written} (Undo last save takes it back)."
+    after_save(opened, work)
+    start_work(opened, work["position"])
+    st.rerun()
+
+
+def suggestion_view(opened: workspace.OpenDataset, work: dict, items: list[dict]) -> None:
+    """The image with the working boxes solid and the suggestions dashed, with their scores."""
+    from workbench.plots import draw_comparison
+
+    record: ImageRecord = work["record"]
+    names = label_list(work)
+    path = opened.root / record.path
+    try:
+        stat = path.stat()
+        shown, scale = fitted(str(path), stat.st_size, stat.st_mtime_ns)
+    except (WorkbenchError, OSError):
+        return
+    pred_names = list(names)
+    ids = []
+    for s in items:
+        if s["label"] not in pred_names:
+            pred_names.append(s["label"])
+        ids.append(pred_names.index(s["label"]))
+    drawn = draw_comparison(
+        shown,
+        gt_boxes=record.boxes / scale,
+        gt_class_ids=record.class_ids,
+        gt_names=names,
+        pred_boxes=np.asarray([s["box"] for s in items], dtype=np.float64).reshape(-1, 4) / scale,
+        pred_class_ids=np.asarray(ids, dtype=np.int64),
+        pred_scores=np.asarray([s["score"] for s in items]),
+        pred_names=pred_names,
+    )
+    st.image(drawn, caption="Accepted boxes solid, suggestions dashed with their score", width="stretch")
+
+
+def suggestion_panel(opened: workspace.OpenDataset, work: dict, items: list[dict]) -> None:
+    """Accept one / all above a score, reject, edit then accept the image's suggestions."""
+    st.markdown(f"**Suggestions** ({len(items)}) · A accept · X reject")
+    pick = st.selectbox(
+        "Suggestion",
+        range(len(items)),
+        format_func=lambda i: (
+            f"S{i + 1} {items[i]['label']} {items[i]['score']:.2f} " + edits.box_text(items[i]["box"])
+        ),
+        key=f"sugg_pick-{work['rev']}",
+    )
+    chosen = items[pick]
+    c1, c2 = st.columns(2)
+    if c1.button("Accept", key="sugg_accept", type="primary", shortcut="A", width="stretch"):
+        accept_suggestions(opened, work, ids=[chosen["id"]])
+    if c2.button("Reject", key="sugg_reject", shortcut="X", width="stretch"):
+        suggestions.reject(opened.root, work["path"], [chosen["id"]])
+        st.rerun()
+    floor = st.slider("Accept all scoring at least", 0.0, 1.0, 0.5, 0.05, key="sugg_floor")
+    above = [s for s in items if s["score"] >= floor]
+    c1, c2 = st.columns(2)
+    if c1.button(f"Accept {len(above)} ≥ {floor:.2f}", key="sugg_accept_all", disabled=not above, width="stretch"):
+        accept_suggestions(opened, work, min_score=floor)
+    if c2.button("Reject all", key="sugg_reject_all", width="stretch"):
+        suggestions.reject(opened.root, work["path"])
+        st.rerun()
+    with st.expander("Edit, then accept"):
+        names = label_list(work)
+        known = names if chosen["label"] in names else [*names, chosen["label"]]
+        label = st.selectbox("Class", known, index=known.index(chosen["label"]), key=f"sugg_class-{chosen['id']}")
+        c = st.columns(4)
+        box = [
+            c[k].number_input(n, value=float(chosen["box"][k]), step=1.0, format="%g", key=f"sugg_{n}-{chosen['id']}")
+            for k, n in enumerate(("x1", "y1", "x2", "y2"))
+        ]
+        if st.button("Accept edited", key="sugg_accept_edited", width="stretch"):
+            accept_suggestions(opened, work, ids=[chosen["id"]], edited={chosen["id"]: {"box": box, "label": label}})
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def fiftyone_queue(root: str) -> list[dict]:
+    from workbench import fiftyone_app
+
+    return fiftyone_app.relabel_queue(root)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def fiftyone_mistakenness(root: str) -> dict[str, float]:
+    return review.fiftyone_mistakenness(root)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def review_queue(root: str, fmt: str, revision: int, store_mtime: float, use_fiftyone: bool) -> list[dict]:
+    opened = workspace.get_open(root, fmt)
+    mistakenness = None
+    if use_fiftyone:
+        try:
+            mistakenness = fiftyone_mistakenness(root)
+        except Exception:
+            mistakenness = None
+    evaluation = None if mistakenness else review.last_evaluation(root)
+    return review.build_queue(opened, mistakenness=mistakenness, evaluation=evaluation)
+
+
+def open_button(path: str, text: str, key: str, current: str) -> None:
+    if st.sidebar.button(text, key=key, width="stretch", disabled=path == current, help=path):
+        st.session_state["image"] = path
+        st.rerun()
+
+
+def sidebar(opened: workspace.OpenDataset, work: dict) -> None:
+    """The review queue (unlabelled, disagreement, low confidence) and FiftyOne's relabel queue."""
+    root = str(opened.root)
+    use_fiftyone = st.sidebar.toggle("Relabel queue (FiftyOne)", key="relabel_toggle")
+    if st.sidebar.toggle("Review queue", key="review_toggle"):
+        store = suggestions.store_path(root)
+        mtime = store.stat().st_mtime if store.is_file() else 0.0
+        queue = review_queue(root, opened.dataset.format, opened.revision, mtime, use_fiftyone)
+        st.sidebar.caption(f"{len(queue)} image(s): unlabelled first, then model disagreement, then low confidence.")
+        for n, item in enumerate(queue[:30]):
+            name = item["path"].rsplit("/", 1)[-1]
+            open_button(item["path"], f"{name} · {item['tier']}", f"review-{n}", work["path"])
+            st.sidebar.caption("; ".join(item["reasons"]))
+    if use_fiftyone:
+        try:
+            queue = fiftyone_queue(root)
+        except Exception as e:  # the database may not start: say so, keep the page
+            st.sidebar.error(f"FiftyOne could not be read: {e}")
+            return
+        st.session_state["relabel_paths"] = {item["path"] for item in queue}
+        if not queue:
+            st.sidebar.info("No image is tagged `fix` in FiftyOne.")
+        for n, item in enumerate(queue):
+            open_button(item["path"], item["path"].rsplit("/", 1)[-1], f"relabel-{n}", work["path"])
+            st.sidebar.caption("; ".join(item["reasons"]))
 
 
 def labelme_action(opened: workspace.OpenDataset, work: dict) -> None:
@@ -394,7 +569,7 @@ def main() -> None:
     here = positions.index(work["position"]) if work["position"] in positions else None
     dirty = bool(work["changes"])
     nav = st.columns([1, 4, 1])
-    if nav[0].button("◀ Previous", disabled=dirty or not here, key="prev", width="stretch"):
+    if nav[0].button("◀ Previous", disabled=dirty or not here, key="prev", width="stretch", shortcut="P"):
         st.session_state["image"] = dataset.images[positions[here - 1]].path
         st.rerun()
     where = f"{here + 1} of {len(positions):,} in the filter" if here is not None else "not in the current filter"
@@ -405,7 +580,7 @@ def main() -> None:
         unsafe_allow_html=True,
     )
     at_end = here is None or here + 1 >= len(positions)
-    if nav[2].button("Next ▶", disabled=dirty or at_end, key="next", width="stretch"):
+    if nav[2].button("Next ▶", disabled=dirty or at_end, key="next", width="stretch", shortcut="N"):
         st.session_state["image"] = dataset.images[positions[here + 1]].path
         st.rerun()
     if dirty:
@@ -413,9 +588,13 @@ def main() -> None:
     if flash := st.session_state.pop("flash", None):
         st.success(flash)
 
+    sidebar(opened, work)
+    waiting = suggestions.pending(opened.root, work["path"])
     left, right = st.columns([3, 1])
     with left:
         canvas(opened, work)
+        if waiting:
+            suggestion_view(opened, work, waiting)
         chips = " ".join(
             f"<span style='border-left:14px solid {colour};padding-left:6px;margin-right:14px'>{name}</span>"
             for name, colour in colour_map(label_list(work)).items()
@@ -423,6 +602,8 @@ def main() -> None:
         st.markdown(chips, unsafe_allow_html=True)
     with right:
         save_panel(opened, work)
+        if waiting:
+            suggestion_panel(opened, work, waiting)
         box_editor(work)
         labelme_action(opened, work)
         file = (edits.files_of(dataset, record) or ["(no annotation file)"])[0]

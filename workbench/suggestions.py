@@ -231,12 +231,14 @@ def accept(
     expected: dict | None = None,
     journal: edits.Journal | None = None,
     message: str = "",
+    notes: Iterable[str] = (),
 ) -> edits.SaveResult:
     """Accept suggestions of image ``path``: those with ``ids``, or scoring at least ``min_score``
     (every pending one when neither is given). ``edited`` maps an id to a changed ``{"box",
     "label"}`` (edit, then accept). They are added to ``record`` (default: the image's record as
     loaded; the Annotate page passes its working copy) and saved with ``edits.save_record``, which
-    writes the dataset's own format and the journal. The accepted suggestions leave the store."""
+    writes the dataset's own format and the journal (``notes``: the record's other unsaved changes,
+    for the journal's message). The accepted suggestions leave the store."""
     journal = journal if journal is not None else edits.Journal()
     dataset = opened.dataset
     position = next((i for i, r in enumerate(dataset.images) if r.path == path), None)
@@ -256,7 +258,7 @@ def accept(
         classes=names,
         expected=expected,
         journal=journal,
-        message=message or f"{path}: " + "; ".join(lines),
+        message=message or f"{path}: " + "; ".join([*notes, *lines]),
     )
     _remove(dataset.root, path, {s["id"] for s in chosen})
     return result

@@ -1,0 +1,74 @@
+"""The labelling parts of the pages, headless (AppTest): suggestions in Annotate, versions and diff
+in Datasets. Suggestions are written into the store by hand: no model needed."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import PROJECT
+from workbench import edits, suggestions, versions, workspace
+from workbench.formats import voc
+
+TIMEOUT = 60
+
+
+def run(page: str, **state) -> AppTest:
+    at = AppTest.from_file(str(PROJECT / page), default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def store(root, path: str, items: list[tuple[list[float], float, str]]) -> None:
+    data = suggestions.load(root)
+    data["images"][path] = [{"id": k, "box": b, "score": s, "label": name} for k, (b, s, name) in enumerate(items)]
+    data["next_id"] = len(items)
+    suggestions.save(root, data)
+
+
+def test_annotate_accepts_rejects_and_queues(voc8):
+    entry = workspace.add_dataset(voc8)
+    first = workspace.open_dataset(voc8).dataset.images[0]
+    store(voc8, first.path, [([5, 5, 30, 30], 0.9, "with_mask"), ([40, 40, 60, 70], 0.3, "without_mask"),
+                             ([70, 10, 90, 30], 0.7, "helmet")])  # fmt: skip
+    before = (voc8 / first.annotation).read_bytes()
+    at = run("pages/annotate.py", dataset=entry.path, image=first.path)
+    assert not at.exception, at.exception
+    assert any("Suggestions" in m.value for m in at.markdown)
+    assert (voc8 / first.annotation).read_bytes() == before  # shown, not written
+    at.button(key="sugg_reject").click().run()  # S1 rejected: the store only
+    assert not at.exception, at.exception
+    assert [s["score"] for s in suggestions.pending(voc8, first.path)] == [0.3, 0.7]
+    assert (voc8 / first.annotation).read_bytes() == before
+    at.slider(key="sugg_floor").set_value(0.5).run()
+    at.button(key="sugg_accept_all").click().run()  # accept all >= 0.5: the helmet box only
+    assert not at.exception, at.exception
+    record = voc.load(voc8).record(first.path)
+    assert len(record) == len(first) + 1 and record.boxes[-1].tolist() == [70, 10, 90, 30]
+    assert voc.load(voc8).class_name(int(record.class_ids[-1])) == "helmet"
+    assert [s["score"] for s in suggestions.pending(voc8, first.path)] == [0.3]
+    assert edits.Journal().undoable(voc8)[-1]["message"].startswith(f"{first.path}: accepted suggestion helmet")
+    at.button(key="undo").click().run()
+    assert (voc8 / first.annotation).read_bytes() == before
+    # the review queue in the sidebar: the image with a suggestion left is listed with its reason
+    at.toggle(key="review_toggle").set_value(True).run()
+    assert not at.exception, at.exception
+    assert any("1 suggestion(s), mean score 0.30" in c.value for c in at.sidebar.caption)
+
+
+def test_datasets_page_takes_versions_and_shows_the_diff(voc8):
+    entry = workspace.add_dataset(voc8)
+    at = run("pages/datasets.py", dataset=entry.path)
+    assert not at.exception, at.exception
+    at.text_input(key="version_name").input("before").run()
+    at.button(key="version_take").click().run()
+    assert [v["name"] for v in versions.list_versions(voc8)] == ["before"]
+    opened = workspace.get_open(entry.path, entry.format)
+    record = opened.dataset.images[0].copy()
+    edits.delete_box(record, 0)
+    edits.save_record(opened, 0, record, journal=edits.Journal())
+    at.run()
+    at.selectbox(key="diff_old").set_value("before").run()
+    at.selectbox(key="diff_new").set_value("current").run()
+    assert not at.exception, at.exception
+    assert any("1 removed" in m.value for m in at.markdown)
