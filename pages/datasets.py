@@ -1,6 +1,7 @@
 """Datasets: add a dataset by path, pick one of those already added, and see its summary
 (images, boxes, classes, box sizes, splits) and its health findings, each linking to the
-image it concerns."""
+image it concerns. Add images (upload or folder; new ones wait unlabelled in Annotate's review
+queue), take a version of the labels and compare two versions box by box."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from workbench import workspace
+from workbench import versions, workspace
 from workbench.errors import WorkbenchError
 from workbench.formats import FORMATS, detect_format
 from workbench.health import KINDS
@@ -153,6 +154,138 @@ def summary(opened: workspace.OpenDataset) -> None:
                 )
 
 
+def add_images_form(opened: workspace.OpenDataset) -> None:
+    """Upload images, or copy a folder's images, into the dataset; they arrive unlabelled."""
+    with st.expander("Add images"):
+        if opened.dataset.format == "coco":
+            st.info("A COCO dataset lists its images in its JSON file: convert it, or add images to the JSON.")
+            return
+        folder = workspace.image_folder(opened.dataset)
+        st.caption(f"Copied into `{folder or '.'}/`. With no label yet, they go first in Annotate's review queue.")
+        uploads = st.file_uploader(
+            "Images", type=["jpg", "jpeg", "png", "bmp", "webp"], accept_multiple_files=True, key="add_images_upload"
+        )
+        source = st.text_input("…or a folder of images", placeholder="/path/to/new/images", key="add_images_folder")
+        if st.button("Add to the dataset", key="add_images_confirm", disabled=not uploads and not source.strip()):
+            from workbench.fileio import is_image
+
+            try:
+                written = workspace.add_images(opened.dataset, {u.name: u.getvalue() for u in uploads or []})
+                if source.strip():
+                    root = workspace.resolve_path(source)
+                    if not root.is_dir():
+                        raise WorkbenchError(f"{root}: not a folder")
+                    written += workspace.add_images(
+                        opened.dataset, sorted(p for p in root.iterdir() if is_image(p.name))
+                    )
+            except (WorkbenchError, OSError) as e:
+                st.error(str(e))
+                return
+            workspace.get_open(opened.root, opened.dataset.format, reload=True)
+            st.session_state["datasets_flash"] = (
+                f"Added {len(written)} image(s). Run `workbench suggest --data {opened.root} --only-unlabelled` "
+                "to pre-annotate them."
+            )
+            st.rerun()
+        unlabelled = sum(1 for r in opened.dataset.images if not len(r))
+        if st.button(
+            f"Suggest boxes for the {unlabelled} unlabelled image(s) with the latest model",
+            key="suggest_unlabelled",
+            disabled=not unlabelled,
+            help="`workbench suggest --model latest --only-unlabelled`: boxes wait in Annotate until accepted",
+        ):
+            from workbench import suggestions
+
+            with st.spinner("Running the model …"):
+                try:
+                    result = suggestions.suggest(opened.root, fmt=opened.dataset.format, only_unlabelled=True)
+                except WorkbenchError as e:
+                    st.error(str(e))
+                    return
+            st.session_state["datasets_flash"] = (
+                f"{result.boxes} suggestion(s) on {result.images} image(s) from {result.run}: review them in Annotate."
+            )
+            st.rerun()
+
+
+def versions_section(opened: workspace.OpenDataset) -> None:
+    """The dataset's versions (taken when training starts, or here), and the diff of two."""
+    st.subheader("Versions")
+    found = versions.list_versions(opened.root)
+    current = versions.content_hash(opened.dataset)
+    c1, c2 = st.columns([3, 1])
+    name = c1.text_input("Name", placeholder="e.g. after-review (default v1, v2, …)", key="version_name")
+    c2.write("")
+    if c2.button("Take a version now", key="version_take", width="stretch"):
+        try:
+            entry = versions.take_version(opened.dataset, name=name.strip() or None)
+        except WorkbenchError as e:
+            st.error(str(e))
+        else:
+            st.session_state["datasets_flash"] = f"Version {entry['name']} ({entry['hash'][:12]})."
+            st.rerun()
+    if not found:
+        st.caption("No version yet: one is taken automatically when training starts.")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "name": v["name"],
+                    "hash": v["hash"][:12],
+                    "created": v["created"],
+                    "images": v["images"],
+                    "boxes": v["boxes"],
+                    "reason": v["reason"],
+                    "runs": ", ".join(v.get("runs", [])),
+                    "is current": v["hash"] == current,
+                }
+                for v in found
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    names = [v["name"] for v in found]
+    c1, c2 = st.columns(2)
+    old = c1.selectbox("Compare", names, index=len(names) - 1, key="diff_old")
+    new = c2.selectbox("with", [versions.CURRENT, *names], key="diff_new")
+    try:
+        result = versions.diff(opened.root, old, new, current=opened.dataset)
+    except WorkbenchError as e:
+        st.error(str(e))
+        return
+    totals = result.totals()
+    st.markdown(f"**{old} → {new}**: " + ", ".join(f"{v} {k}" for k, v in totals.items()))
+    notes = [
+        f"{label}: {', '.join(items[:10])}" + (" …" if len(items) > 10 else "")
+        for label, items in (
+            ("images added", result.images_added),
+            ("images removed", result.images_removed),
+            ("classes added", result.classes_added),
+            ("classes removed", result.classes_removed),
+        )
+        if items
+    ]
+    if notes:
+        st.caption(" · ".join(notes))
+    if result.per_class:
+        st.dataframe(
+            pd.DataFrame(
+                [{"class": k, **{t: c.get(t, 0) for t in totals}} for k, c in sorted(result.per_class.items())]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    for n, d in enumerate(result.images[:FINDINGS_WITH_LINKS]):
+        a, b = st.columns([5, 1])
+        a.markdown(f"`{d.path}`: " + "; ".join(d.changes))
+        if d.path in {r.path for r in opened.dataset.images} and b.button("Open image", key=f"diff-open-{n}"):
+            open_image(d.path)
+    if len(result.images) > FINDINGS_WITH_LINKS:
+        st.caption(f"… and {len(result.images) - FINDINGS_WITH_LINKS} more images (`workbench diff` lists them all).")
+
+
 def through_app() -> None:
     """If a fresh server's first request is this page's URL, Streamlit runs the page alone (its
     old ``pages/`` folder mode), without app.py's navigation and ``--data``: leave that mode and
@@ -185,7 +318,11 @@ def main() -> None:
     except WorkbenchError as e:
         st.error(f"Cannot open {current.path}: {e}")
         return
+    if flash := st.session_state.pop("datasets_flash", None):
+        st.success(flash)
     summary(opened)
+    add_images_form(opened)
+    versions_section(opened)
 
 
 main()
