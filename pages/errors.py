@@ -5,6 +5,7 @@ the confusion matrix as a heat map, precision-recall curves, and the worst image
 positives plus false negatives) with the ground truth drawn solid and the predictions dashed; a
 click opens the image in Annotate. The FiftyOne App (started on 127.0.0.1) shows the same
 evaluation with ready views; images tagged ``fix`` there are listed as the relabel queue.
+Two runs' per-class AP side by side, each named with the dataset version it trained on.
 """
 
 from __future__ import annotations
@@ -273,6 +274,62 @@ def worst_section(report: EvalReport, entry: workspace.DatasetEntry, opened: wor
                     open_in_annotate(entry, item["path"])
 
 
+def version_name(run_dir: Path) -> str:
+    """The dataset version a run trained on, as text."""
+    from workbench.versions import run_version
+
+    found = run_version(run_dir)
+    if not found:
+        return "unknown dataset version"
+    return f"dataset version {found['name']} ({found['hash'][:12]}) of `{Path(found.get('dataset') or '').name}`"
+
+
+def compare_section(report: EvalReport, run_dir: Path, entry: workspace.DatasetEntry) -> None:
+    """Per-class AP of this run beside another run's, on evaluations of the same dataset."""
+    others = [n for n in runs(str(run_dir.parent)) if n != run_dir.name]
+    with st.expander("Compare with another run (per-class AP)"):
+        if not others:
+            st.caption("No other run to compare with.")
+            return
+        other = st.selectbox("Other run", others, key="errors_compare_run")
+        other_dir = run_dir.parent / other
+        found = list_reports(other_dir)
+        reports = [cached_report(str(p), (p / "metrics.json").stat().st_mtime) for p in found]
+        same = [r for r in reports if Path(r.dataset).resolve() == Path(report.dataset).resolve()]
+        if not same:
+            st.info(f"{other} has no evaluation on `{report.dataset}` yet: evaluate it above (pick it as the run).")
+            return
+        theirs = next((r for r in same if r.split == report.split), same[0])
+        names = list(dict.fromkeys([*report.per_class, *theirs.per_class]))
+        rows = []
+        for name in names:
+            a = (report.per_class.get(name) or {}).get("AP")
+            b = (theirs.per_class.get(name) or {}).get("AP")
+            rows.append(
+                {
+                    "class": name,
+                    f"AP {run_dir.name}": a,
+                    f"AP {other}": b,
+                    "difference": None if a is None or b is None else a - b,
+                }
+            )
+        rows.append(
+            {
+                "class": "all (AP)",
+                f"AP {run_dir.name}": report.metrics.get("AP"),
+                f"AP {other}": theirs.metrics.get("AP"),
+                "difference": None
+                if report.metrics.get("AP") is None or theirs.metrics.get("AP") is None
+                else report.metrics["AP"] - theirs.metrics["AP"],
+            }
+        )
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption(
+            f"**{run_dir.name}**: {version_name(run_dir)}; evaluated on {report.split}.  \n"
+            f"**{other}**: {version_name(other_dir)}; evaluated on {theirs.split}."
+        )
+
+
 @st.cache_resource(show_spinner=False)
 def fiftyone_session(port: int):
     """One FiftyOne App per Streamlit server; its dataset is switched on later launches."""
@@ -345,7 +402,9 @@ def main() -> None:
     if report is None:
         return
     st.caption(f"Run `{report.run}` on `{report.dataset}`: {report.split}, {len(report.images)} images.")
+    st.caption(f"`{run_dir.name}` trained on {version_name(run_dir)}.")
     metrics_section(report)
+    compare_section(report, run_dir, entry)
     pr_section(report)
     worst_section(report, entry, opened)
     fiftyone_section(report, entry, opened)

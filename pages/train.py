@@ -2,7 +2,8 @@
 
 The job runs in its own process (``workbench.training.jobs``): closing the tab does not stop
 it. The page shows live progress with loss and validation mAP charts and the log's tail,
-Cancel and Resume buttons, and a table of every run to compare them.
+Cancel and Resume buttons, and a table of every run to compare them with the dataset version
+each trained on; "N edits since the latest model's version" says when retraining is worth it.
 """
 
 from __future__ import annotations
@@ -209,6 +210,34 @@ def live(all_jobs: list[dict]) -> None:
         st.code(log_tail(folder / "train.log") or "(empty)", language=None)
 
 
+def edits_since_latest() -> None:
+    """How many box edits the latest model's dataset has had since the version it trained on."""
+    from workbench import versions, workspace
+
+    latest = registry.latest_name()
+    if not latest:
+        return
+    try:
+        run = versions.run_version(registry.run_dir(latest))
+        if not run or not run.get("dataset") or not Path(run["dataset"]).is_dir():
+            return
+        opened = workspace.get_open(run["dataset"])
+        count = versions.edits_since(run["dataset"], run["hash"], opened.dataset)
+    except (WorkbenchError, OSError) as e:
+        st.caption(f"Edits since the latest model's version: unknown ({e})")
+        return
+    name = Path(run["dataset"]).name
+    if count is None:
+        st.caption(f"The latest model ({latest}) trained on labels of `{name}` that were not recorded as a version.")
+    elif count == 0:
+        st.info(f"No edit since the latest model's version ({run['name']} of `{name}`, run {latest}).")
+    else:
+        st.info(
+            f"**{count} edit(s) since the latest model's version** ({run['name']} of `{name}`, run {latest}): "
+            "boxes added, removed, moved or relabelled. The Datasets page shows them."
+        )
+
+
 def runs_table(all_jobs: list[dict]) -> None:
     if not all_jobs:
         return
@@ -228,6 +257,7 @@ def runs_table(all_jobs: list[dict]) -> None:
                 "last AP": m.get("AP"),
                 "last AP50": m.get("AP50"),
                 "dataset": Path(c.get("data", "")).name,
+                "dataset version": (version_of(j.get("folder")) or {}).get("name"),
                 "latest": j["run"] == registry.latest_name(),
             }
         )
@@ -235,8 +265,15 @@ def runs_table(all_jobs: list[dict]) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
+def version_of(folder: str | None) -> dict | None:
+    from workbench.versions import run_version
+
+    return run_version(folder) if folder else None
+
+
 st.title("Train")
 st.caption("Train a detector on a dataset. Jobs run in the background; models land in the registry (`models/`).")
+edits_since_latest()
 train_form()
 all_jobs = jobs.list_jobs()
 live(all_jobs)
