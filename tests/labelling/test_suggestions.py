@@ -102,3 +102,26 @@ def test_edit_then_accept_and_review_queue(tiny_run, voc8):
     tiers = [q["tier"] for q in queue]
     assert tiers == sorted(tiers, key=review.TIERS.index)
     assert any("2 false positive(s) + 1 false negative(s)" in r for q in queue for r in q["reasons"])
+
+
+def test_train_page_counts_edits_since_the_latest_models_version(tiny_run, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import PROJECT
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tiny_run.parent.parent / "home"))
+    monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_run.parent))
+    data = json.loads((tiny_run / "model_card.json").read_text())["dataset"]
+    opened = workspace.get_open(data)
+    record = opened.dataset.images[0].copy()
+    edits.delete_box(record, 0)
+    edits.add_box(record, [1, 1, 9, 9], 0)
+    journal = edits.Journal()
+    edits.save_record(opened, 0, record, journal=journal)
+    try:
+        at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
+        assert not at.exception, at.exception
+        assert any("2 edit(s) since the latest model's version" in i.value for i in at.info), [i.value for i in at.info]
+    finally:
+        edits.undo(data, journal=journal)
+        workspace.get_open(data, reload=True)
