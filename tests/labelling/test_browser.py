@@ -1,0 +1,88 @@
+"""The suggestion review in a real browser (Debian's Chromium through Playwright): suggestions are
+drawn beside the accepted boxes; the keyboard rejects (X), accepts (A), goes to the next (N) and
+the previous (P) image; accepting writes the VOC file, rejecting writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.app.test_browser import ARGS, CHROMIUM, Server
+from workbench import suggestions, workspace
+from workbench.formats import voc
+
+SHOTS = os.environ.get("WORKBENCH_SCREENSHOTS")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    time.sleep(0.8)  # the drawing component and the images finish loading
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / f"{name}.png", Path(SHOTS) / f"{name}.png")
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_review_suggestions_with_the_keyboard(voc8, tmp_path):
+    home = Path(os.environ["WORKBENCH_HOME"])
+    first, second = workspace.open_dataset(voc8).dataset.images[:2]
+    data = suggestions.load(voc8)
+    data["images"][first.path] = [
+        {"id": 0, "box": [150, 20, 210, 90], "score": 0.91, "label": "with_mask"},
+        {"id": 1, "box": [300, 120, 360, 190], "score": 0.64, "label": "without_mask"},
+        {"id": 2, "box": [20, 150, 80, 220], "score": 0.35, "label": "mask_weared_incorrect"},
+    ]
+    data["next_id"] = 3
+    suggestions.save(voc8, data)
+    xml = voc8 / first.annotation
+    before = digest(xml)
+    server = Server(home, voc8, tmp_path / "server.log")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.set_default_timeout(30_000)
+            page.goto(server.url)
+            page.locator("[data-testid='stSidebarNav'] a", has_text="Annotate").click()
+            page.get_by_text("Suggestions (3)").wait_for()
+            page.frame_locator("iframe").first.locator("canvas").first.wait_for()
+            shot(page, tmp_path, "suggest-1-review")
+            page.get_by_text("Suggestions (3)").click()  # focus the page, not an input
+            page.keyboard.press("x")
+            page.get_by_text("Suggestions (2)").wait_for()
+            assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [1, 2]
+            assert digest(xml) == before  # rejecting writes nothing
+            page.get_by_text("Suggestions (2)").click()
+            page.keyboard.press("a")
+            page.get_by_text("Accepted; saved").wait_for()
+            shot(page, tmp_path, "suggest-2-accepted")
+            record = voc.load(voc8).record(first.path)
+            assert len(record) == len(first) + 1 and record.boxes[-1].tolist() == [300, 120, 360, 190]
+            assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [2]
+            page.get_by_text("Suggestions (1)").click()
+            page.keyboard.press("n")
+            page.get_by_text(second.path).first.wait_for()
+            shot(page, tmp_path, "suggest-3-next")
+            page.get_by_text(second.path).first.click()
+            page.keyboard.press("p")
+            page.get_by_text("Suggestions (1)").wait_for()
+            shot(page, tmp_path, "suggest-4-back")
+            browser.close()
+    finally:
+        server.stop()
