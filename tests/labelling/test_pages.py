@@ -72,3 +72,29 @@ def test_datasets_page_takes_versions_and_shows_the_diff(voc8):
     at.selectbox(key="diff_new").set_value("current").run()
     assert not at.exception, at.exception
     assert any("1 removed" in m.value for m in at.markdown)
+
+
+def test_relabel_queue_opens_the_image_and_saving_clears_its_tag(voc8, monkeypatch):
+    from workbench import fiftyone_app
+
+    entry = workspace.add_dataset(voc8)
+    images = workspace.open_dataset(voc8).dataset.images
+    target = images[3]
+    calls = []
+    monkeypatch.setattr(
+        fiftyone_app, "relabel_queue", lambda root: [{"path": target.path, "reasons": ["tagged 'fix' in FiftyOne"]}]
+    )
+    monkeypatch.setattr(fiftyone_app, "clear_tag", lambda root, paths: calls.append((str(root), list(paths))) or 1)
+    at = run("pages/annotate.py", dataset=entry.path, image=images[0].path)
+    assert not at.exception, at.exception
+    assert not calls and not [b for b in at.sidebar.button if str(b.key).startswith("relabel-")]  # off by default
+    at.toggle(key="relabel_toggle").set_value(True).run()
+    assert any("tagged 'fix' in FiftyOne" in c.value for c in at.sidebar.caption)
+    at.button(key="relabel-0").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["image"] == target.path
+    at.button(key="box_delete").click().run()
+    at.button(key="save").click().run()
+    assert not at.exception, at.exception
+    assert calls == [(str(voc8.resolve()), [target.path])]
+    assert len(voc.load(voc8).record(target.path)) == len(target) - 1
