@@ -37,21 +37,30 @@ class ConvertResult:
 
 
 def _place_image(src: Path, dst: Path, mode: str) -> None:
-    if dst.exists() or dst.is_symlink():
-        if dst.resolve() == src.resolve() or os.path.samefile(src, dst):
+    """Put ``src`` at ``dst`` (its folder exists). Tries the link first: one system call per
+    image in the common case, which matters on 10,000 images."""
+    try:
+        if mode == "symlink":
+            if not src.is_file():
+                raise FileNotFoundError(src)
+            os.symlink(src.resolve(), dst)
+            return
+        if mode == "link":
+            try:
+                os.link(src, dst)
+                return
+            except FileExistsError:
+                raise
+            except OSError:
+                pass  # another file system, or links not allowed: copy instead
+        if dst.exists():
+            raise FileExistsError(dst)
+        shutil.copy2(src, dst)
+    except FileExistsError:
+        if os.path.samefile(src, dst):
             return
         dst.unlink()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "symlink":
-        dst.symlink_to(src.resolve())
-        return
-    if mode == "link":
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass  # another file system, or links not allowed: copy instead
-    shutil.copy2(src, dst)
+        _place_image(src, dst, mode)
 
 
 def _embedded_image(dataset: Dataset, index: int) -> bytes | None:
@@ -78,18 +87,20 @@ def bring_images(
         return 0, []
     written, missing = 0, []
     total = len(dataset.images)
+    for folder in {str(Path(r.path).parent) for r in dataset.images}:
+        (out / folder).mkdir(parents=True, exist_ok=True)
     for i, record in enumerate(dataset.images):
         src = dataset.root / record.path
         dst = out / record.path
-        if src.is_file():
+        try:
             _place_image(src, dst, mode)
             written += 1
-        elif (data := _embedded_image(dataset, i)) is not None:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(data)
-            written += 1
-        else:
-            missing.append(record.path)
+        except FileNotFoundError:
+            if (data := _embedded_image(dataset, i)) is not None:
+                dst.write_bytes(data)
+                written += 1
+            else:
+                missing.append(record.path)
         if on_progress:
             on_progress(i + 1, total)
     return written, missing

@@ -30,6 +30,19 @@ def is_image(path: Path | str) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def first_file(root: Path, suffixes: tuple[str, ...], predicate=None) -> Path | None:
+    """Some file under ``root`` whose name ends in a suffix (and passes ``predicate``), found
+    without sorting: format detection needs one example, not the listing."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.lower().endswith(suffixes) and not name.startswith("."):
+                path = Path(dirpath) / name
+                if predicate is None or predicate(path):
+                    return path
+    return None
+
+
 def iter_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
     """Files under ``root`` (recursively, hidden folders skipped) whose name ends in a suffix."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -39,8 +52,12 @@ def iter_files(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def relpath(path: Path, root: Path) -> str:
+def relpath(path: Path | str, root: Path | str) -> str:
     """``path`` relative to ``root`` with ``/`` separators."""
+    text, base = str(path), str(root)
+    # Fast path for what os.walk(root) yields: the root's own prefix (a hot loop on 10,000 files).
+    if len(text) > len(base) + 1 and text.startswith(base) and text[len(base)] == os.sep:
+        return text[len(base) + 1 :].replace(os.sep, "/")
     return Path(os.path.relpath(path, root)).as_posix()
 
 
@@ -51,6 +68,10 @@ def safe_relpath(name: str, *, file: str, record: str | None = None) -> str:
     a dataset must not make the workbench read or write outside its own folder.
     """
     text = str(name).replace("\\", "/")
+    if text and text[0] != "/" and text[1:2] != ":" and "//" not in text:
+        parts = text.split("/")
+        if "." not in parts and ".." not in parts and "" not in parts:
+            return text  # already normal: the common case, checked without building paths
     if not text or text.startswith("/") or re.match(r"^[A-Za-z]:", text):
         raise ReadError(file, f"path {name!r} is not relative to the dataset root", record)
     parts: list[str] = []

@@ -29,7 +29,7 @@ import numpy as np
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
-from workbench.fileio import atomic_write, iter_files, relpath, safe_relpath
+from workbench.fileio import atomic_write, first_file, iter_files, relpath, safe_relpath
 from workbench.formats.common import ErrorCollector, number, progress, size_from_header, split_of, to_int
 from workbench.formats.labelme import read_json
 
@@ -56,7 +56,7 @@ def coco_files(root: Path) -> list[Path]:
 
 
 def detect(root: Path) -> bool:
-    return bool(coco_files(root))
+    return first_file(root, (".json",), lambda p: len(p.relative_to(root).parts) <= 3 and _is_coco(p)) is not None
 
 
 def _split_name(json_rel: str) -> str | None:
@@ -225,15 +225,13 @@ def categories_of(dataset: Dataset) -> list[dict[str, Any]]:
     return out
 
 
-def _annotation(box: np.ndarray, category_id: int, image_id: Any, kept: dict[str, Any], polygon) -> dict:
-    x1, y1, x2, y2 = (float(v) for v in box)
+def _annotation(box: list[float], category_id: int, image_id: Any, kept: dict[str, Any], polygon) -> dict:
+    x1, y1, x2, y2 = box
     bbox = [number(x1), number(y1), number(x2 - x1), number(y2 - y1)]
     ann = dict(kept)
-    unchanged = "bbox" in kept and np.allclose(
-        [kept["bbox"][0], kept["bbox"][1], kept["bbox"][0] + kept["bbox"][2], kept["bbox"][1] + kept["bbox"][3]],
-        box,
-        rtol=0,
-        atol=1e-9,
+    old = kept.get("bbox")
+    unchanged = old is not None and all(
+        abs(a - b) <= 1e-9 for a, b in zip((old[0], old[1], old[0] + old[2], old[1] + old[3]), box)
     )
     ann["image_id"] = image_id
     ann["category_id"] = category_id
@@ -264,13 +262,14 @@ def to_dict(dataset: Dataset, records: list[ImageRecord], json_rel: str, top: di
         img = dict(record.extra.get("coco", {})) if from_coco else {}
         if "id" not in img:
             img["id"], next_image = next_image, next_image + 1
-        img["file_name"] = Path(os.path.relpath(record.path, base)).as_posix()
+        img["file_name"] = record.path if base in ("", ".") else Path(os.path.relpath(record.path, base)).as_posix()
         img["height"] = int(record.height)
         img["width"] = int(record.width)
         images.append(img)
-        for box, class_id, polygon, extra in zip(record.boxes, record.class_ids, record.polygons, record.box_extra):
+        rows = zip(record.boxes.tolist(), record.class_ids.tolist(), record.polygons, record.box_extra)
+        for box, class_id, polygon, extra in rows:
             kept = extra.get("coco", {}) if from_coco else {}
-            ann = _annotation(box, category_ids[int(class_id)], img["id"], kept, polygon)
+            ann = _annotation(box, category_ids[class_id], img["id"], kept, polygon)
             if "id" not in ann:
                 ann = {"id": next_ann, **ann}
                 next_ann += 1

@@ -23,6 +23,8 @@ def number(value: float) -> int | float:
     conversions between conventions leave, and keeps every box within 1e-6 px.
     """
     value = float(value)
+    if value.is_integer():  # the common case, and a fast one
+        return int(value)
     if not math.isfinite(value):
         raise ValueError(f"coordinate {value} is not finite")
     rounded = round(value)
@@ -45,7 +47,7 @@ def number_text(value: float) -> str:
 
 def split_of(path: str) -> str | None:
     """The split named by a path's folders (``train/x.jpg``, ``images/val/x.jpg``), else ``None``."""
-    parts = PurePosixPath(path).parts[:-1]
+    parts = path.split("/")[:-1]
     for part in parts[:2]:
         if part.lower() in SPLIT_NAMES:
             return part

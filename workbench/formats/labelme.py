@@ -24,7 +24,7 @@ import numpy as np
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
-from workbench.fileio import atomic_write, is_image, iter_files, relpath, safe_relpath
+from workbench.fileio import atomic_write, first_file, is_image, iter_files, relpath, safe_relpath
 from workbench.formats.common import ErrorCollector, ImageIndex, progress, size_from_header, split_of, to_int
 
 NAME = "labelme"
@@ -138,13 +138,8 @@ def _is_labelme(path: Path) -> bool:
 
 
 def detect(root: Path) -> bool:
-    """A folder holds LabelMe when one of its first JSON files has ``shapes``/``imagePath``."""
-    for i, path in enumerate(iter_files(root, (".json",))):
-        if _is_labelme(path):
-            return True
-        if i >= 20:
-            return False
-    return False
+    """A folder holds LabelMe when one of its JSON files has ``shapes``/``imagePath``."""
+    return first_file(root, (".json",), _is_labelme) is not None
 
 
 def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:

@@ -30,7 +30,7 @@ from defusedxml import DefusedXmlException
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
-from workbench.fileio import atomic_write, iter_files, relpath, safe_relpath
+from workbench.fileio import atomic_write, first_file, iter_files, relpath, safe_relpath
 from workbench.formats.common import (
     ErrorCollector,
     ImageIndex,
@@ -53,8 +53,7 @@ DEFAULT_OBJECT = {"pose": "Unspecified", "truncated": "0", "difficult": "0"}
 
 def _value(element: ET.Element) -> Any:
     """An element as plain data: text for a leaf, else a dict of children (lists when repeated)."""
-    children = list(element)
-    if not children and not element.attrib:
+    if not len(element) and not element.attrib:  # a leaf: most of a VOC file
         return (element.text or "").strip()
     out: dict[str, Any] = {}
     if element.attrib:
@@ -62,8 +61,9 @@ def _value(element: ET.Element) -> Any:
     text = (element.text or "").strip()
     if text:
         out["#text"] = text
-    for child in children:
-        value = _value(child)
+    for child in element:
+        # leaves inline: a VOC file is mostly leaves, and a call per leaf is most of the cost
+        value = (child.text or "").strip() if not len(child) and not child.attrib else _value(child)
         if child.tag in out:  # a repeated tag becomes a list, remembered in "@lists"
             lists = out.setdefault("@lists", [])
             if child.tag not in lists:
@@ -146,7 +146,7 @@ def _record(root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None,
     if width <= 0 or height <= 0:
         width, height = size_from_header(root, image_rel)
 
-    boxes = np.zeros((len(objects), 4), dtype=np.float64)
+    rows: list[tuple[float, float, float, float]] = []
     names: list[str] = []
     box_extra: list[dict[str, Any]] = []
     for i, obj in enumerate(objects, 1):
@@ -157,16 +157,21 @@ def _record(root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None,
         bndbox = obj.get("bndbox")
         if not isinstance(bndbox, dict):
             raise ReadError(file, "missing <bndbox>", record)
-        xmin, ymin, xmax, ymax = (_float(bndbox, t, file, record) for t in _BOX_TAGS)
-        boxes[i - 1] = (xmin - 1.0, ymin - 1.0, xmax, ymax)
+        rows.append(
+            (
+                _float(bndbox, "xmin", file, record) - 1.0,
+                _float(bndbox, "ymin", file, record) - 1.0,
+                _float(bndbox, "xmax", file, record),
+                _float(bndbox, "ymax", file, record),
+            )
+        )
         names.append(name)
-        rest = {k: v for k, v in obj.items() if k not in ("name", "bndbox")}
-        extra_box = {k: v for k, v in bndbox.items() if k not in _BOX_TAGS}
-        if extra_box:
-            rest["@bndbox"] = extra_box
-        box_extra.append({"voc": rest})
+        del obj["name"], obj["bndbox"]  # what is left rides along
+        if len(bndbox) > 4:
+            obj["@bndbox"] = {k: v for k, v in bndbox.items() if k not in _BOX_TAGS}
+        box_extra.append({"voc": obj})
 
-    stem = PurePosixPath(image_rel).stem
+    stem = image_rel.rpartition("/")[2].rpartition(".")[0]
     extra = {k: v for k, v in fields.items() if k != "size"}
     if isinstance(size, dict):
         size_rest = {k: v for k, v in size.items() if k not in ("width", "height")}
@@ -176,7 +181,7 @@ def _record(root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None,
         path=image_rel,
         width=width,
         height=height,
-        boxes=boxes,
+        boxes=np.array(rows, dtype=np.float64).reshape(-1, 4),
         class_ids=np.zeros(len(names), dtype=np.int64),
         box_extra=box_extra,
         split=splits.get(stem) or split_of(image_rel),
@@ -193,8 +198,7 @@ def _resolve_image(
     """The image an XML file describes, relative to the root (see the module docstring)."""
     filename = fields.get("filename") if isinstance(fields.get("filename"), str) else ""
     folder = fields.get("folder") if isinstance(fields.get("folder"), str) else ""
-    xml_dir = relpath(xml_path.parent, root)
-    xml_dir = "" if xml_dir == "." else xml_dir
+    xml_dir = file.rpartition("/")[0]
     if filename:
         filename = safe_relpath(filename, file=file, record="<filename>")
         for guess in (f"{folder}/{filename}" if folder else "", f"{xml_dir}/{filename}" if xml_dir else filename):
@@ -240,12 +244,11 @@ def _image_sets(root: Path) -> dict[str, str]:
 
 def detect(root: Path) -> bool:
     """A folder holds VOC when it has XML files whose root element is ``<annotation>``."""
-    ann_dir = _annotation_dir(root)
-    for xml_path in iter_files(ann_dir or root, (".xml",)):
-        with open(xml_path, "rb") as f:
-            head = f.read(512)
-        return b"<annotation" in head
-    return False
+    xml_path = first_file(_annotation_dir(root) or root, (".xml",))
+    if xml_path is None:
+        return False
+    with open(xml_path, "rb") as f:
+        return b"<annotation" in f.read(512)
 
 
 def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:

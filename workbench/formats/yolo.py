@@ -23,7 +23,7 @@ import yaml
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
-from workbench.fileio import atomic_write, iter_files, relpath
+from workbench.fileio import atomic_write, first_file, iter_files, relpath
 from workbench.formats.common import ErrorCollector, ImageIndex, progress, size_from_header, split_of
 
 NAME = "yolo"
@@ -155,17 +155,16 @@ def detect(root: Path) -> bool:
     """A folder holds YOLO when it has a names file or a ``labels`` folder of ``.txt`` files."""
     if _names_source(root) is not None:
         return True
-    return any(True for _ in _label_files(root))
+    return first_file(root, (".txt",), lambda p: _is_label(relpath(p, root))) is not None
+
+
+def _is_label(rel: str) -> bool:
+    return "labels" in rel.split("/")[:-1] and rel.rsplit("/", 1)[-1] not in NAME_FILES
 
 
 def _label_files(root: Path) -> list[str]:
     """``.txt`` files inside a folder named ``labels``: the files that can only be labels."""
-    out = []
-    for path in iter_files(root, (".txt",)):
-        rel = relpath(path, root)
-        if "labels" in rel.split("/")[:-1] and path.name not in NAME_FILES:
-            out.append(rel)
-    return out
+    return [rel for rel in (relpath(p, root) for p in iter_files(root, (".txt",))) if _is_label(rel)]
 
 
 def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
