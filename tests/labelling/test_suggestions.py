@@ -125,3 +125,31 @@ def test_train_page_counts_edits_since_the_latest_models_version(tiny_run, monke
     finally:
         edits.undo(data, journal=journal)
         workspace.get_open(data, reload=True)
+
+
+def test_errors_page_compares_two_runs_with_their_versions(tiny_run, voc8, tmp_path, monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import PROJECT
+    from workbench.evaluation import evaluate_run
+
+    models = tmp_path / "models"
+    for name in ("run-a", "run-b"):
+        shutil.copytree(tiny_run, models / name, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+    (models / "run-b" / "dataset_version.json").write_text(json.dumps({"name": "v7", "hash": "ab" * 32}))
+    monkeypatch.setenv("WORKBENCH_MODELS", str(models))
+    for name in ("run-a", "run-b"):
+        evaluate_run(models / name, voc8, split="all", device="cpu")
+    workspace.add_dataset(voc8)
+    at = AppTest.from_file(str(PROJECT / "pages" / "errors.py"), default_timeout=120)
+    at.session_state["errors_run"] = "run-a"
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="errors_compare_run").value == "run-b"
+    table = next(d.value for d in at.dataframe if "AP run-b" in d.value.columns)
+    assert list(table.columns) == ["class", "AP run-a", "AP run-b", "difference"]
+    assert table["class"].iloc[-1] == "all (AP)"
+    captions = "\n".join(c.value for c in at.caption)
+    assert "dataset version v1" in captions and "dataset version v7" in captions
