@@ -377,7 +377,7 @@ def suggestion_panel(opened: workspace.OpenDataset, work: dict, items: list[dict
         format_func=lambda i: (
             f"S{i + 1} {items[i]['label']} {items[i]['score']:.2f} " + edits.box_text(items[i]["box"])
         ),
-        key=f"sugg_pick-{work['rev']}",
+        key=f"sugg_pick-{work['rev']}-{len(items)}",
     )
     chosen = items[pick]
     c1, c2 = st.columns(2)
