@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "engine": args.engine,
             "model": args.model,
             "weights": args.weights,
-            "device": args.device,
+            "device": args.device or "auto",
             "gpus": args.gpus or 1,
         }
         for key in (
@@ -163,7 +163,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default 12)")
     p.add_argument("--imgsz", type=int, help="longest image side in pixels (default: the model's)")
     p.add_argument("--batch", type=int, help="images per step and process (default 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--gpus", type=int, help="DDP processes through torchrun (default 1)")
     p.add_argument("--workers", type=int, help="data-loader processes (default 2)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.02 * batch / 8)")
