@@ -163,7 +163,10 @@ def add_images_form(opened: workspace.OpenDataset) -> None:
         folder = workspace.image_folder(opened.dataset)
         st.caption(f"Copied into `{folder or '.'}/`. With no label yet, they go first in Annotate's review queue.")
         uploads = st.file_uploader(
-            "Images", type=["jpg", "jpeg", "png", "bmp", "webp"], accept_multiple_files=True, key="add_images_upload"
+            "Image files",
+            type=["jpg", "jpeg", "png", "bmp", "webp"],
+            accept_multiple_files=True,
+            key="add_images_upload",
         )
         source = st.text_input("…or a folder of images", placeholder="/path/to/new/images", key="add_images_folder")
         if st.button("Add to the dataset", key="add_images_confirm", disabled=not uploads and not source.strip()):
