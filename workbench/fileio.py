@@ -21,9 +21,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def natural_key(text: str) -> list[object]:
     """Sort key that puts ``img2`` before ``img10``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(text)]
 
 
 def is_image(path: Path | str) -> bool:

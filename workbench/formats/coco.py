@@ -228,6 +228,17 @@ def categories_of(dataset: Dataset) -> list[dict[str, Any]]:
 def _annotation(box: list[float], category_id: int, image_id: Any, kept: dict[str, Any], polygon) -> dict:
     x1, y1, x2, y2 = box
     bbox = [number(x1), number(y1), number(x2 - x1), number(y2 - y1)]
+    if not kept:  # a box from another format: the common case of a conversion, built directly
+        segmentation = [[number(v) for v in polygon.reshape(-1)]] if polygon is not None else []
+        area = number(max(x2 - x1, 0.0) * max(y2 - y1, 0.0))
+        return {
+            "image_id": image_id,
+            "category_id": category_id,
+            "bbox": bbox,
+            "area": area,
+            "iscrowd": 0,
+            "segmentation": segmentation,
+        }
     ann = dict(kept)
     old = kept.get("bbox")
     unchanged = old is not None and all(
