@@ -19,7 +19,21 @@ def _free_port() -> int:
 def test_help_lists_every_job():
     result = subprocess.run([WORKBENCH, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("convert", "check", "ui", "train", "jobs", "cancel", "predict", "eval", "errors", "demo"):
+    for command in (
+        "convert",
+        "check",
+        "ui",
+        "train",
+        "jobs",
+        "cancel",
+        "predict",
+        "eval",
+        "errors",
+        "demo",
+        "suggest",
+        "versions",
+        "diff",
+    ):
         assert command in result.stdout, command
 
 

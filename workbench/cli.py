@@ -17,9 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from workbench.convert import IMAGE_MODES, convert
+from workbench.demo_cli import add_commands as add_demo_commands
 from workbench.errors import DatasetReadError, WorkbenchError
+from workbench.eval_cli import add_commands as add_eval_commands
 from workbench.formats import FORMATS, load_dataset
 from workbench.health import KINDS, check
+from workbench.labelling_cli import add_commands as add_labelling_commands
+from workbench.training.cli import add_commands as add_training_commands
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,14 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_ui)
-    from workbench.training.cli import add_commands
-    add_commands(sub)
-    from workbench.demo_cli import add_commands as add_demo_commands
-    add_demo_commands(sub)
-    from workbench.eval_cli import add_commands as add_eval_commands
-    add_eval_commands(sub)
-    from workbench.labelling_cli import add_commands as add_labelling_commands
-    add_labelling_commands(sub)
+    # The other jobs' sub-commands live beside their code (training, evaluation, demo, labelling).
+    for add_commands in (add_training_commands, add_eval_commands, add_demo_commands, add_labelling_commands):
+        add_commands(sub)
     return parser
 
 
