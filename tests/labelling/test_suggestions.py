@@ -88,13 +88,16 @@ def test_edit_then_accept_and_review_queue(tiny_run, voc8):
     assert queue[0]["path"] == "images/new.png" and queue[0]["tier"] == "unlabelled"
     assert "no labels" in queue[0]["reasons"]
     items = suggestions.pending(voc8, "images/new.png")
-    if items:  # edit, then accept: the edited box and class are written
-        first = items[0]
-        edited = {first["id"]: {"box": [10, 12, 40, 44], "label": "with_mask"}}
-        suggestions.accept(opened, "images/new.png", ids=[first["id"]], edited=edited)
-        record = voc.load(voc8).record("images/new.png")
-        np.testing.assert_allclose(record.boxes, [[10, 12, 40, 44]])
-        assert (voc8 / "annotations" / "new.xml").is_file()
+    assert items, "the tiny model found nothing at score 0.01"
+    # edit, then accept: the edited box and class are written
+    first = items[0]
+    edited = {first["id"]: {"box": [10, 12, 40, 44], "label": "with_mask"}}
+    suggestions.accept(opened, "images/new.png", ids=[first["id"]], edited=edited)
+    record = voc.load(voc8).record("images/new.png")
+    np.testing.assert_allclose(record.boxes, [[10, 12, 40, 44]])
+    assert voc.load(voc8).class_name(int(record.class_ids[0])) == "with_mask"
+    assert (voc8 / "annotations" / "new.xml").is_file()
+    assert cli.main(["review", str(voc8), "--json"]) == 0
     # disagreement from an evaluation: FP + FN order the labelled images
     queue = review.build_queue(
         workspace.open_dataset(voc8), evaluation=("tiny", {opened.dataset.images[0].path: (2, 1)})
