@@ -274,7 +274,7 @@ class Diff:
         }
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(len(a), len(b))`` IoU of two ``(N, 4)`` box arrays."""
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
@@ -303,7 +303,7 @@ def diff_image(path: str, old: dict[str, Any] | None, new: dict[str, Any] | None
         per_class.setdefault(name, Counter())[what] += 1
 
     close = np.abs(ob[:, None, :] - nb[None, :, :]).max(axis=2) <= SAME_PX if len(ob) and len(nb) else None
-    iou = _iou(ob, nb)
+    iou = iou_matrix(ob, nb)
     for same_class in (True, False):  # untouched boxes, then relabelled in place
         for i in sorted(free_o):
             for j in sorted(free_n):
