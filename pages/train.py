@@ -80,6 +80,19 @@ def train_form() -> None:
         )
         or "torchvision"
     )
+    from workbench.training.recipes import RECIPES
+
+    recipe_names = ["(none)", *[n for n, r in RECIPES.items() if r.engine_ready]]
+    recipe = st.selectbox(
+        "Recipe", recipe_names, key="train_recipe", help="a named preset of the classic face-mask pipelines"
+    )
+    recipe = None if recipe == "(none)" else recipe
+    preset: dict = {}
+    if recipe:
+        from workbench.training.recipes import recipe_config
+
+        preset = recipe_config(recipe, device="cpu")
+        st.caption(f"{RECIPES[recipe].summary}. {RECIPES[recipe].notes}")
     with st.form("train_form", border=True):
         datasets = dataset_choices()
         c1, c2 = st.columns([3, 2])
@@ -87,7 +100,10 @@ def train_form() -> None:
         other = c1.text_input("Other folder", placeholder="/path/to/dataset", key="train_other")
         device_options = ["auto", "cpu"] + (["cuda"] if hw["gpus"] else [])
         models = model_choices()
-        if engine == "torchvision":
+        if recipe:
+            model = preset["model"]
+            c2.markdown(f"Model (from the recipe): `{model}`")
+        elif engine == "torchvision":
             names = list(models)
             model = c2.selectbox(
                 "Model",
@@ -101,9 +117,12 @@ def train_form() -> None:
 
             model = c2.selectbox("Model-zoo config", ZOO_CONFIGS, key="train_model_d2")
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs", 1, 1000, 12, key="train_epochs")
-        imgsz = c2.number_input("Image size (px, 0 = model's)", 0, 2048, 0, step=32, key="train_imgsz")
-        batch = c3.number_input("Batch", 1, 256, 4, key="train_batch")
+        suffix = f"_{recipe}" if recipe else ""  # a recipe's own defaults, not the last recipe's values
+        epochs = c1.number_input("Epochs", 1, 1000, preset.get("epochs", 12), key=f"train_epochs{suffix}")
+        imgsz = c2.number_input(
+            "Image size (px, 0 = model's)", 0, 2048, preset.get("imgsz", 0), step=32, key=f"train_imgsz{suffix}"
+        )
+        batch = c3.number_input("Batch", 1, 256, preset.get("batch", 4), key=f"train_batch{suffix}")
         device = c4.selectbox("Device", device_options, key="train_device")
         st.caption(
             f"GPU: {', '.join(hw['gpus'])}"
@@ -118,8 +137,9 @@ def train_form() -> None:
         st.error("Choose a dataset folder.")
         return
     config = {
+        **preset,  # a recipe's settings (engine, model, augmentation, ...); the form's fields win
         "data": data,
-        "engine": engine,
+        "engine": preset.get("engine", engine),
         "model": model,
         "epochs": int(epochs),
         "batch": int(batch),

@@ -85,6 +85,7 @@ def test_load_matching_refuses_a_foreign_checkpoint():
 def test_every_model_is_listed():
     assert set(MODELS) == {
         "fasterrcnn_mobilenet_v2",
+        "fasterrcnn_resnet50_c4",
         "fasterrcnn_mobilenet",
         "fasterrcnn_resnet50_fpn_v2",
         "retinanet_resnet50_fpn_v2",

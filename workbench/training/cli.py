@@ -47,15 +47,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.data:
             raise WorkbenchError("--data DATASET is required (or --resume RUN)")
-        config: dict[str, Any] = {
-            "data": args.data,
-            "format": args.src_format,
-            "engine": args.engine,
-            "model": args.model,
-            "weights": args.weights,
-            "device": args.device or "auto",
-            "gpus": args.gpus or 1,
-        }
+        config: dict[str, Any] = {"engine": "torchvision", "model": "default", "weights": "auto"}
+        if args.recipe:  # the recipe's settings; any flag given below overrides them
+            from workbench.training.recipes import recipe_config
+
+            config.update(recipe_config(args.recipe, device=args.device))
+        device = args.device or config.get("device", "auto")
+        config.update({"data": args.data, "format": args.src_format, "device": device, "gpus": args.gpus or 1})
+        for key in ("engine", "model", "weights", "freeze_backbone"):
+            if getattr(args, key) is not None:
+                config[key] = getattr(args, key)
         for key in (
             "epochs",
             "imgsz",
@@ -150,16 +151,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a detector in a background job")
     p.add_argument("--data", help="dataset folder (any format)")
     p.add_argument("--from", dest="src_format", choices=sorted(FORMATS), help="dataset format (default: detected)")
-    p.add_argument("--engine", default="torchvision", choices=["torchvision", "detectron2"])
+    p.add_argument(
+        "--recipe",
+        help="start from a named preset (explicit flags override it): detectron2-r50-c4, ssd-mobilenet, "
+        "faster-rcnn-upload, face-then-classify, retinanet-frozen; GPU settings when --device is cuda",
+    )
+    p.add_argument("--engine", choices=["torchvision", "detectron2"], help="default torchvision")
     p.add_argument(
         "--model",
-        default="default",
         help="model name (default: fasterrcnn_resnet50_fpn_v2 on CUDA, fasterrcnn_mobilenet(_v2) on the CPU); "
         "torchvision: fasterrcnn_mobilenet_v2, fasterrcnn_mobilenet, fasterrcnn_resnet50_fpn_v2, "
         "retinanet_resnet50_fpn_v2, ssdlite320_mobilenet_v3_large, fcos_resnet50_fpn; detectron2: a model-zoo "
         "config such as COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
     )
-    p.add_argument("--weights", default="auto", choices=["auto", "coco", "imagenet", "none"], help="starting weights")
+    p.add_argument("--weights", choices=["auto", "coco", "imagenet", "none"], help="starting weights (default auto)")
+    p.add_argument(
+        "--freeze-backbone",
+        action=argparse.BooleanOptionalAction,
+        help="do not train the backbone network (the FPN and heads still train)",
+    )
     p.add_argument("--epochs", type=int, help="epochs (default 12)")
     p.add_argument("--imgsz", type=int, help="longest image side in pixels (default: the model's)")
     p.add_argument("--batch", type=int, help="images per step and process (default 4)")

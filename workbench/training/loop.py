@@ -50,6 +50,8 @@ class TrainConfig:
     per process. ``lr`` ``None`` means ``0.02 * total batch / 8`` (SGD, momentum 0.9).
     ``max_iters`` caps the iterations per epoch and ``max_val_images`` the validation images
     (tiny runs, tests). ``gpus`` > 1 runs that many DDP processes through torchrun.
+    ``freeze_backbone`` leaves the backbone network untrained; ``recipe`` names the preset
+    (``workbench train --recipe``) that filled in the rest.
     """
 
     data: str
@@ -77,6 +79,8 @@ class TrainConfig:
     scale: tuple[float, float] = (0.75, 1.25)
     color: float = 0.2
     rotation: float = 0.0
+    freeze_backbone: bool = False  # train the FPN and heads only (``models.freeze_backbone``)
+    recipe: str | None = None  # the preset it came from (``workbench.training.recipes``), for the record
     classes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -398,6 +402,20 @@ def main(
         apply_structure(model, checkpoint["structure"])
     else:  # a new run, or a checkpoint that predates "structure": build from the starting weights again
         model = build_model(spec.name, len(config.classes) + 1, weights=weights, imgsz=config.imgsz)
+        if config.freeze_backbone:
+            from workbench.training.models import freeze_backbone
+
+            frozen = freeze_backbone(model)
+            log.info("backbone frozen: %d parameters not trained", frozen)
+            if weights["kind"] == "none":
+                log.warning("freeze_backbone with randomly initialised weights: the backbone stays random")
+    note = None
+    if config.recipe:
+        from workbench.training.recipes import fallback_note
+
+        note = fallback_note(config.recipe, config.engine, spec.name)
+        if note:
+            log.info("recipe %s: %s", config.recipe, note)
     structure = structure_of(model)
     model.transform._skip_resize = True  # the loader resizes (scale jitter); eval still resizes to imgsz
     model.to(device)
@@ -572,7 +590,15 @@ def main(
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "torch": torch.__version__,
         }
+        if config.recipe:
+            card["recipe"] = config.recipe
+            card["freeze_backbone"] = config.freeze_backbone
+        if note:
+            card["note"] = note
         registry.write_model_card(folder, card)
+        if config.recipe:  # MODEL_CARD.md: the recipe and, for a stand-in build, what differs from the original
+            with open(folder / registry.CARD_MD, "a", encoding="utf-8") as f:
+                f.write(f"## Recipe\n\n`{config.recipe}`" + (f": {note}" if note else "") + "\n")
         progress.update(
             epoch=config.epochs - 1, iteration=iters_per_epoch, phase="done", force=True,
             **{k: v for k, v in best_metrics.items() if k != "epoch"},

@@ -128,6 +128,91 @@ def fasterrcnn_mobilenet_v2_fpn(
     )
 
 
+# --------------------------------------------------------------------------- ResNet-50 C4
+
+
+class _ResNetC4Trunk(nn.Sequential):
+    """ResNet-50 stem + ``layer1``-``layer3``: one stride-16 feature map of 1024 channels."""
+
+    out_channels = 1024
+
+
+class _Res5Head(nn.Module):
+    """detectron2's ``Res5ROIHeads`` box head: ResNet ``layer4`` on the 14x14 RoI features, then average pooling.
+
+    ``(R, 1024, 14, 14)`` -> ``(R, 2048)``.
+    """
+
+    def __init__(self, layer4: nn.Module) -> None:
+        super().__init__()
+        self.layer4 = layer4
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.layer4(x)), 1)
+
+
+def fasterrcnn_resnet50_c4(
+    *, weights: Any = None, weights_backbone: Any = None, num_classes: int = 91, progress: bool = False, **kwargs: Any
+) -> tvd.FasterRCNN:
+    """Faster R-CNN R50-C4 (detectron2's ``faster_rcnn_R_50_C4_1x``) built from torchvision parts.
+
+    The torchvision stand-in for the detectron2 recipe where detectron2 is not installed: the
+    RPN and the RoI pooling (14x14, RoIAlign) run on the stride-16 ``layer3`` output (C4), and
+    the box head is ``layer4`` (res5, stride 2 inside the RoI) + average pooling, as in
+    detectron2's ``Res5ROIHeads``. Differences: torchvision's ImageNet ResNet-50 (pytorch
+    style) instead of MSRA's caffe R-50, an extra 16 px anchor size for small faces, and no
+    COCO weights (``weights`` must be ``None``). With ImageNet weights the batch norms are
+    frozen and the stem and ``layer1`` are not trained (detectron2's ``FREEZE_AT=2``).
+    """
+    if weights is not None:
+        raise WorkbenchError("fasterrcnn_resnet50_c4 has no COCO weights")
+    pretrained = weights_backbone is not None
+    norm_layer = misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    net = torchvision.models.resnet50(weights=weights_backbone, progress=progress, norm_layer=norm_layer)
+    trunk = _ResNetC4Trunk(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+    if pretrained:
+        for module in (net.conv1, net.bn1, net.layer1):
+            for p in module.parameters():
+                p.requires_grad_(False)
+    anchors = tvd.anchor_utils.AnchorGenerator(((16, 32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),))
+    roi_pool = torchvision.ops.MultiScaleRoIAlign(featmap_names=["0"], output_size=14, sampling_ratio=0)
+    defaults: dict[str, Any] = {
+        "rpn_pre_nms_top_n_train": 1000,  # detectron2 C4: 12000/2000 on the GPU; fewer for the CPU
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 600,  # every test proposal runs through res5: the C4 head's cost
+        "rpn_post_nms_top_n_test": 300,
+        "box_batch_size_per_image": 128,
+    }
+    return tvd.FasterRCNN(
+        trunk,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=_Res5Head(net.layer4),
+        box_predictor=tvd.faster_rcnn.FastRCNNPredictor(2048, num_classes),
+        **{**defaults, **kwargs},
+    )
+
+
+def freeze_backbone(model: nn.Module) -> int:
+    """Stop training a detector's backbone network (``--freeze-backbone``); return the parameters frozen.
+
+    The backbone is ``model.backbone.body`` when there is one (the ResNet or MobileNet under
+    an FPN: the FPN and the heads keep training), else ``model.backbone``.
+    """
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise WorkbenchError(f"{type(model).__name__} has no backbone to freeze")
+    body = getattr(backbone, "body", backbone)
+    count = 0
+    for p in body.parameters():
+        if p.requires_grad:
+            p.requires_grad_(False)
+            count += p.numel()
+    return count
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -138,6 +223,14 @@ MODELS: dict[str, ModelSpec] = {
             torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
             512,
             "Faster R-CNN, MobileNetV2 FPN: the default CPU model (ImageNet weights ship offline)",
+        ),
+        ModelSpec(
+            "fasterrcnn_resnet50_c4",
+            fasterrcnn_resnet50_c4,
+            None,
+            torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+            800,
+            "Faster R-CNN, ResNet-50 C4 with a res5 RoI head: torchvision's stand-in for detectron2's R50-C4",
         ),
         ModelSpec(
             "fasterrcnn_mobilenet",

@@ -1,0 +1,231 @@
+"""Named training recipes: the classic public face-mask pipelines as presets of train settings.
+
+``workbench train --recipe NAME --data DATASET`` starts from ``recipe_config(NAME)``; any flag
+given explicitly overrides the recipe's value. Each recipe is a dict of ``loop.TrainConfig``
+fields for the CPU (``train``) and the changes for a GPU (``gpu``), so the Train page, the CLI
+and ``benchmarks/recipes.py`` read the same numbers.
+
+| recipe | the original | here |
+| --- | --- | --- |
+| ``detectron2-r50-c4`` | LabelMe -> COCO, detectron2 Faster R-CNN R50-C4 | detectron2 when installed, else the torchvision R50-C4 stand-in |
+| ``ssd-mobilenet`` | VOC, TF SSD MobileNet V2 FPNLite 640 | torchvision SSDlite 320 MobileNetV3-Large |
+| ``faster-rcnn-upload`` | Kaggle VOC, Faster R-CNN, upload demo | Faster R-CNN MobileNetV2 FPN (CPU) / ResNet-50 FPN v2 (GPU) |
+| ``face-then-classify`` | face detector + MobileNetV2 mask classifier | ``two_stage.train_two_stage`` (no job yet) |
+| ``retinanet-frozen`` | RetinaNet R50, frozen backbone, random transforms | RetinaNet ResNet-50 FPN v2, ``freeze_backbone`` |
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger(__name__)
+
+DETECTRON2_C4 = "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"
+C4_STANDIN = "fasterrcnn_resnet50_c4"
+C4_NOTE = (
+    "detectron2 is not installed: trained the closest torchvision build of Faster R-CNN R50-C4 "
+    "(ResNet-50 up to res4 as the backbone, RPN and 14x14 RoIAlign on the stride-16 C4 map, res5 + average "
+    "pooling as the box head; torchvision's ImageNet ResNet-50 instead of detectron2's caffe R-50 and model-zoo "
+    "COCO weights)"
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One named preset.
+
+    Attributes:
+        name: what ``--recipe`` takes.
+        summary: one line for ``--help`` and the Train page.
+        original: the public pipeline it reproduces.
+        train: ``TrainConfig`` fields for a CPU run (``data`` excluded).
+        gpu: the fields that change on a GPU (merged over ``train`` when the device is CUDA).
+        engine_ready: False when the workbench cannot train it yet (the reason is in ``notes``).
+        notes: what differs from the original and what is still missing.
+    """
+
+    name: str
+    summary: str
+    original: str
+    train: dict[str, Any]
+    gpu: dict[str, Any] = field(default_factory=dict)
+    engine_ready: bool = True
+    notes: str = ""
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            "detectron2-r50-c4",
+            "Faster R-CNN R50-C4: detectron2's model zoo, or its torchvision stand-in",
+            "LabelMe annotations converted to COCO; detectron2 faster_rcnn_R_50_C4_1x; COCO AP on a test split; web demo",
+            train={
+                "engine": "detectron2",
+                "model": DETECTRON2_C4,
+                "weights": "auto",
+                "imgsz": 512,
+                "batch": 2,
+                "epochs": 6,
+                "lr": 0.005,
+                "hflip": True,
+                "scale": (0.75, 1.25),
+                "color": 0.0,
+                "rotation": 0.0,
+            },
+            gpu={"device": "cuda", "imgsz": 1024, "batch": 8, "epochs": 12, "lr": 0.02},
+            notes=C4_NOTE.replace("detectron2 is not installed: trained", "Without detectron2 the recipe trains")
+            + ". Both use detectron2's defaults otherwise (14x14 pooler, res5 head, SGD, warm-up).",
+        ),
+        Recipe(
+            "ssd-mobilenet",
+            "SSDlite 320 MobileNetV3-Large: the smallest and fastest, for webcams",
+            "Pascal VOC annotations; TF SSD MobileNet V2 FPNLite 640; COCO metrics; training curves; webcam inference",
+            train={
+                "engine": "torchvision",
+                "model": "ssdlite320_mobilenet_v3_large",
+                "weights": "auto",
+                "imgsz": 320,
+                "batch": 8,
+                "epochs": 30,
+                "lr": 0.01,
+                "hflip": True,
+                "scale": (0.5, 1.5),  # SSD's random crop/expand, approximated by strong scale jitter
+                "color": 0.2,
+                "rotation": 0.0,
+            },
+            gpu={"device": "cuda", "imgsz": 640, "batch": 32, "epochs": 120, "lr": 0.05, "weights": "coco"},
+            notes="SSDlite has COCO weights or none (no ImageNet-only start): offline it trains from random "
+            "initialisation and needs many epochs. The original's 640 px FPNLite is closer to imgsz 640 on a GPU.",
+        ),
+        Recipe(
+            "faster-rcnn-upload",
+            "Faster R-CNN on the Kaggle VOC set, with an upload-and-download demo",
+            "the Kaggle andrewmvd face-mask VOC set; torchvision Faster R-CNN; upload an image, download it annotated",
+            train={
+                "engine": "torchvision",
+                "model": "fasterrcnn_mobilenet_v2",
+                "weights": "auto",
+                "imgsz": 384,
+                "batch": 4,
+                "epochs": 2,
+                "clip_grad": 10.0,
+                "hflip": True,
+                "scale": (0.75, 1.25),
+                "color": 0.2,
+                "rotation": 0.0,
+            },
+            gpu={
+                "device": "cuda",
+                "model": "fasterrcnn_resnet50_fpn_v2",
+                "weights": "coco",
+                "imgsz": 800,
+                "batch": 8,
+                "epochs": 24,
+                "clip_grad": 0.0,
+            },
+            notes="The CPU model is the workbench's MobileNetV2 FPN (its ImageNet weights ship offline); the "
+            "original's ResNet-50 FPN is the GPU setting.",
+        ),
+        Recipe(
+            "face-then-classify",
+            "two stages: a pretrained face detector, then a MobileNetV2 mask classifier on the crops",
+            "a face detector that ships its weights + a MobileNetV2 (ImageNet) classifier on face crops, flip and "
+            "rotation augmentation, optional gamma correction, confidence threshold",
+            train={
+                "engine": "two-stage",
+                "model": "mtcnn+mobilenet_v2",
+                "weights": "imagenet",
+                "imgsz": 224,  # the classifier's crop size
+                "batch": 32,
+                "epochs": 10,
+                "lr": 0.001,
+                "hflip": True,
+                "rotation": 15.0,
+                "color": 0.2,
+            },
+            gpu={"device": "cuda", "batch": 128, "epochs": 20},
+            engine_ready=False,
+            notes="Trainable from Python (workbench.training.two_stage.train_two_stage; load_predictor loads the "
+            "run), not yet as a background job or from `workbench train`; benchmarks/face_recall.py compares the "
+            "face detectors.",
+        ),
+        Recipe(
+            "retinanet-frozen",
+            "RetinaNet ResNet-50 FPN with a frozen backbone and random-transform augmentation",
+            "RetinaNet ResNet-50, frozen backbone, random transforms; inference on the CPU and on a video",
+            train={
+                "engine": "torchvision",
+                "model": "retinanet_resnet50_fpn_v2",
+                "weights": "auto",
+                "freeze_backbone": True,
+                "imgsz": 512,
+                "batch": 4,
+                "epochs": 6,
+                "lr": 0.005,
+                "hflip": True,
+                "scale": (0.6, 1.4),
+                "color": 0.3,
+                "rotation": 10.0,
+            },
+            gpu={"device": "cuda", "weights": "coco", "imgsz": 800, "batch": 16, "epochs": 24, "lr": 0.01},
+            notes="Offline there are no ResNet-50 weights, and a frozen random backbone learns little: "
+            "put resnet50-0676ba61.pth or the COCO RetinaNet file in the torch cache first.",
+        ),
+    ]
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise WorkbenchError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+
+
+def _wants_gpu(device: str | None) -> bool:
+    if device is None or device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def detectron2_available() -> bool:
+    from workbench.training.engine_detectron2 import is_available
+
+    return is_available()
+
+
+def recipe_config(name: str, *, device: str | None = None) -> dict[str, Any]:
+    """The ``TrainConfig`` fields of recipe ``name`` (without ``data``), ``recipe`` included.
+
+    ``device`` CUDA (or ``auto`` with CUDA present) merges the recipe's GPU settings. The
+    detectron2 recipe becomes its torchvision stand-in when detectron2 is not installed.
+    Raises ``WorkbenchError`` for an unknown recipe or one the workbench cannot train yet.
+    """
+    recipe = get_recipe(name)
+    if not recipe.engine_ready:
+        raise WorkbenchError(f"recipe {name!r} cannot be trained yet: {recipe.notes}")
+    config = dict(recipe.train)
+    if _wants_gpu(device):
+        config.update(recipe.gpu)
+    elif device:
+        config["device"] = device
+    if config.get("engine") == "detectron2" and not detectron2_available():
+        log.info("recipe %s: %s", name, C4_NOTE)
+        config["engine"] = "torchvision"
+        config["model"] = C4_STANDIN
+    config["recipe"] = name
+    return config
+
+
+def fallback_note(recipe: str, engine: str, model: str) -> str | None:
+    """What the model card says when a recipe ran as a stand-in for its original, else ``None``."""
+    if recipe == "detectron2-r50-c4" and engine == "torchvision" and model == C4_STANDIN:
+        return C4_NOTE
+    return None
