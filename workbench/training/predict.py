@@ -173,6 +173,11 @@ def load_predictor(run: str | Path = "latest", device: str = "auto") -> Predicto
         model = load_d2(folder, config, torch_device)
         return Predictor(model, classes=config["classes"], card=card, run_dir=folder, device=torch_device)
 
+    if config.get("engine") == "two-stage":  # face detector + crop classifier (face-then-classify recipe)
+        from workbench.training.two_stage import load_two_stage
+
+        return load_two_stage(folder, config, card, torch_device)
+
     from workbench.training.models import build_model, load_matching
 
     file = folder / "model_best.pth" if (folder / "model_best.pth").is_file() else folder / "checkpoint.pth"
