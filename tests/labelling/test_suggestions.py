@@ -21,7 +21,7 @@ def hashes(root: Path) -> dict[str, str]:
 def test_training_took_a_version_named_in_the_run(tiny_run, monkeypatch):
     card = json.loads((tiny_run / "model_card.json").read_text())
     named = json.loads((tiny_run / "dataset_version.json").read_text())
-    assert named["hash"] == card["dataset_hash"] and named["name"] == "v1"
+    assert named["hash"] == card["dataset_hash"] and named["name"] == card["dataset_version"] == "v1"
     monkeypatch.setenv("WORKBENCH_HOME", str(tiny_run.parent.parent / "home"))
     listed = versions.list_versions(card["dataset"])
     assert [(v["name"], v["hash"], v["runs"]) for v in listed] == [("v1", card["dataset_hash"], ["tiny"])]

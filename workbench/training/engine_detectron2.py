@@ -444,6 +444,7 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
         "dataset": str(Path(cfg_run.data).resolve()),
         "dataset_format": dataset.format,
         "dataset_hash": run["hash"],
+        "dataset_version": run["version"],
         "split": run["how"],
         "train_images": len(train_records),
         "val_images": len(val_records),

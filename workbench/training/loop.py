@@ -304,6 +304,7 @@ def prepare_run(config: TrainConfig, folder: Path) -> dict[str, Any]:
     On resume the saved class list and split are reused, so that the run stays the same
     run even when the dataset was relabelled since.
     """
+    from workbench import versions
     from workbench.formats import load_dataset
     from workbench.training.data import ClassMap, dataset_hash, freeze_classes, split_records
 
@@ -330,7 +331,7 @@ def prepare_run(config: TrainConfig, folder: Path) -> dict[str, Any]:
         "val": val,
         "how": how,
         "hash": dataset_hash(dataset),
-        "version": __import__("workbench.versions", fromlist=["*"]).take_for_training(dataset, folder),
+        "version": versions.take_for_training(dataset, folder),
     }
 
 
@@ -576,6 +577,7 @@ def main(
             "dataset": str(Path(config.data).resolve()),
             "dataset_format": dataset.format,
             "dataset_hash": run["hash"],
+            "dataset_version": run["version"],
             "split": run["how"],
             "train_images": len(train_records),
             "val_images": len(val_records),

@@ -134,7 +134,7 @@ def write_model_card(folder: Path, card: dict[str, Any]) -> None:
         "",
         f"- **Engine / model**: {card.get('engine')} / `{card.get('model')}`",
         f"- **Starting weights**: {weights.get('kind')} ({weights.get('source')}{', ' + str(weights.get('weights')) if weights.get('weights') else ''})",
-        f"- **Dataset**: `{card.get('dataset')}` ({card.get('dataset_format')}), annotations sha256 `{card.get('dataset_hash')}`",
+        f"- **Dataset**: `{card.get('dataset')}` ({card.get('dataset_format')}), version `{card.get('dataset_version') or '-'}`, annotations sha256 `{card.get('dataset_hash')}`",
         f"- **Images**: {card.get('train_images')} train, {card.get('val_images')} val ({card.get('split')})",
         f"- **Classes** ({len(card.get('classes', []))}): {', '.join(card.get('classes', []))}",
         f"- **Epochs**: {card.get('epochs_done')} of {card.get('epochs')}, image size {card.get('imgsz')} px, batch {card.get('batch')}",
