@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -138,7 +137,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.data:
         command += ["--", "--data", str(Path(args.data).resolve())]
     print(f"workbench on http://{args.address}:{args.port}", file=sys.stderr)
-    return subprocess.call(command, env=env)
+    sys.stderr.flush()
+    # Become Streamlit (no child left behind when this process is stopped).
+    os.execve(sys.executable, command, env)
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
