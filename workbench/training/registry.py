@@ -124,6 +124,56 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def base_card(
+    folder: Path,
+    config: dict[str, Any],
+    prepared: dict[str, Any],
+    *,
+    engine: str,
+    weights: dict[str, Any],
+    device: str,
+    epochs_done: int,
+    best_metrics: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The model card's fields every engine writes.
+
+    ``config`` is the run's ``config.json`` dict, ``prepared`` what ``loop.prepare_run`` returned
+    (dataset, splits, hash, version); ``extra`` keys are added (or override) as given.
+    """
+    import torch
+
+    card = {
+        "run": folder.name,
+        "engine": engine,
+        "model": config["model"],
+        "weights": weights,
+        "dataset": str(Path(config["data"]).resolve()),
+        "dataset_format": prepared["dataset"].format,
+        "dataset_hash": prepared["hash"],
+        "dataset_version": prepared["version"],
+        "split": prepared["how"],
+        "train_images": len(prepared["train"]),
+        "val_images": len(prepared["val"]),
+        "classes": list(config["classes"]),
+        "epochs": config["epochs"],
+        "epochs_done": epochs_done,
+        "imgsz": config["imgsz"],
+        "batch": config["batch"],
+        "processes": 1,
+        "device": device,
+        "best_metrics": best_metrics,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+    }
+    if config.get("recipe"):
+        card["recipe"] = config["recipe"]
+    if config.get("time"):
+        card["time_limit_minutes"] = config["time"]
+    card.update(extra)
+    return card
+
+
 def write_model_card(folder: Path, card: dict[str, Any]) -> None:
     """Write ``model_card.json`` and ``MODEL_CARD.md`` into a run folder."""
     write_json(folder / CARD_JSON, card)
@@ -138,6 +188,14 @@ def write_model_card(folder: Path, card: dict[str, Any]) -> None:
         f"- **Images**: {card.get('train_images')} train, {card.get('val_images')} val ({card.get('split')})",
         f"- **Classes** ({len(card.get('classes', []))}): {', '.join(card.get('classes', []))}",
         f"- **Epochs**: {card.get('epochs_done')} of {card.get('epochs')}, image size {card.get('imgsz')} px, batch {card.get('batch')}",
+        *(
+            [
+                f"- **Time limit**: {card['time_limit_minutes']} min"
+                + (", reached" if card.get("stopped_by_time") else "")
+            ]
+            if card.get("time_limit_minutes")
+            else []
+        ),
         f"- **Device**: {card.get('device')}",
         f"- **Finished**: {card.get('finished_at')}",
         "",
