@@ -23,18 +23,12 @@ from streamlit.elements.lib.image_utils import image_to_url
 from streamlit.elements.lib.layout_utils import LayoutConfig
 from streamlit_image_annotation.Detection import _component_func
 
-from workbench import edits, review, suggestions, workspace
+from workbench import edits, review, suggestions, ui, workspace
 from workbench.annotations import ImageRecord
 from workbench.errors import WorkbenchError
 from workbench.images import colour_map, open_rgb, render
 
 CANVAS = (1024, 768)  # the largest size the drawing component shows an image at (px)
-
-
-def current_entry() -> workspace.DatasetEntry | None:
-    path = st.session_state.get("dataset")
-    entry = workspace.find_dataset(path) if path else None
-    return entry or workspace.current_dataset()
 
 
 def filtered(opened: workspace.OpenDataset) -> list[int]:
@@ -528,28 +522,12 @@ def class_tools(opened: workspace.OpenDataset) -> None:
                 st.rerun()
 
 
-def through_app() -> None:
-    """If a fresh server's first request is this page's URL, Streamlit runs the page alone (its
-    old ``pages/`` folder mode), without app.py's navigation and ``--data``: leave that mode and
-    rerun, so that app.py runs and opens this same page."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def main() -> None:
-    through_app()
-    entry = current_entry()
-    if entry is None:
-        st.info("No dataset yet: add one on the Datasets page.")
+    ui.through_app()
+    found = ui.open_current()
+    if found is None:
         return
-    try:
-        opened = workspace.get_open(entry.path, entry.format)
-    except WorkbenchError as e:
-        st.error(f"Cannot open {entry.path}: {e}")
-        return
+    _, opened = found
     dataset = opened.dataset
     if not len(dataset):
         st.info("This dataset has no image.")

@@ -7,19 +7,12 @@ import math
 
 import streamlit as st
 
-from workbench import workspace
-from workbench.errors import WorkbenchError
+from workbench import ui, workspace
 from workbench.health import KINDS
 from workbench.images import class_colour
 
 PAGE_SIZE = 50
 COLUMNS = 5
-
-
-def current_entry() -> workspace.DatasetEntry | None:
-    path = st.session_state.get("dataset")
-    entry = workspace.find_dataset(path) if path else None
-    return entry or workspace.current_dataset()
 
 
 @st.cache_data(max_entries=2000, show_spinner=False)
@@ -68,29 +61,13 @@ def pager(count: int) -> int:
     return page - 1
 
 
-def through_app() -> None:
-    """If a fresh server's first request is this page's URL, Streamlit runs the page alone (its
-    old ``pages/`` folder mode), without app.py's navigation and ``--data``: leave that mode and
-    rerun, so that app.py runs and opens this same page."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def main() -> None:
-    through_app()
+    ui.through_app()
     st.title("Browse")
-    entry = current_entry()
-    if entry is None:
-        st.info("No dataset yet: add one on the Datasets page.")
+    found = ui.open_current()
+    if found is None:
         return
-    try:
-        opened = workspace.get_open(entry.path, entry.format)
-    except WorkbenchError as e:
-        st.error(f"Cannot open {entry.path}: {e}")
-        return
+    _, opened = found
     dataset = opened.dataset
     chosen = filters(opened)
     report = workspace.health(opened) if chosen["kinds"] else None

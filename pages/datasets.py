@@ -9,19 +9,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from workbench import versions, workspace
+from workbench import ui, versions, workspace
 from workbench.errors import WorkbenchError
 from workbench.formats import FORMATS, detect_format
 from workbench.health import KINDS
 from workbench.images import colour_map
 
 FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
-
-
-def current_entry() -> workspace.DatasetEntry | None:
-    path = st.session_state.get("dataset")
-    entry = workspace.find_dataset(path) if path else None
-    return entry or workspace.current_dataset()
 
 
 def open_image(image: str, box: int | None = None) -> None:
@@ -289,19 +283,8 @@ def versions_section(opened: workspace.OpenDataset) -> None:
         st.caption(f"… and {len(result.images) - FINDINGS_WITH_LINKS} more images (`workbench diff` lists them all).")
 
 
-def through_app() -> None:
-    """If a fresh server's first request is this page's URL, Streamlit runs the page alone (its
-    old ``pages/`` folder mode), without app.py's navigation and ``--data``: leave that mode and
-    rerun, so that app.py runs and opens this same page."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def main() -> None:
-    through_app()
+    ui.through_app()
     st.title("Datasets")
     added = add_form()
     if added is not None:
@@ -310,16 +293,13 @@ def main() -> None:
     if not entries:
         st.info("No dataset yet: add a folder above.")
         return
-    current = current_entry()
+    current = ui.current_entry()
     chooser(entries, current)
-    current = current_entry()
+    current = ui.current_entry()
     if current is None:
         return
-    try:
-        with st.spinner(f"Reading {current.path} …"):
-            opened = workspace.get_open(current.path, current.format)
-    except WorkbenchError as e:
-        st.error(f"Cannot open {current.path}: {e}")
+    opened = ui.open_entry(current, spinner=True)
+    if opened is None:
         return
     if flash := st.session_state.pop("datasets_flash", None):
         st.success(flash)

@@ -16,7 +16,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from workbench import workspace
+from workbench import ui, workspace
 from workbench.errors import WorkbenchError
 from workbench.evaluation import EvalReport, list_reports, load_report, read_detections
 from workbench.images import class_colour, open_rgb, placeholder
@@ -24,12 +24,6 @@ from workbench.images import class_colour, open_rgb, placeholder
 WORST = 12  # images in the grid
 COLUMNS = 4
 TILE = 360  # px, the longer side of a grid image
-
-
-def current_entry() -> workspace.DatasetEntry | None:
-    path = st.session_state.get("dataset")
-    entry = workspace.find_dataset(path) if path else None
-    return entry or workspace.current_dataset()
 
 
 def open_in_annotate(entry: workspace.DatasetEntry, image: str) -> None:
@@ -385,15 +379,10 @@ def fiftyone_section(report: EvalReport, entry: workspace.DatasetEntry, opened: 
 
 def main() -> None:
     st.title("Errors")
-    entry = current_entry()
-    if entry is None:
-        st.info("No dataset yet: add one on the Datasets page.")
+    found = ui.open_current()
+    if found is None:
         return
-    try:
-        opened = workspace.get_open(entry.path, entry.format)
-    except WorkbenchError as e:
-        st.error(f"Cannot open {entry.path}: {e}")
-        return
+    entry, opened = found
     run_dir = pick_run()
     if run_dir is None:
         return

@@ -1,0 +1,57 @@
+"""What the Streamlit pages share: the dataset they show, and leaving Streamlit's ``pages/`` folder mode.
+
+The library's one Streamlit module, imported by the pages only. It lives here, not in
+``pages/``, because Streamlit lists every file of that folder as a page when it runs a page
+without ``app.py`` (see ``through_app``).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from workbench import workspace
+from workbench.errors import WorkbenchError
+
+NO_DATASET = "No dataset yet: add one on the Datasets page."
+
+
+def through_app() -> None:
+    """If a fresh server's first request is a page's URL, Streamlit runs the page alone (its
+    old ``pages/`` folder mode), without app.py's navigation and ``--data``: leave that mode and
+    rerun, so that app.py runs and opens this same page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def current_entry() -> workspace.DatasetEntry | None:
+    """The dataset this session shows (``st.session_state["dataset"]``), else the one opened last."""
+    path = st.session_state.get("dataset")
+    entry = workspace.find_dataset(path) if path else None
+    return entry or workspace.current_dataset()
+
+
+def open_entry(entry: workspace.DatasetEntry, *, spinner: bool = False) -> workspace.OpenDataset | None:
+    """``entry`` opened (cached by ``workspace.get_open``), or ``None`` after showing why it cannot be.
+    ``spinner`` says "Reading …" while it loads."""
+    try:
+        if spinner:
+            with st.spinner(f"Reading {entry.path} …"):
+                return workspace.get_open(entry.path, entry.format)
+        return workspace.get_open(entry.path, entry.format)
+    except WorkbenchError as e:
+        st.error(f"Cannot open {entry.path}: {e}")
+        return None
+
+
+def open_current() -> tuple[workspace.DatasetEntry, workspace.OpenDataset] | None:
+    """The current dataset's entry and the dataset opened, or ``None`` after saying on the page
+    that there is no dataset yet or that it cannot be opened."""
+    entry = current_entry()
+    if entry is None:
+        st.info(NO_DATASET)
+        return None
+    opened = open_entry(entry)
+    return None if opened is None else (entry, opened)
