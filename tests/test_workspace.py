@@ -200,7 +200,7 @@ def test_image_index_from_a_scan_matches_the_formats_own(tmp_path):
         path.write_bytes(b"x")
     ours = workspace._image_index(tmp_path, workspace.scan(tmp_path))
     theirs = ImageIndex(tmp_path)
-    assert sorted(ours.paths) == sorted(theirs.paths)
+    assert ours.paths == theirs.paths
     assert ours.by_name == theirs.by_name and ours.by_stem == theirs.by_stem and ours.known == theirs.known
 
 

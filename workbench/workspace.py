@@ -356,29 +356,15 @@ def _first_appearance(dataset: Dataset) -> list[str]:
 
 def _image_index(root: Path, files: dict[str, Stat]):
     """``formats.common.ImageIndex(root)`` built from a scan already made instead of walking the
-    folder again. Look-ups give what the format's own index gives: where a name or stem has
-    several images, they are listed in ``iter_files`` order (folders in name order, depth first,
-    files in natural order); ``paths`` (which a one-file read does not use) is in plain order."""
+    folder again: its images in ``iter_files`` order (folders in name order, depth first, files in
+    natural order), so that look-ups give what the format's own index gives."""
     from workbench.formats.common import ImageIndex
 
     def order(rel: str) -> tuple:
         folders, _, name = rel.rpartition("/")
         return (tuple(folders.split("/")) if folders else (), natural_key(name))
 
-    index = ImageIndex.__new__(ImageIndex)
-    index.root = root
-    index.paths = sorted(rel for rel in files if is_image(rel))
-    index.known = set(index.paths)
-    index.by_name, index.by_stem = {}, {}
-    for rel in index.paths:
-        name = rel.rsplit("/", 1)[-1]
-        index.by_name.setdefault(name, []).append(rel)
-        index.by_stem.setdefault(name.rsplit(".", 1)[0], []).append(rel)
-    for table in (index.by_name, index.by_stem):
-        for key, rels in table.items():
-            if len(rels) > 1:
-                table[key] = sorted(rels, key=order)
-    return index
+    return ImageIndex(root, sorted((rel for rel in files if is_image(rel)), key=order))
 
 
 def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> list[int] | None:
@@ -387,8 +373,9 @@ def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> lis
     (a file added or removed, a non-annotation file changed, a new or vanished class name, a
     file that no longer parses): the caller then loads everything again.
 
-    Uses each per-image format's own one-file reader (``voc._record``, ``labelme._record``,
-    ``yolo._record``), so the records are exactly those a full load makes.
+    Uses each per-image format's own one-file reader (``voc.read_record``,
+    ``labelme.read_record``, ``yolo.read_record``), so the records are exactly those a full load
+    makes.
     """
     from workbench.formats import labelme, voc, yolo
 
@@ -401,15 +388,15 @@ def _reread(dataset: Dataset, old: dict[str, Stat], new: dict[str, Stat]) -> lis
     root = dataset.root
     try:
         if dataset.format == "voc":
-            index, ann_dir, splits = _image_index(root, new), voc._annotation_dir(root), voc._image_sets(root)
+            index, splits = _image_index(root, new), voc.image_sets(root)
         for rel in changed:
             i = position[rel]
             if dataset.format == "voc":
-                record = voc._record(root, root / rel, index, ann_dir, splits)
+                record = voc.read_record(root, root / rel, index=index, splits=splits)
             elif dataset.format == "labelme":
-                record = labelme._record(root, root / rel)
+                record = labelme.read_record(root, root / rel)
             else:
-                record = yolo._record(root, dataset.images[i].path, rel)
+                record = yolo.read_record(root, image_rel=dataset.images[i].path, label_rel=rel)
             if record.path != dataset.images[i].path:
                 return None
             if dataset.format != "yolo":

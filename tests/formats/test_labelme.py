@@ -90,6 +90,17 @@ def test_embedded_image_data(tmp_path):
     assert json.loads((tmp_path / "out" / "x.json").read_text())["imageData"] == data
 
 
+def test_read_record_reads_one_file_as_load_does(tmp_path):
+    root = _dataset(tmp_path, _doc([_shape("b", [[9, 9], [1, 2]]), _shape("a", [[1, 1], [5, 1], [3, 4]], "polygon")]))
+    loaded = labelme.load(root)
+    record = labelme.read_record(root, root / "a.json")
+    assert record.extra.pop("_names") == ["b", "a"] and record.class_ids.tolist() == [0, 0]
+    record.class_ids = np.array([loaded.classes.index(n) for n in ("b", "a")])
+    expected = loaded.images[0]
+    assert record.same_boxes(expected) and (record.path, record.annotation) == ("a.jpg", "a.json")
+    assert record.box_extra == expected.box_extra and record.extra == expected.extra
+
+
 def test_image_without_json_is_listed(tmp_path):
     root = _dataset(tmp_path, _doc([]))
     write_image(root / "b.jpg", 10, 10)

@@ -112,6 +112,23 @@ def test_labelimg_layout_xml_beside_image_and_image_sets(tmp_path):
     assert [r.path for r in voc.load(beside).images] == ["photo.jpg"]
 
 
+def test_read_record_reads_one_file_as_load_does(tmp_path):
+    root = _dataset(tmp_path, _xml(_obj("b", (1, 1, 5, 5), "<pose>Left</pose>") + _obj("a", (2, 3, 40, 30))))
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+    loaded = voc.load(root)
+    record = voc.read_record(root, root / "annotations" / "a.xml")
+    assert record.extra.pop("_names") == ["b", "a"] and record.class_ids.tolist() == [0, 0]
+    record.class_ids = np.array([loaded.classes.index(n) for n in ("b", "a")])
+    expected = loaded.images[0]
+    assert record.same_boxes(expected) and (record.path, record.split, record.annotation) == (
+        "images/a.png",
+        "val",
+        "annotations/a.xml",
+    )
+    assert record.box_extra == expected.box_extra and record.extra == expected.extra
+
+
 def test_image_without_xml_is_an_unannotated_record(tmp_path):
     root = _dataset(tmp_path, _xml(_obj("a", (1, 1, 5, 5))))
     write_image(root / "images" / "b.png", 10, 10)

@@ -90,6 +90,20 @@ def test_split_layouts_and_missing_label_means_no_objects(tmp_path):
     }
 
 
+def test_read_record_reads_one_file_as_load_does(tmp_path):
+    root = _dataset(tmp_path, {"labels/val/x.txt": "1 0.5 0.5 0.2 0.2\n0 0.1 0.2 0.1 0.2\n"})
+    (root / "labels" / "ghost.txt").write_text("1 0.1 0.1 0.1 0.1\n")
+    loaded = yolo.load(root)
+    record = yolo.read_record(root, image_rel="images/val/x.jpg", label_rel="labels/val/x.txt")
+    expected = loaded.record("images/val/x.jpg")
+    assert record.same_boxes(expected) and record.class_ids.tolist() == [1, 0]
+    assert (record.split, record.annotation, record.width, record.height) == ("val", "labels/val/x.txt", 100, 50)
+    ghost = yolo.read_record(root, image_rel=None, label_rel="labels/ghost.txt")
+    assert ghost.path == "images/ghost.jpg" and ghost.extra == loaded.record("images/ghost.jpg").extra
+    unlabelled = yolo.read_record(root, image_rel="images/val/x.jpg", label_rel=None)
+    assert unlabelled.annotation is None and len(unlabelled) == 0 and unlabelled.width == 100
+
+
 def test_label_beside_image_darknet(tmp_path):
     write_image(tmp_path / "data" / "x.jpg", 100, 50)
     (tmp_path / "data" / "x.txt").write_text("0 0.5 0.5 1 1\n")

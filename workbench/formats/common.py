@@ -58,12 +58,15 @@ class ImageIndex:
     """Every image file under a dataset root, looked up by relative path, name or stem.
 
     Built with one ``os.walk`` so that resolving 10,000 annotation files costs no
-    further directory listing.
+    further directory listing; or from ``paths``, the images' paths relative to ``root`` in
+    ``iter_files`` order, when a walk made before listed them.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, paths: Iterable[str] | None = None) -> None:
         self.root = root
-        self.paths: list[str] = [relpath(p, root) for p in iter_files(root, IMAGE_EXTENSIONS)]
+        if paths is None:
+            paths = (relpath(p, root) for p in iter_files(root, IMAGE_EXTENSIONS))
+        self.paths: list[str] = list(paths)
         self.known = set(self.paths)
         self.by_name: dict[str, list[str]] = {}
         self.by_stem: dict[str, list[str]] = {}

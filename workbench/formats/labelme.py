@@ -111,7 +111,10 @@ def parse(data: Any, file: str, json_dir: str) -> ImageRecord:
     return record
 
 
-def _record(root: Path, path: Path) -> ImageRecord:
+def read_record(root: Path, path: Path) -> ImageRecord:
+    """One JSON file (``path``, under ``root``) read as ``load`` reads it. ``class_ids`` are all
+    0: the labels of the boxes are in ``extra["_names"]``, for the caller to turn into ids of its
+    dataset's classes. A ``ReadError`` names the file (and the shape) when it cannot be read."""
     file = relpath(path, root)
     json_dir = str(PurePosixPath(file).parent)
     record = parse(read_json(path, file), file, "" if json_dir == "." else json_dir)
@@ -155,7 +158,7 @@ def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], N
     ids: dict[str, int] = {}
     images: list[ImageRecord] = []
     for path in progress(files, len(files), on_progress):
-        record = errors.run(lambda p=path: _record(root, p))
+        record = errors.run(lambda p=path: read_record(root, p))
         if record is None:
             continue
         names = record.extra.pop("_names")

@@ -129,7 +129,21 @@ def parse(data: bytes, file: str) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return fields, objects
 
 
+def read_record(
+    root: Path, xml_path: Path, *, index: ImageIndex | None = None, splits: dict[str, str] | None = None
+) -> ImageRecord:
+    """One XML file read as ``load`` reads it. ``class_ids`` are all 0: the class names of the
+    boxes are in ``extra["_names"]``, for the caller to turn into ids of its dataset's classes.
+    ``index`` (the images under ``root``) and ``splits`` (``image_sets(root)``) are worked out
+    from ``root`` unless given: pass them when reading many files. A ``ReadError`` names the
+    file (and the object) when it cannot be read or parsed."""
+    index = ImageIndex(root) if index is None else index
+    splits = image_sets(root) if splits is None else splits
+    return _record(root, xml_path, index, _annotation_dir(root), splits)
+
+
 def _record(root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None, splits: dict[str, str]) -> ImageRecord:
+    """``read_record`` with everything about the dataset worked out once (``load``'s loop)."""
     file = relpath(xml_path, root)
     try:
         data = xml_path.read_bytes()
@@ -229,7 +243,7 @@ def _annotation_dir(root: Path) -> Path | None:
     return None
 
 
-def _image_sets(root: Path) -> dict[str, str]:
+def image_sets(root: Path) -> dict[str, str]:
     """``stem -> split`` from ``ImageSets/Main/{train,val,test}.txt`` when present."""
     main = root / "ImageSets" / "Main"
     splits: dict[str, str] = {}
@@ -261,7 +275,7 @@ def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], N
     ann_dir = _annotation_dir(root)
     xml_files = list(iter_files(ann_dir or root, (".xml",)))
     index = ImageIndex(root)
-    splits = _image_sets(root)
+    splits = image_sets(root)
     errors = ErrorCollector(root, strict=strict)
     classes: list[str] = []
     class_ids: dict[str, int] = {}

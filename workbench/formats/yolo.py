@@ -119,7 +119,11 @@ def parse_lines(text: str, file: str) -> tuple[np.ndarray, np.ndarray, list[np.n
     )
 
 
-def _record(root: Path, image_rel: str | None, label_rel: str | None) -> ImageRecord:
+def read_record(root: Path, *, image_rel: str | None, label_rel: str | None) -> ImageRecord:
+    """One image and its label file (paths relative to ``root``) read as ``load`` pairs and reads
+    them: ``image_rel`` is ``None`` for a label with no image, ``label_rel`` ``None`` for an image
+    with no label. ``class_ids`` are the label's own ids (of the dataset's names file). A
+    ``ReadError`` names the label file (and the line) when it cannot be read or parsed."""
     path = image_rel or _image_guess(label_rel or "")
     width, height = size_from_header(root, image_rel) if image_rel else (0, 0)
     record = ImageRecord(path=path, width=width, height=height, split=split_of(path), annotation=label_rel)
@@ -195,7 +199,7 @@ def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], N
 
     images: list[ImageRecord] = []
     for image_rel, label_rel in progress(pairs, len(pairs), on_progress):
-        record = errors.run(lambda i=image_rel, lbl=label_rel: _record(root, i, lbl))
+        record = errors.run(lambda i=image_rel, lbl=label_rel: read_record(root, image_rel=i, label_rel=lbl))
         if record is not None:
             images.append(record)
     skipped = errors.finish()
