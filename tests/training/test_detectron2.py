@@ -70,3 +70,16 @@ def test_detectron2_trains_and_predicts(tiny_voc):
     assert det.boxes.shape[1] == 4 and (det.class_ids >= 0).all() and (det.class_ids < 3).all()
     if len(det):
         assert det.boxes[:, 2].max() <= image.shape[1] + 1e-3
+
+
+@needs_d2
+def test_detectron2_time_budget_ends_the_run(tiny_voc):
+    """40 epochs of 2 iterations of R50-C4 take minutes on the CPU; a 40-second budget ends the run, validated."""
+    config = {"data": str(tiny_voc), "engine": "detectron2", "model": "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+              "epochs": 40, "imgsz": 160, "batch": 2, "max_iters": 2, "workers": 0, "max_val_images": 2,
+              "device": "cpu", "time": 40 / 60}  # fmt: skip
+    card = engine_detectron2.main(config, models_dir() / "d2-timed")
+    assert card["stopped_by_time"] is True and card["time_limit_minutes"] == config["time"]
+    assert 1 <= card["epochs_done"] < 40 and card["seconds"] < 80
+    rows = (models_dir() / "d2-timed" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == card["epochs_done"]
