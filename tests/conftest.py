@@ -1,9 +1,13 @@
-"""Shared fixtures: the real datasets in ../shared/datasets and small copies of them."""
+"""Shared fixtures: the real datasets in ../shared/datasets, small copies of them, and a tiny
+model trained once per session."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "datasets"
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+# 8 images of the shared VOC set with all three classes between them
+TINY_STEMS = [f"maksssksksss{i}" for i in (0, 1, 2, 3, 4, 6, 8, 13)]
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +45,48 @@ def copy_voc_subset(shared: Path, dst: Path, stems: list[str]) -> Path:
         shutil.copy2(shared / "andrewmvd-voc" / "images" / f"{stem}.png", dst / "images")
         shutil.copy2(shared / "andrewmvd-voc" / "annotations" / f"{stem}.xml", dst / "annotations")
     return dst
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """The session's tiny model: the data it trained on, its run folder, and the workspace and
+    model registry its training used (``models/latest`` is the run)."""
+
+    data: Path
+    run: Path
+    home: Path
+    models: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, shared) -> TinyModel:
+    """A model trained for 2 iterations at 160 px through ``workbench train`` on 8 shared VOC
+    images, once per session, for the evaluation, labelling and demo tests. It lives in a session
+    folder: ``_isolated_workspace`` gives every test a fresh workspace and registry. A test that
+    writes into the run or the registry works on ``copy_run``; none keeps a change to ``data``."""
+    root = tmp_path_factory.mktemp("tiny-model")
+    data = copy_voc_subset(shared, root / "data", TINY_STEMS)
+    model = TinyModel(data=data, run=root / "models" / "tiny", home=root / "home", models=root / "models")
+    env = dict(os.environ, WORKBENCH_HOME=str(model.home), WORKBENCH_MODELS=str(model.models))
+    command = [
+        sys.executable, "-m", "workbench.cli", "train", "--data", str(data), "--model", "fasterrcnn_mobilenet_v2",
+        "--epochs", "1", "--imgsz", "160", "--batch", "2", "--max-iters", "2", "--workers", "0",
+        "--max-val-images", "1", "--name", "tiny", "--wait",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert (model.run / "model_best.pth").is_file() or (model.run / "checkpoint.pth").is_file()
+    assert (model.models / "latest").resolve() == model.run.resolve(), "training did not set models/latest"
+    return model
+
+
+def copy_run(model: TinyModel, models: Path) -> Path:
+    """A copy of the tiny model's run folder in the registry folder ``models``, set as its
+    ``latest``: for tests that write into the run (evaluations) or serve a registry."""
+    models.mkdir(parents=True, exist_ok=True)
+    run = Path(shutil.copytree(model.run, models / model.run.name))
+    os.symlink(run.name, models / "latest")  # relative, as registry.set_latest makes it
+    return run
 
 
 def write_image(path: Path, width: int, height: int, *, exif_orientation: int | None = None) -> Path:

@@ -1,11 +1,10 @@
-"""Session fixtures for the demo tests: a tiny model trained through the CLI, and real demo
-servers (``workbench demo`` subprocesses) on free ports of 127.0.0.1."""
+"""Session fixtures for the demo tests: real demo servers (``workbench demo`` subprocesses) on
+free ports of 127.0.0.1, one of them serving a copy of the session's tiny model."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, SHARED, copy_voc_subset
+from tests.conftest import PROJECT, SHARED, TinyModel, copy_run
 
-STEMS = [f"maksssksksss{i}" for i in (0, 1, 10, 101, 102, 103, 104, 106)]
+CLIP_STEMS = [f"maksssksksss{i}" for i in (0, 1, 10, 101)]  # the frames of ``clip``
 AUTH = ("tester", "s3cret-pass")
 
 
@@ -105,30 +104,23 @@ class DemoSetup:
 
 
 @pytest.fixture(scope="session")
-def demo_setup(tmp_path_factory) -> Iterator[DemoSetup]:
-    assert SHARED.is_dir(), f"{SHARED} is missing"
+def demo_setup(tmp_path_factory, request) -> Iterator[DemoSetup]:
     root = tmp_path_factory.mktemp("demo")
-    # The no-model server starts first, so that its start-up overlaps the training below.
+    # The no-model server starts first, so that its start-up overlaps the training of the tiny model.
     empty_env = session_env(root / "empty")
     empty_env["WORKBENCH_DEMO_AUTH"] = f"{AUTH[0]}:{AUTH[1]}"
     empty = start_server(root, empty_env, "--share")
     servers = [empty]
     try:
+        model: TinyModel = request.getfixturevalue("tiny_model")
         env = session_env(root / "trained")
-        data = copy_voc_subset(SHARED, root / "data", STEMS)
-        workbench(
-            "train", "--data", str(data), "--epochs", "1", "--imgsz", "160", "--batch", "2", "--max-iters", "2",
-            "--max-val-images", "2", "--workers", "0", "--name", "tiny", "--wait", env=env,
-        )  # fmt: skip
-        latest = Path(env["WORKBENCH_MODELS"]) / "latest"
-        assert latest.exists(), "training finished but did not set models/latest"
+        run = copy_run(model, Path(env["WORKBENCH_MODELS"]))  # the server's registry: latest is the copy
         server = start_server(root, env)
         servers.append(server)
-        yield DemoSetup(model_env=env, run_dir=latest.resolve(), server=server.wait(), empty=empty.wait())
+        yield DemoSetup(model_env=env, run_dir=run.resolve(), server=server.wait(), empty=empty.wait())
     finally:
         for s in servers:
             s.stop()
-        shutil.rmtree(root / "data", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +133,7 @@ def clip(tmp_path_factory) -> Path:
 
     frames = [
         np.asarray(Image.open(SHARED / "andrewmvd-voc" / "images" / f"{stem}.png").convert("RGB").resize((320, 240)))
-        for stem in STEMS[:4]
+        for stem in CLIP_STEMS
     ]
     return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, fps=4, codecs=((".mp4", "mp4v"),))
 

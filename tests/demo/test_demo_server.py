@@ -104,7 +104,7 @@ def test_no_model_auth_share_and_hot_reload(demo_setup):
     try:
         banner, _card_md, card = client.predict(api_name="/model_card")
         assert card["run"] == "tiny" and "tiny" in banner
-        assert card["classes"] == ["without_mask", "with_mask"]
+        assert card["classes"] == ["without_mask", "with_mask", "mask_weared_incorrect"]
         *_, json_file, _status = client.predict(handle_file(str(IMAGE)), SCORE, IOU, api_name="/detect_image")
         assert read_json(json_file)["model"] == "tiny"
     finally:

@@ -1,4 +1,4 @@
-"""Fixtures of the evaluation tests: an isolated FiftyOne database and a tiny model trained once.
+"""Fixtures of the evaluation tests: an isolated FiftyOne database and the session's tiny model.
 
 FiftyOne reads its configuration when it is first imported, so the database folder is set
 here, when pytest loads this file, before any test imports ``fiftyone``: a fresh temporary
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED, copy_voc_subset
+from tests.conftest import TinyModel, copy_run
 
 FIFTYONE_TMP = Path(tempfile.mkdtemp(prefix="wb-fiftyone-"))
 os.environ["FIFTYONE_DATABASE_DIR"] = str(FIFTYONE_TMP / "db")
@@ -28,9 +27,6 @@ os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
 for _name in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_NAME"):
     os.environ.pop(_name, None)
-
-# 8 images of the shared VOC set with all three classes between them
-STEMS = [f"maksssksksss{i}" for i in (0, 1, 2, 3, 4, 6, 8, 13)]
 
 
 def _mongod_processes() -> list:
@@ -88,26 +84,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
-def voc8(tmp_path_factory) -> Path:
-    """8 images of the shared VOC set (a session copy: tests must not change it)."""
-    return copy_voc_subset(SHARED, tmp_path_factory.mktemp("voc8"), STEMS)
+def voc8(tiny_model: TinyModel) -> Path:
+    """The 8 shared VOC images the tiny model trained on (the session's: tests must not change them)."""
+    return tiny_model.data
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, voc8) -> Path:
-    """A model trained for 2 iterations at 160 px through ``workbench train``; its run folder."""
-    home = tmp_path_factory.mktemp("train")
-    env = dict(os.environ, WORKBENCH_HOME=str(home / "home"), WORKBENCH_MODELS=str(home / "models"))
-    command = [
-        sys.executable, "-m", "workbench.cli", "train", "--data", str(voc8), "--model", "fasterrcnn_mobilenet_v2",
-        "--epochs", "1", "--imgsz", "160", "--batch", "2", "--max-iters", "2", "--workers", "0",
-        "--max-val-images", "1", "--name", "tiny", "--wait",
-    ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    run = home / "models" / "tiny"
-    assert (run / "model_best.pth").is_file() or (run / "checkpoint.pth").is_file()
-    return run
+def tiny_run(tiny_model: TinyModel, tmp_path_factory) -> Path:
+    """The tiny model's run folder, copied (the only run of its registry): evaluations are saved into it."""
+    return copy_run(tiny_model, tmp_path_factory.mktemp("evaluation-models"))
 
 
 @pytest.fixture(scope="session")
