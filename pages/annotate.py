@@ -23,7 +23,8 @@ from streamlit.elements.lib.image_utils import image_to_url
 from streamlit.elements.lib.layout_utils import LayoutConfig
 from streamlit_image_annotation.Detection import _component_func
 
-from workbench import edits, review, suggestions, ui, workspace
+from pages.common import ui
+from workbench import edits, review, suggestions, workspace
 from workbench.annotations import ImageRecord
 from workbench.errors import WorkbenchError
 from workbench.images import colour_map, open_rgb, render

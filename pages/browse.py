@@ -7,7 +7,8 @@ import math
 
 import streamlit as st
 
-from workbench import ui, workspace
+from pages.common import ui
+from workbench import workspace
 from workbench.health import KINDS
 from workbench.images import class_colour
 

@@ -9,7 +9,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from workbench import ui, versions, workspace
+from pages.common import ui
+from workbench import versions, workspace
 from workbench.errors import WorkbenchError
 from workbench.formats import FORMATS, detect_format
 from workbench.health import KINDS

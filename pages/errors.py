@@ -16,7 +16,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from workbench import ui, workspace
+from pages.common import ui
+from workbench import workspace
 from workbench.errors import WorkbenchError
 from workbench.evaluation import EvalReport, list_reports, load_report, read_detections
 from workbench.images import class_colour, open_rgb, placeholder

@@ -1,8 +1,9 @@
 """What the Streamlit pages share: the dataset they show, and leaving Streamlit's ``pages/`` folder mode.
 
-The library's one Streamlit module, imported by the pages only. It lives here, not in
-``pages/``, because Streamlit lists every file of that folder as a page when it runs a page
-without ``app.py`` (see ``through_app``).
+Imported by the pages only (the library ``workbench/`` has no Streamlit import). It lives in a
+subfolder of ``pages/`` because Streamlit's old ``pages/`` folder mode, which runs when a page is
+opened without ``app.py`` (see ``through_app``), lists every ``.py`` file of that folder as a page
+but ignores its subfolders.
 """
 
 from __future__ import annotations
