@@ -158,11 +158,12 @@ def test_resume_continues_from_the_saved_epoch(trained_env, capsys):
 def test_ddp_two_cpu_processes(tiny_voc, capsys):
     """torchrun with the gloo backend: two ranks train together, rank 0 writes the run."""
     code = main(["train", "--data", str(tiny_voc), "--epochs", "1", "--gpus", "2", "--device", "cpu",
-                 "--name", "ddp", "--wait", *TINY])  # fmt: skip
+                 "--name", "ddp", "--time", "5", "--wait", *TINY])  # fmt: skip
     folder = models_dir() / "ddp"
     log = (folder / "train.log").read_text()
     assert code == 0, log
     assert "torch.distributed.run" in log and "DDP: 2 processes, backend gloo" in log
     card = json.loads((folder / "model_card.json").read_text())
     assert card["processes"] == 2
+    assert card["time_limit_minutes"] == 5 and card["stopped_by_time"] is False  # the ranks agree on the clock
     assert torch.load(folder / "checkpoint.pth", weights_only=True)["epoch"] == 0

@@ -130,13 +130,14 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _agree(flags: tuple[bool, ...], world: int) -> tuple[bool, ...]:
-    """Each flag true on every rank when it is true on any rank (one tiny all-reduce per iteration)."""
+def _agree(values: tuple[float, ...], world: int) -> tuple[float, ...]:
+    """The largest of each value over the ranks (one tiny all-reduce per iteration): a flag true
+    on any rank becomes true on all of them."""
     if world <= 1:
-        return flags
-    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+        return values
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return tuple(bool(v > 0) for v in t.tolist())
+    return tuple(t.tolist())
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -184,6 +185,7 @@ class TimeBudget:
         self.t0 = time.monotonic()
         self.eval_seconds: float | None = None
         self.hit = False
+        self.agreed: float | None = None  # under DDP: the ranks' common fraction, so that they share one LR
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -194,10 +196,12 @@ class TimeBudget:
             return 0.0
         return 1.2 * self.eval_seconds + 5 if self.eval_seconds is not None else 0.05 * self.seconds
 
-    def fraction(self) -> float:
-        """How much of the training time is used, 0..1."""
+    def fraction(self, *, own: bool = False) -> float:
+        """How much of the training time is used, 0..1 (the ranks' ``agreed`` one unless ``own``)."""
         if self.seconds is None:
             return 0.0
+        if self.agreed is not None and not own:
+            return self.agreed
         return min(1.0, self.elapsed() / max(1.0, self.seconds - self.reserve()))
 
     def over(self) -> bool:
@@ -558,7 +562,7 @@ def main(
             for it, (images, targets) in enumerate(loader):
                 if it >= iters_per_epoch:
                     break
-                cancel, out_of_time = _agree((stop(), budget.over()), world)
+                cancel, out_of_time, budget.agreed = _agree((stop(), budget.over(), budget.fraction(own=True)), world)
                 if cancel:
                     raise Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
                 if out_of_time:
@@ -631,7 +635,7 @@ def main(
             epochs_done = epoch + 1
             if world > 1:
                 dist.barrier()
-            if _agree((budget.hit or budget.over(),), world)[0]:
+            if _agree((budget.hit or budget.over(),), world)[0] > 0:
                 budget.hit = True
                 break
     finally:
