@@ -37,17 +37,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from workbench.errors import ReadError, WorkbenchError
 from workbench.fileio import load_image
-from workbench.images import class_colour, draw_boxes
+from workbench.images import annotate, class_colour
 from workbench.training.paths import models_dir
 from workbench.training.predict import Detections, Predictor, detections_to_json, load_predictor
 from workbench.training.registry import LATEST, resolve_run
@@ -148,51 +147,6 @@ class ModelSource:
             return predictor, predictor.predict(image, score_threshold=score_threshold, iou_threshold=iou_threshold)
 
 
-MAX_LABELS = 60  # more labels than this cover the picture; every box is still drawn, and listed in the table
-
-
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size
-        return ImageFont.load_default()
-
-
-@lru_cache(maxsize=4096)
-def _label(text: str, size: int, colour: str) -> Image.Image:
-    """``text`` in white on ``colour``, rendered once: FreeType rendering is ~2 ms a label on
-    this CPU, a paste of the cached tile ~20 us (scores have two decimals, so tiles repeat)."""
-    font = _font(size)
-    left, top, right, bottom = font.getbbox(text)
-    tile = Image.new("RGB", (right - left + 4, bottom - top + 4), colour)
-    ImageDraw.Draw(tile).text((2 - left, 2 - top), text, fill="white", font=font)
-    return tile
-
-
-def annotate(image: np.ndarray, det: Detections, classes: list[str]) -> np.ndarray:
-    """A copy of ``image`` with each box in its class colour (``workbench.images``) and
-    ``class score`` written above the ``MAX_LABELS`` best ones; text scales with the image."""
-    picture = draw_boxes(
-        Image.fromarray(image),
-        det.boxes,
-        det.class_ids,
-        classes,
-        width=max(2, round(max(image.shape[:2]) / 300)),
-        labels=False,
-    )
-    size = max(11, round(max(image.shape[:2]) / 45))
-    order = np.argsort(-det.scores, kind="stable")[:MAX_LABELS]
-    for i in order[::-1]:  # the best drawn last, on top
-        class_id = int(det.class_ids[i])
-        name = classes[class_id] if 0 <= class_id < len(classes) else str(class_id)
-        tile = _label(f"{name} {det.scores[i]:.2f}", size, class_colour(class_id))
-        x1, y1 = round(float(det.boxes[i, 0])), round(float(det.boxes[i, 1]))
-        ty = y1 - tile.height if y1 - tile.height >= 0 else y1
-        picture.paste(tile, (x1, ty))
-    return np.asarray(picture)
-
-
 def json_text(record: dict[str, Any]) -> str:
     """``record`` as JSON with one detection a line: readable, and written by the C encoder
     (``indent=`` switches ``json`` to its pure-Python encoder, 5x slower on 300 detections)."""
@@ -238,9 +192,11 @@ class DetectorDemo:
         except NoModel as e:
             raise gr.Error(f"{e} {TRAIN_HINT}", title="No trained model") from e
 
-    def _predict(self, image: np.ndarray, score: float, iou: float) -> tuple[Predictor, Detections]:
+    def _predict(self, image: np.ndarray, score_threshold: float, iou_threshold: float) -> tuple[Predictor, Detections]:
         try:
-            return self.source.predict(image, score_threshold=float(score), iou_threshold=float(iou))
+            return self.source.predict(
+                image, score_threshold=float(score_threshold), iou_threshold=float(iou_threshold)
+            )
         except NoModel as e:
             raise gr.Error(f"{e} {TRAIN_HINT}", title="No trained model") from e
 
@@ -335,12 +291,12 @@ class DetectorDemo:
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, str]:
         """``video_path`` -> (annotated WebM path, status). Runs the model on every
-        ``frame_step``-th frame; the frames between keep the last boxes."""
+        ``frame_step``-th frame; the frames between keep the last boxes (``video.annotate_video``)."""
         from workbench import video
 
         if not video_path:
             raise gr.Error("Upload a video first.", title="No video")
-        predictor = self._predictor()
+        self._predictor()  # the no-model answer before decoding anything
         try:
             info = video.probe(video_path)
         except ReadError as e:
@@ -352,35 +308,29 @@ class DetectorDemo:
                 "Cut it shorter and try again.",
                 title="Too long",
             )
-        step = max(1, int(frame_step or 1))
         total = info.frames or None
-        limit = int(self.limits.max_video_seconds * info.fps) + 1  # containers that under-report their length
-        out = self._request_dir() / f"{Path(video_path).stem or 'video'}_detections"
-        start = time.perf_counter()
-        done = detections_total = 0
         progress(0, desc="Detecting", total=total, unit="frames")
-        det = Detections()
-        with video.VideoWriter(out, fps=info.fps, size=(info.width, info.height)) as writer:
-            for index, frame in enumerate(video.read_frames(video_path)):
-                if index >= limit:
-                    break
-                if frame.shape[1::-1] != (info.width, info.height):  # a stream that changes size mid-way
-                    break
-                if index % step == 0:
-                    predictor, det = self._predict(frame, score_threshold, iou_threshold)
-                    detections_total += len(det)
-                writer.write(annotate(frame, det, predictor.classes))
-                done += 1
-                progress((done, total), desc="Detecting", unit="frames")
-        if not done:
-            raise gr.Error(f"{Path(video_path).name}: no frame could be decoded.", title="Unreadable video")
-        elapsed = time.perf_counter() - start
+        try:
+            result = video.annotate_video(
+                self._predict,
+                video_path,
+                self._request_dir() / f"{Path(video_path).stem or 'video'}_detections",
+                score_threshold=score_threshold,
+                iou_threshold=iou_threshold,
+                frame_step=frame_step or 1,
+                # containers that under-report their length
+                max_frames=int(self.limits.max_video_seconds * info.fps) + 1,
+                on_frame=lambda done, _total: progress((done, total), desc="Detecting", unit="frames"),
+            )
+        except ReadError as e:
+            raise gr.Error(f"{Path(video_path).name}: {e.reason}.", title="Unreadable video") from e
+        done, elapsed = result.frames, result.seconds
         status = (
-            f"**{done}** frame(s), model run on {(done + step - 1) // step}, {detections_total} detection(s); "
-            f"{elapsed:.1f} s ({elapsed / done * 1000:.0f} ms a frame), codec {writer.fourcc}, "
-            f"model `{predictor.run_dir.name}`"
+            f"**{done}** frame(s), model run on {result.predicted}, {result.detections} detection(s); "
+            f"{elapsed:.1f} s ({elapsed / done * 1000:.0f} ms a frame), codec {result.fourcc}, "
+            f"model `{result.predictor.run_dir.name}`"
         )
-        return str(writer.path), status
+        return str(result.path), status
 
     def model_card(self) -> tuple[str, str, dict[str, Any]]:
         """(banner, model card as Markdown, model card as JSON); the no-model answer when there is none."""

@@ -1,6 +1,6 @@
 """The ``predict``, ``eval`` and ``errors`` sub-commands (registered by ``workbench.cli.build_parser``).
 
-    workbench predict --model latest photo.jpg folder/ [--json] [--out DIR]
+    workbench predict --model latest photo.jpg folder/ clip.mp4 [--json] [--out DIR] [--video-step N]
     workbench eval    --model latest --data datasets/facemask-sample [--split val|all|NAME] [--json]
     workbench errors  --model latest --data datasets/facemask-sample [--port 5151]
 
@@ -14,10 +14,14 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.training.predict import Predictor
 
 
 def _progress(enabled: bool):
@@ -71,9 +75,15 @@ def image_files(inputs: list[str]) -> list[tuple[Path, str]]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from workbench.fileio import load_image
     from workbench.training.predict import detections_to_json, load_predictor
+    from workbench.video import is_video
 
+    videos = [Path(text) for text in args.inputs if Path(text).is_file() and is_video(text)]
+    if videos and not args.out:
+        raise WorkbenchError(f"{videos[0]}: a video needs --out DIR (the annotated video and its detections go there)")
+    if args.video_step < 1:
+        raise WorkbenchError(f"--video-step {args.video_step}: the model runs on every N-th frame, N >= 1")
+    files = image_files([text for text in args.inputs if Path(text) not in videos])
     predictor = load_predictor(args.model, device=args.device)
-    files = image_files(args.inputs)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +124,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     )
             if update:
                 update("predict", n + 1, len(files))
-    if out_dir:
+        video_names: set[str] = set()  # two clip.mp4 of different folders: clip_detections, clip-2_detections
+        annotated = [
+            predict_video(predictor, path, out_dir, args=args, used=video_names, update=update) for path in videos
+        ]
+    if out_dir and files:
         from workbench.fileio import atomic_write
 
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(predictor.classes)]
@@ -122,16 +136,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # the image ids and category ids the results refer to (a COCO file without annotations)
         atomic_write(out_dir / "coco_images.json", json.dumps({"images": coco_images, "categories": categories}))
     if args.json:
-        print(json.dumps({"model": predictor.run_dir.name, "classes": predictor.classes, "images": results}, indent=2))
+        summary = {"model": predictor.run_dir.name, "classes": predictor.classes, "images": results}
+        print(json.dumps({**summary, "videos": annotated} if videos else summary, indent=2))
         return 0
     for item in results:
         dets = item["detections"]
         print(f"{item['path']}: {len(dets)} detection(s)")
         for d in dets:
             print(f"  {d['class']:24s} {d['score']:.3f}  [{', '.join(f'{v:.1f}' for v in d['box'])}]")
-    if out_dir:
+    if out_dir and files:
         print(f"wrote {len(results)} annotated image(s), coco_results.json and coco_images.json to {out_dir}")
+    for item in annotated:
+        print(
+            f"{item['path']}: {item['frames']} frame(s), model run on {item['predicted_frames']}, "
+            f"{item['detections']} detection(s), {item['seconds']:.1f} s; "
+            f"wrote {item['video']} ({item['codec']}) and {item['detections_path']}"
+        )
     return 0
+
+
+def predict_video(
+    predictor: Predictor,
+    path: Path,
+    out_dir: Path,
+    *,
+    args: argparse.Namespace,
+    used: set[str],
+    update: Callable[[str, int, int | None], None] | None,
+) -> dict[str, Any]:
+    """Annotate the video ``path`` into ``out_dir`` as ``<stem>_detections.webm`` with
+    ``<stem>_detections.jsonl`` beside it (one line per frame); returns what was written."""
+    from workbench.video import annotate_video
+
+    stem = Path(_unique_name(path.name, used)).stem + "_detections"
+    result = annotate_video(
+        predictor,
+        path,
+        out_dir / stem,
+        score_threshold=args.score,
+        iou_threshold=args.iou,
+        frame_step=args.video_step,
+        detections_path=out_dir / f"{stem}.jsonl",
+        on_frame=(lambda done, total: update(path.name, done, total)) if update else None,
+    )
+    return {
+        "path": str(path),
+        "video": str(result.path),
+        "detections_path": str(result.detections_path),
+        "codec": result.fourcc,
+        "frames": result.frames,
+        "predicted_frames": result.predicted,
+        "detections": result.detections,
+        "seconds": round(result.seconds, 3),
+    }
 
 
 def _unique_name(name: str, used: set[str]) -> str:
@@ -263,13 +320,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             "--score", type=float, default=0.25, help="score threshold of the confusion matrix and the views (0.25)"
         )
 
-    p = sub.add_parser("predict", help="run a trained model on images")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    p = sub.add_parser("predict", help="run a trained model on images and videos")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders of images, video files (.mp4 .avi .mov .mkv .webm)",
+    )
     common(p)
     p.add_argument("--score", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
     p.add_argument("--json", action="store_true", help="print the detections as one JSON object")
-    p.add_argument("--out", help="write annotated images, coco_results.json and coco_images.json here")
+    p.add_argument(
+        "--out",
+        help="write annotated images, coco_results.json and coco_images.json here; "
+        "and for a video (required then) <name>_detections.webm and <name>_detections.jsonl",
+    )
+    p.add_argument(
+        "--video-step", type=int, default=1, metavar="N", help="run the model on every N-th video frame (default 1)"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="COCO metrics, confusion matrix and PR curves of a run on a dataset")
