@@ -212,6 +212,24 @@ def write_doc(results: dict[str, dict[str, Any]], path: Path) -> None:
     for name, recipe in recipes.RECIPES.items():
         settings = ", ".join(f"`{k}={v}`" for k, v in recipe.gpu.items() if v is not None)
         lines.append(f"| `{name}` | {settings} |")
+    lines += [
+        "",
+        "## Demos",
+        "",
+        "Every recipe's run is served by the same demo, `workbench demo --model RUN` (or the Demo page;",
+        "`--share` for a public link), whose tabs cover what the originals built by hand:",
+        "",
+        "| recipe | the original's demo | here |",
+        "| --- | --- | --- |",
+        "| `detectron2-r50-c4` | a web page | the demo's Image tab, and its API (`gradio_client`) |",
+        "| `ssd-mobilenet` | webcam inference | the Webcam tab (frames streamed from the browser) |",
+        "| `faster-rcnn-upload` | upload an image, download it annotated | the Image tab: annotated JPEG and JSON "
+        "to download |",
+        "| `face-then-classify` | a webcam / image script | the Image and Webcam tabs; the score slider is the "
+        "confidence threshold |",
+        "| `retinanet-frozen` | CPU inference on a video | the Video tab (annotated WebM, progress bar), or "
+        "`workbench predict --model RUN --out DIR VIDEO` (annotated video + per-frame JSON Lines) |",
+    ]
     lines += ["", "## What each recipe reproduces", ""]
     for name, recipe in recipes.RECIPES.items():
         r = results.get(name, {})
