@@ -198,6 +198,23 @@ def crop_tensor(patch: np.ndarray, size: int, augment: Callable | None = None) -
     return (t - MEAN) / STD
 
 
+def face_crops(
+    rgb: np.ndarray, boxes: np.ndarray, box_fit: dict[str, Any], *, imgsz: int, gamma: bool
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Detected face ``boxes`` corrected (``box_fit``) and clipped to ``rgb``, and their crops as the
+    classifier's ``(N, 3, imgsz, imgsz)`` input (gamma-corrected when ``gamma``)."""
+    boxes = correct_boxes(boxes, box_fit)
+    h, w = rgb.shape[:2]
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    patches = [crop(rgb, b) for b in boxes]
+    if gamma:
+        patches = [gamma_correct(p) for p in patches]
+    if not patches:
+        return boxes, torch.zeros((0, 3, imgsz, imgsz))
+    return boxes, torch.stack([crop_tensor(p, imgsz) for p in patches])
+
+
 class TwoStagePredictor(Predictor):
     """``Predictor`` of a two-stage run: faces, box correction, crop classification."""
 
@@ -227,14 +244,8 @@ class TwoStagePredictor(Predictor):
             if not len(boxes):
                 results.append(Detections())
                 continue
-            boxes = correct_boxes(boxes, self.box_fit)
-            h, w = rgb.shape[:2]
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-            patches = [crop(rgb, b) for b in boxes]
-            if self.config.get("gamma"):
-                patches = [gamma_correct(p) for p in patches]
-            batch = torch.stack([crop_tensor(p, size) for p in patches]).to(self.device)
+            boxes, batch = face_crops(rgb, boxes, self.box_fit, imgsz=size, gamma=bool(self.config.get("gamma")))
+            batch = batch.to(self.device)
             probs = torch.softmax(self.model(batch), dim=1).cpu().numpy()
             class_ids = probs.argmax(axis=1)
             scores = face_scores * probs[np.arange(len(probs)), class_ids]
@@ -283,14 +294,7 @@ def _val_faces(
             raise Cancelled("cancelled while finding the validation faces")
         rgb = load_image(dataset.root / r.path)[:, :, :3]
         boxes, scores = detect(rgb)
-        boxes = correct_boxes(boxes, box_fit)
-        h, w = rgb.shape[:2]
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        patches = [crop(rgb, b) for b in boxes]
-        if gamma:
-            patches = [gamma_correct(p) for p in patches]
-        x = torch.stack([crop_tensor(p, imgsz) for p in patches]) if patches else torch.zeros((0, 3, imgsz, imgsz))
+        boxes, x = face_crops(rgb, boxes, box_fit, imgsz=imgsz, gamma=gamma)
         out.append((boxes, scores, x))
         progress(i + 1)
     return out
