@@ -47,13 +47,34 @@ def test_time_budget_fraction_reserve_and_stop(monkeypatch):
     assert loop.TimeBudget(None).fraction() == 0.0 and not loop.TimeBudget(0).over()
 
 
-def test_time_budget_ends_a_run_validated_and_saved(tiny_voc):
+def test_time_budget_probe_reserves_the_first_validation(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    calls = []
+
+    def validate(records):  # 3 s per image, and 10 s more the first time (loading, allocation)
+        calls.append(len(records))
+        now[0] += 3.0 * len(records) + (10.0 if len(calls) == 1 else 0.0)
+
+    budget = loop.TimeBudget(30)
+    budget.probe(validate, list(range(138)))
+    assert calls == [1, 2] and budget.eval_seconds == 3.0 * 138  # the warm-up call is not counted
+    assert budget.reserve() == 1.2 * 414 + 5
+    budget.probe(validate, list(range(138)))  # measured already: no second probe
+    assert calls == [1, 2]
+    unlimited = loop.TimeBudget(None)
+    unlimited.probe(validate, list(range(138)))
+    assert calls == [1, 2] and unlimited.eval_seconds is None
+
+
+def test_time_budget_ends_a_run_validated_and_saved(tiny_voc, caplog):
     """50 epochs of 4 iterations would take minutes; a 20-second budget ends it, with a checkpoint and a card."""
     config = {"data": str(tiny_voc), "model": "fasterrcnn_mobilenet_v2", "epochs": 50, "imgsz": 160, "batch": 2,
               "max_iters": 4, "workers": 0, "max_val_images": 1, "device": "cpu", "time": 20 / 60}  # fmt: skip
     folder = models_dir() / "timed"
     t = time.monotonic()
-    card = loop.main(config, folder)
+    with caplog.at_level("INFO", logger="workbench.training"):
+        card = loop.main(config, folder)
     assert time.monotonic() - t < 40
     assert card["stopped_by_time"] is True and card["time_limit_minutes"] == config["time"]
     assert 1 <= card["epochs_done"] < 50
@@ -61,3 +82,4 @@ def test_time_budget_ends_a_run_validated_and_saved(tiny_voc):
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, card["epochs_done"] + 1))
     assert "Time limit" in (folder / "MODEL_CARD.md").read_text()
+    assert "time budget: validation expected to take" in caplog.text

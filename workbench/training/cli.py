@@ -200,7 +200,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-iters", type=int, help="at most this many iterations per epoch (tiny runs)")
     p.add_argument("--max-val-images", type=int, help="validate on at most this many images (tiny runs)")
-    p.add_argument("--name", help="run name (default <model>-<date>-<time>)")
+    p.add_argument("--name", help="run name (default <recipe or model>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 when it finished")
     p.set_defaults(func=cmd_train)

@@ -369,6 +369,10 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
     stop = should_stop or (lambda: False)
     epochs_done = start_epoch
     detector = D2Detector(model, cfg)
+    if start_epoch < cfg_run.epochs:
+        budget.probe(
+            lambda recs: evaluate(detector, dataset, recs, class_map, device=device, batch=cfg_run.batch), val_records
+        )
     data_iter = iter(loader)
     try:
         with EventStorage(start_epoch * iters_per_epoch) as storage:

@@ -214,7 +214,7 @@ def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
         short = f"{cfg.detector}-mobilenet_v2"
     else:
         raise WorkbenchError(f"unknown engine {cfg.engine!r}; choose torchvision, detectron2 or two-stage")
-    run = registry.check_run_name(run) if run else registry.new_run_name(short)
+    run = registry.check_run_name(run) if run else registry.new_run_name(cfg.recipe or short)
     folder = registry.run_dir(run)
     if folder.exists():
         raise WorkbenchError(f"run {run!r} exists already: {folder}")

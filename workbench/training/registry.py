@@ -37,7 +37,7 @@ CARD_MD = "MODEL_CARD.md"
 
 
 def new_run_name(model: str) -> str:
-    """A fresh run name ``<model>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3``... when taken)."""
+    """A fresh run name ``<model or recipe>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3``... when taken)."""
     base = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     name, n = base, 1
     while (models_dir() / name).exists():

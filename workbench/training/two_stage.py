@@ -278,26 +278,29 @@ def _truth(dataset: Any, record: Any, class_map: Any) -> tuple[np.ndarray, np.nd
 
 
 def _val_faces(
-    detect: Callable, box_fit: dict[str, Any], dataset: Any, records: list, *, imgsz: int, gamma: bool,
-    progress: Callable[[int], None], stop: Callable[[], bool],
-) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:  # fmt: skip
-    """Per validation image: corrected face boxes, face scores, and their crops as classifier inputs.
+    detect: Callable, box_fit: dict[str, Any], dataset: Any, records: list, class_map: Any, *, imgsz: int,
+    gamma: bool, progress: Callable[[int], None], stop: Callable[[], bool],
+) -> tuple[list[tuple[np.ndarray, np.ndarray, torch.Tensor]], list[tuple[np.ndarray, int]]]:  # fmt: skip
+    """Per validation image: corrected face boxes, face scores, and their crops as classifier inputs;
+    and, from the same loaded images, the ground-truth crops with their labels (the classifier's own
+    validation).
 
     The face detector is not trained, so this is done once and each epoch only re-classifies.
     """
     from workbench.images import load_image
     from workbench.training.loop import Cancelled
 
-    out = []
+    faces, truth_crops = [], []
     for i, r in enumerate(records):
         if stop():
             raise Cancelled("cancelled while finding the validation faces")
         rgb = load_image(dataset.root / r.path)[:, :, :3]
         boxes, scores = detect(rgb)
         boxes, x = face_crops(rgb, boxes, box_fit, imgsz=imgsz, gamma=gamma)
-        out.append((boxes, scores, x))
+        faces.append((boxes, scores, x))
+        truth_crops += [(crop(rgb, box), int(c)) for box, c in zip(*_truth(dataset, r, class_map), strict=True)]
         progress(i + 1)
-    return out
+    return faces, truth_crops
 
 
 def _pipeline_ap(model: nn.Module, faces: list, gt: dict[str, Any], device: torch.device) -> dict[str, float]:
@@ -426,17 +429,12 @@ def main(
     else:
         box_fit = fit_box_correction(np.array(pairs_det).reshape(-1, 4), np.array(pairs_gt).reshape(-1, 4))
     log.info("box correction from %d matched faces: %s", box_fit["pairs"], json.dumps(box_fit))
-    faces = _val_faces(
-        detect, box_fit, dataset, val, imgsz=config.imgsz, gamma=config.gamma, stop=stop,
+    faces, val_samples = _val_faces(
+        detect, box_fit, dataset, val, class_map, imgsz=config.imgsz, gamma=config.gamma, stop=stop,
         progress=lambda n: progress.update(epoch=0, iteration=0, phase="faces", images_done=len(train) + n,
                                            images=len(train) + len(val)),
     )  # fmt: skip
     gt = coco_ground_truth(dataset, val, class_map)
-    val_samples = [
-        (crop(load_image(dataset.root / r.path)[:, :, :3], box), int(c))
-        for r in val
-        for box, c in zip(*_truth(dataset, r, class_map), strict=True)
-    ]
 
     def tensors(batch: list[tuple[np.ndarray, int]], augment: Callable | None) -> tuple[torch.Tensor, torch.Tensor]:
         x = [crop_tensor(gamma_correct(p) if config.gamma else p, config.imgsz, augment) for p, _ in batch]
