@@ -412,7 +412,7 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
                 metrics = evaluate(detector, dataset, val_records, class_map, device=device, batch=cfg_run.batch,
                                    should_stop=stop)  # fmt: skip
                 progress.eval_seconds += time.monotonic() - t
-                budget.eval_seconds = time.monotonic() - t
+                budget.validated(time.monotonic() - t)
                 if stop():
                     raise Cancelled(f"cancelled in the validation of epoch {epoch + 1}")
                 metrics = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in metrics.items()}}

@@ -520,7 +520,7 @@ def main(
                 row["val_loss"] = round(float(loss_fn(logits, val_y.to(device))), 5)
                 row["val_accuracy"] = round(float((logits.argmax(1).cpu() == val_y).float().mean()), 5)
             progress.eval_seconds += time.monotonic() - t
-            budget.eval_seconds = time.monotonic() - t
+            budget.validated(time.monotonic() - t)
             with open(folder / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             log.info("epoch %d/%d val AP %.4f AP50 %.4f crop accuracy %s", epoch + 1, config.epochs, row["AP"],
