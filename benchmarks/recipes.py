@@ -254,7 +254,7 @@ def write_doc(results: dict[str, dict[str, Any]], path: Path) -> None:
         lines += [f"### `{name}`", "", f"- Original: {recipe.original}.", f"- Here: {recipe.summary}."]
         if r.get("AP_per_epoch"):
             lines.append(f"- Validation AP per epoch: {', '.join(fmt(a) for a in r['AP_per_epoch'])}.")
-        if r.get("note"):
+        if r.get("note") and r["note"] != recipes.fallback_note(name, "torchvision", r.get("model")):  # in Notes
             lines.append(f"- Model card note: {r['note']}.")
         lines += [f"- Notes: {recipe.notes}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

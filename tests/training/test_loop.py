@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import torch
 
 from workbench.training import loop
@@ -66,22 +67,34 @@ def test_time_budget_probe_reserves_the_first_validation(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
     calls = []
+    per_image = [1.5]  # the model validates slower as it trains (the R50-C4 stand-in: 1.5 s, then 4.9 s)
 
-    def validate(records):  # 3 s per image, and 10 s more the first time (loading, allocation)
+    def validate(records):  # and 10 s more the first time (loading, allocation)
         calls.append(len(records))
-        now[0] += 3.0 * len(records) + (10.0 if len(calls) == 1 else 0.0)
+        now[0] += per_image[0] * len(records) + (10.0 if len(calls) == 1 else 0.0)
 
-    budget = loop.TimeBudget(30)
+    budget = loop.TimeBudget(30)  # 1800 s
     budget.probe(validate, list(range(138)))
-    assert calls == [1, 2] and budget.eval_seconds == 3.0 * 138  # the warm-up call is not counted
-    assert budget.reserve() == 1.5 * 414 + 5  # an estimate: more margin than for a measured validation
-    budget.probe(validate, list(range(138)))  # measured already: no second probe
+    assert calls == [1, 2] and budget.eval_seconds == 1.5 * 138  # the warm-up call is not counted
+    assert budget.reserve() == 1.3 * 207 + 5  # an estimate: more margin than for a measured validation
+    budget.probe(validate, list(range(138)))  # probed already: the training loop's over() probes again
     assert calls == [1, 2]
-    unlimited = loop.TimeBudget(None)
-    unlimited.probe(validate, list(range(138)))
-    assert calls == [1, 2] and unlimited.eval_seconds is None
+    per_image[0] = 4.9
+    now[0] = 0.2 * (1800 - budget.reserve())
+    assert not budget.over() and calls == [1, 2]
+    now[0] = 0.26 * (1800 - budget.reserve())  # a quarter of the training time: probed again, no warm-up
+    assert not budget.over() and calls == [1, 2, 2] and budget.eval_seconds == pytest.approx(4.9 * 138)
+    now[0] = 1800 - budget.reserve() + 1  # room for the slower validation is kept (one more probe: 9.8 s)
+    assert budget.over() and calls == [1, 2, 2, 2] and budget.left() == pytest.approx(1.3 * 4.9 * 138 + 5 - 1 - 9.8)
     budget.validated(500.0)
     assert budget.reserve() == 1.2 * 500 + 5
+    calls.clear()
+    now[0] = 0
+    budget.hit = False
+    assert not budget.over() and calls == []  # measured: no more probes
+    unlimited = loop.TimeBudget(None)
+    unlimited.probe(validate, list(range(138)))
+    assert calls == [] and unlimited.eval_seconds is None
 
 
 def test_time_budget_ends_a_run_validated_and_saved(tiny_voc, caplog):
