@@ -86,6 +86,9 @@ def test_time_budget_probe_reserves_the_first_validation(monkeypatch):
     assert not budget.over() and calls == [1, 2, 2] and budget.eval_seconds == pytest.approx(4.9 * 138)
     now[0] = 1800 - budget.reserve() + 1  # room for the slower validation is kept (one more probe: 9.8 s)
     assert budget.over() and calls == [1, 2, 2, 2] and budget.left() == pytest.approx(1.3 * 4.9 * 138 + 5 - 1 - 9.8)
+    per_image[0] = 10.0  # an estimate over half the budget (say, a busy machine) leaves half to train
+    budget._measure(validate, list(range(138)), 2, warm_up=False)
+    assert budget.reserve() == 900
     budget.validated(500.0)
     assert budget.reserve() == 1.2 * 500 + 5
     calls.clear()

@@ -210,7 +210,9 @@ class TimeBudget:
             return 0.0
         if self.eval_seconds is None:
             return 0.05 * self.seconds
-        return (1.3 if self.probed else 1.2) * self.eval_seconds + 5
+        if self.probed:  # an estimate (noisy on a busy machine): at least half the budget still trains
+            return min(1.3 * self.eval_seconds + 5, 0.5 * self.seconds)
+        return 1.2 * self.eval_seconds + 5
 
     def fraction(self, *, own: bool = False) -> float:
         """How much of the training time is used, 0..1 (the ranks' ``agreed`` one unless ``own``)."""
