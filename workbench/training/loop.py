@@ -195,11 +195,15 @@ class TimeBudget:
         self.seconds = float(minutes) * 60 if minutes else None
         self.t0 = time.monotonic()
         self.eval_seconds: float | None = None
-        self.probed = False  # eval_seconds is probe's estimate, not a measured validation
         self.hit = False
         self.agreed: float | None = None  # under DDP: the ranks' common fraction, so that they share one LR
-        self._probe: tuple[Callable[[list], object], list, int] | None = None
+        self._probe: tuple[Callable[[list], object], list, int] | None = None  # set while probing
         self._done = 0.0  # the training-time share of the last probe
+
+    @property
+    def probed(self) -> bool:
+        """``eval_seconds`` is a probe's estimate, not a measured validation."""
+        return self._probe is not None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -225,7 +229,7 @@ class TimeBudget:
     def over(self) -> bool:
         """True once training must stop to finish in time (remembered in ``hit``). Until a
         validation is measured, the probe is repeated at the ``REPROBE_AT`` shares of the time."""
-        if self.probed and self._probe and any(self._done < at <= self.fraction(own=True) for at in self.REPROBE_AT):
+        if self.probed and any(self._done < at <= self.fraction(own=True) for at in self.REPROBE_AT):
             self._measure(*self._probe, warm_up=False)
         if self.seconds is not None and self.elapsed() >= self.seconds - self.reserve():
             self.hit = True
@@ -236,7 +240,7 @@ class TimeBudget:
 
     def validated(self, seconds: float) -> None:
         """A validation took ``seconds``: keep as much (x1.2) back for the next one."""
-        self.eval_seconds, self.probed, self._probe = seconds, False, None
+        self.eval_seconds, self._probe = seconds, None
 
     def probe(self, validate: Callable[[list], object], records: list, *, images: int = 2) -> None:
         """Time ``validate`` on a few of the validation ``records`` (after one warm-up image) and
@@ -244,7 +248,8 @@ class TimeBudget:
         validation fits in the budget too. A model's validation cost changes as it trains (the
         R50-C4 stand-in: 1.5 s per image fresh, 4.9 s after 79 iterations, when the whole
         validation took 4.9 s per image), so ``over`` probes again as the time passes. Costs
-        ``images + 1`` predictions, and ``images`` a probe after; nothing without a budget or once a validation ran."""
+        ``images + 1`` predictions, then ``images`` each later probe; nothing without a budget or
+        once a validation ran."""
         if self.seconds is None or self.eval_seconds is not None or not records:
             return
         self._probe = (validate, records, images)
@@ -257,7 +262,6 @@ class TimeBudget:
         t = time.monotonic()
         validate(timed)
         self.eval_seconds = (time.monotonic() - t) / len(timed) * len(records)
-        self.probed = True
         self._done = self.fraction(own=True)
         log.info(
             "time budget: validation expected to take %.0f s (%d images); training stops %.0f s before the end",
