@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench import workspace
+from workbench.datasets import catalog as workspace
 from workbench.errors import WorkbenchError
 
 HERE = Path(__file__).resolve().parent

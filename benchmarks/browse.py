@@ -73,8 +73,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="browse-bench-") as tmp:
         tmp = Path(tmp)
         os.environ["WORKBENCH_HOME"] = str(tmp / "home")
-        from workbench import edits, workspace
+        from workbench.datasets import catalog as workspace
         from workbench.formats import voc
+        from workbench.labelling import edits
 
         root = tmp / "voc"
         seconds, _ = timed(lambda: build(args.shared, root, args.images))

@@ -138,7 +138,7 @@ def _report(**values: Any) -> None:
 
 def worker_workbench(src: Path, out: Path, images: str) -> None:
     t0 = time.perf_counter()
-    from workbench.convert import convert
+    from workbench.datasets.convert import convert
 
     import_s = time.perf_counter() - t0
     base_mb = _current_rss_mb()
@@ -436,7 +436,7 @@ def phase_breakdown(src: Path, tmp: Path, repeat: int = 3) -> None:
     """
     import defusedxml.ElementTree as DefusedET
 
-    from workbench.convert import bring_images, convert
+    from workbench.datasets.convert import bring_images, convert
     from workbench.fileio import atomic_write, iter_files
     from workbench.formats import coco, detect_format, voc
     from workbench.formats.common import ImageIndex
@@ -490,7 +490,7 @@ def profile_workbench(src: Path, tmp: Path, top: int = 15) -> None:
     import pstats
     import tracemalloc
 
-    from workbench.convert import convert
+    from workbench.datasets.convert import convert
 
     phase_breakdown(src, tmp)
     out = tmp / "out-profile"

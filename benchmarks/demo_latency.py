@@ -40,7 +40,7 @@ def stand_in_run(root: Path) -> str:
     """A registry run of the default CPU model (untrained head) under ``root``; returns its name."""
     import torch
 
-    from workbench.training.loop import default_model
+    from workbench.training.engines.torchvision import default_model
     from workbench.training.models import build_model, get_spec
 
     name = default_model("cpu")
@@ -67,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from workbench.demo import DemoLimits, DetectorDemo, ModelSource
+    from workbench.demo.gradio_app import DemoLimits, DetectorDemo, ModelSource
     from workbench.errors import WorkbenchError
     from workbench.fileio import load_image
     from workbench.training.registry import resolve_run

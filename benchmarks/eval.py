@@ -70,11 +70,11 @@ def main() -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from workbench import fiftyone_app as fa
-    from workbench.evaluation import compute_report, predict_records, select_records
+    from workbench.evaluation import fiftyone_app as fa
+    from workbench.evaluation.evaluate import compute_report, predict_records, select_records
     from workbench.fileio import load_image
     from workbench.formats import load_dataset
-    from workbench.training.predict import load_predictor
+    from workbench.inference.predict import load_predictor
 
     predictor = load_predictor(args.model, device="cpu")
     dataset = load_dataset(args.data, strict=False)

@@ -29,9 +29,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workbench.fileio import load_image  # noqa: E402
 from workbench.formats import load_dataset  # noqa: E402
-from workbench.images import load_image  # noqa: E402
-from workbench.training.data import split_records  # noqa: E402
+from workbench.splits import split_records  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "andrewmvd-voc"
 

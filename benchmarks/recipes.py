@@ -108,9 +108,9 @@ def latency(run: str, data: str, images: int) -> dict[str, Any]:
     """Median and mean seconds of ``predict`` per validation image (batch 1) on the CPU."""
     import torch
 
+    from workbench.fileio import load_image
     from workbench.formats import load_dataset
-    from workbench.images import load_image
-    from workbench.training.predict import load_predictor
+    from workbench.inference.predict import load_predictor
 
     folder = registry.resolve_run(run)
     val = (registry.read_json(folder / "split.json", {}) or {}).get("val", [])

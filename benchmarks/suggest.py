@@ -44,7 +44,7 @@ def copy_images(dest: Path, count: int) -> Path:
 
 
 def train_default(tmp: Path, data: Path) -> Path:
-    from workbench.training.loop import default_model
+    from workbench.training.engines.torchvision import default_model
 
     model = default_model("cpu")
     env = dict(os.environ, WORKBENCH_HOME=str(tmp / "train-home"), WORKBENCH_MODELS=str(tmp / "models"))
@@ -86,9 +86,9 @@ def main() -> None:
 
         import torch
 
-        from workbench import suggestions
         from workbench.fileio import load_image
-        from workbench.training.predict import load_predictor
+        from workbench.inference.predict import load_predictor
+        from workbench.labelling import suggestions
 
         predictor = load_predictor(run, device="cpu")
         first = sorted((data / "images").iterdir())[0]

@@ -31,15 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench.formats import load_dataset  # noqa: E402
-from workbench.training.data import (  # noqa: E402
-    ClassMap,
-    DetectionDataset,
-    collate,
-    freeze_classes,
-    split_records,
-    train_transforms,
-)
-from workbench.training.loop import IterationLog, Progress, train_step  # noqa: E402
+from workbench.splits import ClassMap, freeze_classes, split_records  # noqa: E402
+from workbench.training.data import DetectionDataset, collate, train_transforms  # noqa: E402
+from workbench.training.engines.torchvision import IterationLog, Progress, train_step  # noqa: E402
 from workbench.training.models import build_model, get_spec, resolve_weights  # noqa: E402
 
 

@@ -24,10 +24,11 @@ from streamlit.elements.lib.layout_utils import LayoutConfig
 from streamlit_image_annotation.Detection import _component_func
 
 from pages.common import ui
-from workbench import edits, review, suggestions, workspace
 from workbench.annotations import ImageRecord
+from workbench.datasets import catalog as workspace
+from workbench.drawing import colour_map, open_rgb, render
 from workbench.errors import WorkbenchError
-from workbench.images import colour_map, open_rgb, render
+from workbench.labelling import edits, review, suggestions
 
 CANVAS = (1024, 768)  # the largest size the drawing component shows an image at (px)
 
@@ -297,7 +298,7 @@ def after_save(opened: workspace.OpenDataset, work: dict) -> None:
     if work["path"] not in st.session_state.get("relabel_paths", set()):
         return
     try:
-        from workbench import fiftyone_app
+        from workbench.evaluation import fiftyone_app
 
         fiftyone_app.clear_tag(opened.root, [work["path"]])
         st.session_state["relabel_paths"].discard(work["path"])
@@ -334,7 +335,7 @@ def accept_suggestions(opened: workspace.OpenDataset, work: dict, **chosen) -> N
 
 def suggestion_view(opened: workspace.OpenDataset, work: dict, items: list[dict]) -> None:
     """The image with the working boxes solid and the suggestions dashed, with their scores."""
-    from workbench.plots import draw_comparison
+    from workbench.evaluation.plots import draw_comparison
 
     record: ImageRecord = work["record"]
     names = label_list(work)
@@ -404,7 +405,7 @@ def suggestion_panel(opened: workspace.OpenDataset, work: dict, items: list[dict
 
 @st.cache_data(ttl=30, show_spinner=False)
 def fiftyone_queue(root: str) -> list[dict]:
-    from workbench import fiftyone_app
+    from workbench.evaluation import fiftyone_app
 
     return fiftyone_app.relabel_queue(root)
 

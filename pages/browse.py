@@ -8,9 +8,9 @@ import math
 import streamlit as st
 
 from pages.common import ui
-from workbench import workspace
-from workbench.health import KINDS
-from workbench.images import class_colour
+from workbench.datasets import catalog as workspace
+from workbench.datasets.health import KINDS
+from workbench.drawing import class_colour
 
 PAGE_SIZE = 50
 COLUMNS = 5

@@ -10,11 +10,13 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import ui
-from workbench import versions, workspace
+from workbench.annotations import content_hash
+from workbench.datasets import catalog as workspace
+from workbench.datasets import versions
+from workbench.datasets.health import KINDS
+from workbench.drawing import colour_map
 from workbench.errors import WorkbenchError
 from workbench.formats import FORMATS, detect_format
-from workbench.health import KINDS
-from workbench.images import colour_map
 
 FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
 
@@ -192,7 +194,7 @@ def add_images_form(opened: workspace.OpenDataset) -> None:
             disabled=not unlabelled,
             help="`workbench suggest --model latest --only-unlabelled`: boxes wait in Annotate until accepted",
         ):
-            from workbench import suggestions
+            from workbench.labelling import suggestions
 
             with st.spinner("Running the model …"):
                 try:
@@ -210,7 +212,7 @@ def versions_section(opened: workspace.OpenDataset) -> None:
     """The dataset's versions (taken when training starts, or here), and the diff of two."""
     st.subheader("Versions")
     found = versions.list_versions(opened.root)
-    current = versions.content_hash(opened.dataset)
+    current = content_hash(opened.dataset)
     c1, c2 = st.columns([3, 1])
     name = c1.text_input("Name", placeholder="e.g. after-review (default v1, v2, …)", key="version_name")
     c2.write("")

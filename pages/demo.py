@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench import demo_cli
+from workbench.demo import server as demo_cli
 from workbench.errors import WorkbenchError
 from workbench.training import registry
 

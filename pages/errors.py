@@ -17,10 +17,10 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import ui
-from workbench import workspace
+from workbench.datasets import catalog as workspace
+from workbench.drawing import class_colour, open_rgb, placeholder
 from workbench.errors import WorkbenchError
-from workbench.evaluation import EvalReport, list_reports, load_report, read_detections
-from workbench.images import class_colour, open_rgb, placeholder
+from workbench.evaluation.evaluate import EvalReport, list_reports, load_report, read_detections
 
 WORST = 12  # images in the grid
 COLUMNS = 4
@@ -52,7 +52,7 @@ def cached_report(out_dir: str, mtime: float) -> EvalReport:
 
 
 def pick_run() -> Path | None:
-    from workbench.training.paths import models_dir
+    from workbench.paths import models_dir
     from workbench.training.registry import latest_name
 
     root = models_dir()
@@ -70,7 +70,7 @@ def pick_run() -> Path | None:
 
 def evaluate_form(run_dir: Path, entry: workspace.DatasetEntry, dataset) -> None:
     """Split and threshold choice and the Evaluate button (predicts, computes, saves into the run)."""
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     with st.expander("Evaluate this run on the current dataset", expanded=not list_reports(run_dir)):
         c1, c2, c3 = st.columns([2, 1, 1])
@@ -201,7 +201,7 @@ def comparison_tile(root: str, fmt_name: str, revision: int, out_dir: str, path:
     """The image with ground truth (solid) and predictions at ``score`` (dashed), as JPEG bytes."""
     import io
 
-    from workbench.plots import draw_comparison
+    from workbench.evaluation.plots import draw_comparison
 
     opened = workspace.get_open(root, fmt_name)
     dataset = opened.dataset
@@ -271,7 +271,7 @@ def worst_section(report: EvalReport, entry: workspace.DatasetEntry, opened: wor
 
 def version_name(run_dir: Path) -> str:
     """The dataset version a run trained on, as text."""
-    from workbench.versions import run_version
+    from workbench.datasets.versions import run_version
 
     found = run_version(run_dir)
     if not found:
@@ -332,7 +332,7 @@ def fiftyone_session(port: int):
 
 
 def fiftyone_section(report: EvalReport, entry: workspace.DatasetEntry, opened: workspace.OpenDataset) -> None:
-    from workbench import fiftyone_app as fa
+    from workbench.evaluation import fiftyone_app as fa
 
     st.markdown(
         "**FiftyOne**: the same evaluation with ready views (false positives, false negatives, low-IoU "
@@ -341,7 +341,7 @@ def fiftyone_section(report: EvalReport, entry: workspace.DatasetEntry, opened: 
     holder = fiftyone_session(fa.DEFAULT_PORT)
     c1, c2 = st.columns(2)
     if c1.button("Open in the FiftyOne App", key="errors_fiftyone", type="primary", width="stretch"):
-        from workbench.evaluation import load_evaluation
+        from workbench.evaluation.evaluate import load_evaluation
 
         with st.spinner("Loading the dataset and the predictions into FiftyOne …"):
             try:

@@ -14,12 +14,12 @@ import pandas as pd
 import streamlit as st
 
 from workbench.errors import WorkbenchError
+from workbench.paths import SAMPLE_DATASET
 from workbench.training import jobs, registry
 
 REFRESH_SECONDS = 2.0
 LOG_LINES = 40
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = PROJECT_ROOT / "datasets" / "facemask-sample"
+SAMPLE = SAMPLE_DATASET
 
 
 @st.cache_resource
@@ -40,7 +40,7 @@ def model_choices() -> dict[str, str]:
 
 @st.cache_data(ttl=30)
 def default_model(device: str) -> str:
-    from workbench.training.loop import default_model as pick
+    from workbench.training.engines.torchvision import default_model as pick
 
     return pick(device)
 
@@ -55,7 +55,7 @@ def detectron2_available() -> bool:
 def dataset_choices() -> list[str]:
     """The workspace's datasets (the Datasets page adds them), else the bundled sample."""
     try:
-        from workbench import workspace
+        from workbench.datasets import catalog as workspace
 
         paths = [entry.path for entry in workspace.list_datasets()]
     except (ImportError, AttributeError):
@@ -116,7 +116,7 @@ def train_form() -> None:
                 key="train_model",
             )
         else:
-            from workbench.training.engine_detectron2 import ZOO_CONFIGS
+            from workbench.training.engines.detectron2 import ZOO_CONFIGS
 
             model = c2.selectbox("Model-zoo config", ZOO_CONFIGS, key="train_model_d2")
         c1, c2, c3, c4, c5 = st.columns(5)
@@ -252,7 +252,8 @@ def live(all_jobs: list[dict]) -> None:
 
 def edits_since_latest() -> None:
     """How many box edits the latest model's dataset has had since the version it trained on."""
-    from workbench import versions, workspace
+    from workbench.datasets import catalog as workspace
+    from workbench.datasets import versions
 
     latest = registry.latest_name()
     if not latest:
@@ -306,7 +307,7 @@ def runs_table(all_jobs: list[dict]) -> None:
 
 
 def version_of(folder: str | None) -> dict | None:
-    from workbench.versions import run_version
+    from workbench.datasets.versions import run_version
 
     return run_version(folder) if folder else None
 

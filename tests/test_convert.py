@@ -15,7 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from tests.conftest import copy_voc_subset
-from workbench.convert import convert
+from workbench.datasets.convert import convert
 from workbench.formats import FORMATS, load_dataset
 
 WORKBENCH = str(Path(sys.executable).parent / "workbench")

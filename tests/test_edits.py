@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import SHARED, copy_voc, copy_yolo
-from workbench import edits, workspace
 from workbench.annotations import Dataset, ImageRecord
+from workbench.datasets import catalog as workspace
 from workbench.errors import WorkbenchError
 from workbench.formats import get_format, labelme, voc, yolo
+from workbench.labelling import edits
 
 
 def rec(boxes, ids, **kw) -> ImageRecord:

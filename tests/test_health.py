@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tests.conftest import write_image
 from workbench.annotations import Dataset, ImageRecord
+from workbench.datasets.health import check
 from workbench.formats import load_dataset
-from workbench.health import check
 
 WORKBENCH = str(Path(sys.executable).parent / "workbench")
 

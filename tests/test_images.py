@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from workbench import images
+from workbench import drawing as images
 
 
 def test_one_colour_per_class():

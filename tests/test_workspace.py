@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.app.conftest import copy_voc
-from workbench import workspace
+from workbench import paths
+from workbench.datasets import catalog as workspace
 from workbench.errors import WorkbenchError
 
 
@@ -21,9 +22,9 @@ def voc_copy(tmp_path) -> Path:
 
 def test_home_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "wb"))
-    assert workspace.home() == tmp_path / "wb" and (tmp_path / "wb").is_dir()
+    assert paths.home() == tmp_path / "wb" and (tmp_path / "wb").is_dir()
     monkeypatch.delenv("WORKBENCH_HOME")
-    assert workspace.home() == workspace.PROJECT_ROOT / ".workbench"
+    assert paths.home() == paths.PROJECT_ROOT / ".workbench"
 
 
 def test_datasets_are_remembered_resolved_and_deduplicated(voc_copy, monkeypatch):
@@ -49,7 +50,7 @@ def test_adding_a_bad_folder_is_refused(tmp_path):
 def test_first_run_adds_a_copy_of_the_sample():
     entry = workspace.ensure_sample()
     assert entry is not None and entry.name == "facemask-sample" and entry.format == "voc"
-    assert Path(entry.path).is_relative_to(workspace.home())
+    assert Path(entry.path).is_relative_to(paths.home())
     assert len(workspace.open_dataset(entry.path).dataset) == 32
     assert workspace.ensure_sample() is None  # only on the first run
 
@@ -90,15 +91,15 @@ def test_thumbnail_is_cached_by_path_size_and_mtime(voc_copy):
     image = sorted((voc_copy / "images").glob("*.png"))[0]
     thumb, scale = workspace.thumbnail(image, 64)
     assert max(thumb.size) == 64 and 0 < scale < 1
-    cached = list((workspace.home() / "thumbs").rglob("*.jpg"))
+    cached = list((paths.home() / "thumbs").rglob("*.jpg"))
     assert len(cached) == 1
     again, scale2 = workspace.thumbnail(image, 64)
     assert again.size == thumb.size and scale2 == pytest.approx(scale, rel=1e-6)
-    assert len(list((workspace.home() / "thumbs").rglob("*.jpg"))) == 1
+    assert len(list((paths.home() / "thumbs").rglob("*.jpg"))) == 1
     time.sleep(0.01)
     image.touch()
     workspace.thumbnail(image, 64)
-    assert len(list((workspace.home() / "thumbs").rglob("*.jpg"))) == 2  # a changed file gets a new one
+    assert len(list((paths.home() / "thumbs").rglob("*.jpg"))) == 2  # a changed file gets a new one
     assert workspace.thumbnail(voc_copy / "images" / "missing.png") is None
 
 

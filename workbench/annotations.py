@@ -20,6 +20,8 @@ Fields a format carries that this model does not name ride along in ``extra`` di
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,3 +186,55 @@ class Dataset:
     def copy(self) -> Dataset:
         """A deep copy: saving or editing it never touches this dataset."""
         return copy.deepcopy(self)
+
+
+def content_hash(dataset: Dataset) -> str:
+    """sha256 of the annotations' content (classes, and per image: path, size, boxes, classes, splits).
+
+    Independent of the file format and layout: the same labels give the same hash.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(dataset.classes).encode())
+    for r in sorted(dataset.images, key=lambda r: r.path):
+        h.update(json.dumps([r.path, r.width, r.height, r.split]).encode())
+        h.update(np.ascontiguousarray(r.boxes, dtype=np.float64).tobytes())
+        h.update(np.ascontiguousarray(r.class_ids, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Detections:
+    """Detections in one image, as parallel arrays.
+
+    Attributes:
+        boxes: ``(N, 4)`` float64 pixels ``x1, y1, x2, y2`` in the original image.
+        scores: ``(N,)`` float64 confidences in ``[0, 1]``, highest first.
+        class_ids: ``(N,)`` int64 indices into ``Predictor.classes``.
+    """
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    class_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        self.class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
+        n = len(self.boxes)
+        if self.scores.shape != (n,) or self.class_ids.shape != (n,):
+            raise ValueError(f"{n} boxes but {len(self.scores)} scores and {len(self.class_ids)} class ids")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, index: Any) -> Detections:
+        """A subset: ``det[det.scores > 0.5]``, ``det[:3]``."""
+        return Detections(self.boxes[index], self.scores[index], self.class_ids[index])
+
+
+def detections_to_json(det: Detections, classes: list[str]) -> list[dict[str, Any]]:
+    """Plain JSON records ``{"box": [x1, y1, x2, y2], "score", "class_id", "class"}``."""
+    return [
+        {"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class_id": int(c), "class": classes[c]}
+        for b, s, c in zip(det.boxes, det.scores, det.class_ids, strict=True)
+    ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench import workspace
+from workbench.datasets import catalog as workspace
 from workbench.errors import WorkbenchError
 
 NO_DATASET = "No dataset yet: add one on the Datasets page."

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import PROJECT, copy_voc, copy_yolo
+from workbench.datasets.catalog import filter_images
 from workbench.formats import get_format, voc, yolo
-from workbench.workspace import filter_images
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

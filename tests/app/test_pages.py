@@ -9,7 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import PROJECT
-from workbench import edits, workspace
+from workbench.datasets import catalog as workspace
+from workbench.labelling import edits
 
 TIMEOUT = 60
 

@@ -129,7 +129,7 @@ def clip(tmp_path_factory) -> Path:
     import numpy as np
     from PIL import Image
 
-    from workbench.video import write_video
+    from workbench.inference.video import write_video
 
     frames = [
         np.asarray(Image.open(SHARED / "andrewmvd-voc" / "images" / f"{stem}.png").convert("RGB").resize((320, 240)))

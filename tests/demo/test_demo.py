@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import SHARED, write_image
-from workbench.demo import (
+from workbench.annotations import Detections
+from workbench.demo.gradio_app import (
     DemoLimits,
     DetectorDemo,
     ModelSource,
@@ -23,9 +24,8 @@ from workbench.demo import (
     detection_rows,
     sample_examples,
 )
-from workbench.images import class_colour
-from workbench.training.paths import models_dir
-from workbench.training.predict import Detections
+from workbench.drawing import class_colour
+from workbench.paths import models_dir
 from workbench.training.registry import set_latest
 
 CLASSES = ["with_mask", "without_mask"]

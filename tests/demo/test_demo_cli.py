@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from workbench import demo_cli
-from workbench.cli import build_parser
+from workbench.cli.main import build_parser
+from workbench.demo import server as demo_cli
 from workbench.errors import WorkbenchError
 
 

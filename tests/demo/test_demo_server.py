@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.conftest import SHARED
 from tests.demo.conftest import AUTH, read_json, workbench
-from workbench.video import probe, read_frames
+from workbench.inference.video import probe, read_frames
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,7 @@ def test_load_20_concurrent_requests(demo_setup, record_property):
 def test_background_start_status_stop():
     """What the Streamlit Demo page does: start a demo, see it answer, stop it."""
     from tests.demo.conftest import free_port
-    from workbench import demo_cli
+    from workbench.demo import server as demo_cli
 
     port = free_port()
     state = demo_cli.start(port=port, timeout=120)

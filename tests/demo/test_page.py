@@ -9,7 +9,7 @@ import sys
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PROJECT
-from workbench import demo_cli
+from workbench.demo import server as demo_cli
 
 PAGE = str(PROJECT / "pages" / "demo.py")
 

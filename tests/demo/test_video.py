@@ -13,9 +13,9 @@ from PIL import Image
 
 from tests.conftest import SHARED, TinyModel
 from tests.demo.conftest import workbench
+from workbench.annotations import Detections
 from workbench.errors import ReadError, WorkbenchError
-from workbench.training.predict import Detections
-from workbench.video import BROWSER_CODEC, VideoWriter, annotate_video, probe, read_frames, write_video
+from workbench.inference.video import BROWSER_CODEC, VideoWriter, annotate_video, probe, read_frames, write_video
 
 
 def frames(n: int = 5, size: tuple[int, int] = (96, 64)) -> list[np.ndarray]:

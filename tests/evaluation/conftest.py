@@ -98,6 +98,6 @@ def tiny_run(tiny_model: TinyModel, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def evaluated(tiny_run, voc8):
     """The tiny run evaluated on all 8 images (saved into the run's ``eval/`` folder)."""
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     return evaluate_run(tiny_run, voc8, split="all")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench import fiftyone_app as fa
-from workbench.cli import main
-from workbench.evaluation import EVAL_DIR, load_report
+from workbench.cli.main import main
+from workbench.evaluation import fiftyone_app as fa
+from workbench.evaluation.evaluate import EVAL_DIR, load_report
 from workbench.formats import load_dataset, save_dataset
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from workbench import workspace
-from workbench.evaluation import list_reports, load_report
+from workbench.datasets import catalog as workspace
+from workbench.evaluation.evaluate import list_reports, load_report
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from workbench.annotations import IGNORE_LABEL, Dataset, ImageRecord
-from workbench.evaluation import (
+from workbench.annotations import IGNORE_LABEL, Dataset, Detections, ImageRecord
+from workbench.evaluation.evaluate import (
     box_iou,
     coco_results,
     compute_report,
@@ -17,9 +17,8 @@ from workbench.evaluation import (
     match_image,
     save_report,
 )
-from workbench.training.coco_eval import coco_ground_truth, coco_stats
-from workbench.training.data import ClassMap
-from workbench.training.predict import Detections
+from workbench.metrics import coco_ground_truth, coco_stats
+from workbench.splits import ClassMap
 
 CLASSES = ["a", "b", "c"]
 
@@ -197,7 +196,7 @@ def test_a_confusion_does_not_take_the_box_of_a_right_detection():
 
 @pytest.mark.parametrize("same_folder", [True, False])
 def test_default_images_are_the_runs_validation_images_only_on_its_own_dataset(tmp_path, same_folder):
-    from workbench.evaluation import select_records
+    from workbench.evaluation.evaluate import select_records
 
     dataset = make_dataset(tmp_path / "data", [([[0, 0, 10, 10]], [0])] * 10)
     run = tmp_path / "run"

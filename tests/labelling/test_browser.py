@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.app.test_browser import CHROMIUM, served_page
-from workbench import suggestions, workspace
+from workbench.datasets import catalog as workspace
 from workbench.formats import voc
+from workbench.labelling import suggestions
 
 SHOTS = os.environ.get("WORKBENCH_SCREENSHOTS")
 

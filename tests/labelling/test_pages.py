@@ -6,8 +6,10 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PROJECT
-from workbench import edits, suggestions, versions, workspace
+from workbench.datasets import catalog as workspace
+from workbench.datasets import versions
 from workbench.formats import voc
+from workbench.labelling import edits, suggestions
 
 TIMEOUT = 60
 
@@ -75,7 +77,7 @@ def test_datasets_page_takes_versions_and_shows_the_diff(voc8):
 
 
 def test_relabel_queue_opens_the_image_and_saving_clears_its_tag(voc8, monkeypatch):
-    from workbench import fiftyone_app
+    from workbench.evaluation import fiftyone_app
 
     entry = workspace.add_dataset(voc8)
     images = workspace.open_dataset(voc8).dataset.images

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench import cli, edits, review, suggestions, versions, workspace
+from workbench.cli import main as cli
+from workbench.datasets import catalog as workspace
+from workbench.datasets import versions
 from workbench.formats import voc
+from workbench.labelling import edits, review, suggestions
 
 
 def hashes(root: Path) -> dict[str, str]:
@@ -136,7 +139,7 @@ def test_errors_page_compares_two_runs_with_their_versions(tiny_run, voc8, tmp_p
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import PROJECT
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     models = tmp_path / "models"
     for name in ("run-a", "run-b"):

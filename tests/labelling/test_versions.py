@@ -8,19 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from workbench import cli, edits, versions, workspace
+from workbench.cli import main as cli
+from workbench.datasets import catalog as workspace
+from workbench.datasets import versions
 from workbench.errors import WorkbenchError
+from workbench.labelling import edits
 
 
 def save(opened, position, record, classes=None):
     return edits.save_record(opened, position, record, classes=classes, journal=edits.Journal())
 
 
-def test_hash_is_the_model_cards_dataset_hash(voc8):
-    from workbench.training.data import dataset_hash
+def test_hash_is_the_model_cards_content_hash(voc8):
+    from workbench.annotations import content_hash
 
     dataset = workspace.open_dataset(voc8).dataset
-    assert versions.content_hash(dataset) == dataset_hash(dataset)
+    assert versions.content_hash(dataset) == content_hash(dataset)
 
 
 def test_scripted_edits_are_exactly_the_diff(voc8):

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from tests.conftest import copy_voc_subset
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.errors import WorkbenchError
-from workbench.training import loop, models, recipes, worker
+from workbench.inference.predict import load_predictor
+from workbench.paths import models_dir
+from workbench.training import models, recipes, worker
+from workbench.training.engines import torchvision as loop
 from workbench.training.models import build_model, freeze_backbone
-from workbench.training.paths import models_dir
-from workbench.training.predict import load_predictor
 
 STEMS = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
 TINY = {"imgsz": 160, "batch": 2, "epochs": 1, "max_iters": 1, "workers": 0, "max_val_images": 1, "device": "cpu"}

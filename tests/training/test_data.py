@@ -6,18 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.annotations import IGNORE_LABEL, Dataset, ImageRecord
+from workbench.annotations import IGNORE_LABEL, Dataset, ImageRecord, content_hash
 from workbench.errors import WorkbenchError
 from workbench.formats import load_dataset
-from workbench.training.data import (
-    ClassMap,
-    DetectionDataset,
-    collate,
-    dataset_hash,
-    freeze_classes,
-    split_records,
-    train_transforms,
-)
+from workbench.splits import ClassMap, freeze_classes, split_records
+from workbench.training.data import DetectionDataset, collate, train_transforms
 
 
 def make_dataset(n: int = 20, classes=("a", "b", "rare")) -> Dataset:
@@ -79,10 +72,10 @@ def test_dataset_hash_follows_the_labels_not_the_order():
     ds = make_dataset(5)
     shuffled = ds.copy()
     shuffled.images.reverse()
-    assert dataset_hash(ds) == dataset_hash(shuffled)
+    assert content_hash(ds) == content_hash(shuffled)
     moved = ds.copy()
     moved.images[2].boxes[0, 0] += 1
-    assert dataset_hash(moved) != dataset_hash(ds)
+    assert content_hash(moved) != content_hash(ds)
 
 
 def test_torch_dataset_and_augmentation(tiny_voc):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import TINY
-from workbench.cli import main
-from workbench.training import engine_detectron2
-from workbench.training.paths import models_dir
+from workbench.cli.main import main
+from workbench.paths import models_dir
+from workbench.training.engines import detectron2 as engine_detectron2
 
 needs_d2 = pytest.mark.skipif(
     not engine_detectron2.is_available(),
@@ -35,7 +35,7 @@ def test_dataset_dicts_for_the_catalog(tiny_voc):
     from detectron2.structures import BoxMode
 
     from workbench.formats import load_dataset
-    from workbench.training.data import ClassMap, freeze_classes
+    from workbench.splits import ClassMap, freeze_classes
 
     ds = load_dataset(tiny_voc)
     classes = freeze_classes(ds)
@@ -54,7 +54,7 @@ def test_dataset_dicts_for_the_catalog(tiny_voc):
 @needs_d2
 def test_detectron2_trains_and_predicts(tiny_voc):
     from workbench.fileio import load_image
-    from workbench.training.predict import load_predictor
+    from workbench.inference.predict import load_predictor
 
     code = main(["train", "--data", str(tiny_voc), "--engine", "detectron2", "--model",
                  "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml", "--epochs", "1", "--name", "d2", "--wait", *TINY])  # fmt: skip

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.training.conftest import TINY
-from workbench.cli import main
+from workbench.cli.main import main
+from workbench.paths import models_dir
 from workbench.training import jobs
-from workbench.training.paths import models_dir
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_finished_job_writes_checkpoint_metrics_and_card(trained_env, capsys):
 
 def test_trained_run_predicts(trained_env, tiny_voc):
     from workbench.fileio import load_image
-    from workbench.training.predict import load_predictor
+    from workbench.inference.predict import load_predictor
 
     predictor = load_predictor("latest", device="cpu")
     assert predictor.card["run"] == "tiny" and predictor.classes[0] == "without_mask"

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from workbench.training import loop
-from workbench.training.paths import models_dir
+from workbench.paths import models_dir
+from workbench.training.engines import torchvision as loop
 from workbench.training.registry import resolve_run
 
 

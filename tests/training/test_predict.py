@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from workbench.annotations import Detections, detections_to_json
 from workbench.errors import WorkbenchError
+from workbench.inference.predict import load_predictor
 from workbench.training.models import build_model
-from workbench.training.predict import Detections, detections_to_json, load_predictor
 from workbench.training.registry import resolve_run, run_dir, set_latest, write_json
 
 

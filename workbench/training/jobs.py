@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.paths import PROJECT_ROOT, home
 from workbench.training import registry
-from workbench.training.paths import PROJECT_ROOT, workspace_dir
 
 ACTIVE = ("queued", "running")
 DONE = ("finished", "failed", "cancelled", "interrupted")
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 
 def db_path() -> Path:
-    return workspace_dir() / "jobs.sqlite"
+    return home() / "jobs.sqlite"
 
 
 def connect() -> sqlite3.Connection:
@@ -184,7 +184,7 @@ def _spawn(run: str, folder: Path) -> subprocess.Popen:
 
 def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
     """Record a new job for ``config`` (see ``loop.TrainConfig``), start its worker, return the run name."""
-    from workbench.training.loop import TrainConfig
+    from workbench.training.engines.torchvision import TrainConfig
 
     reap()
     cfg = TrainConfig.from_dict(config)
@@ -192,19 +192,19 @@ def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
         raise WorkbenchError(f"{cfg.data}: not a dataset folder")
     cfg.data = str(Path(cfg.data).resolve())
     if cfg.engine == "detectron2":
-        from workbench.training.engine_detectron2 import check_available, zoo_name
+        from workbench.training.engines.detectron2 import check_available, zoo_name
 
         check_available()
         cfg.model = zoo_name(cfg.model)
         short = Path(cfg.model).stem
     elif cfg.engine == "torchvision":
-        from workbench.training.loop import default_model
+        from workbench.training.engines.torchvision import default_model
         from workbench.training.models import get_spec
 
         cfg.model = get_spec(default_model(cfg.device) if cfg.model == "default" else cfg.model).name
         short = cfg.model
     elif cfg.engine == "two-stage":
-        from workbench.training.two_stage import DETECTORS
+        from workbench.training.engines.two_stage import DETECTORS
 
         if cfg.detector not in DETECTORS:
             raise WorkbenchError(f"unknown face detector {cfg.detector!r}; choose one of {', '.join(DETECTORS)}")
@@ -236,7 +236,7 @@ def resume_job(run: str, **overrides: Any) -> str:
     if job["state"] in ACTIVE:
         raise WorkbenchError(f"job {run} is {job['state']}; cancel it first or wait for it")
     config = {**job["config"], **{k: v for k, v in overrides.items() if v is not None}}
-    from workbench.training.loop import TrainConfig
+    from workbench.training.engines.torchvision import TrainConfig
 
     TrainConfig.from_dict(config)
     set_state(run, "queued", config=json.dumps(config), pid=None, start_token=None, ended=None, message=None,

@@ -223,7 +223,7 @@ def _wants_gpu(device: str | None) -> bool:
 
 
 def detectron2_available() -> bool:
-    from workbench.training.engine_detectron2 import is_available
+    from workbench.training.engines.detectron2 import is_available
 
     return is_available()
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
-from workbench.training.paths import models_dir
+from workbench.paths import models_dir
 
 LATEST = "latest"
 CARD_JSON = "model_card.json"

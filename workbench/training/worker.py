@@ -55,17 +55,17 @@ def train(config: dict, folder: Path, *, should_stop: Callable[[], bool] | None 
     """Train run ``folder`` in this process with the engine ``config`` names; return its model card."""
     engine = config.get("engine", "torchvision")
     if engine == "detectron2":
-        from workbench.training.engine_detectron2 import main
+        from workbench.training.engines.detectron2 import main
     elif engine == "two-stage":
-        from workbench.training.two_stage import main
+        from workbench.training.engines.two_stage import main
     else:
-        from workbench.training.loop import main
+        from workbench.training.engines.torchvision import main
     return main(config, folder, should_stop=should_stop)
 
 
 def run_job(run: str) -> int:
     from workbench.training import jobs, registry
-    from workbench.training.loop import Cancelled, setup_logging
+    from workbench.training.engines.torchvision import Cancelled, setup_logging
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -112,7 +112,7 @@ def run_job(run: str) -> int:
 def run_rank(run: str) -> int:
     """One torchrun rank: train the run's config with the others (rank 0 writes the files)."""
     from workbench.training import jobs
-    from workbench.training.loop import Cancelled, main
+    from workbench.training.engines.torchvision import Cancelled, main
 
     signal.signal(signal.SIGTERM, _on_signal)
     job = jobs.get_job(run)

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
-    from workbench.training.predict import Predictor
+    from workbench.training.predictor import Predictor
 
 
 def _progress(enabled: bool):
-    from workbench.cli import progress_bars
+    from workbench.cli.main import progress_bars
 
     return progress_bars(enabled)
 
@@ -33,7 +33,7 @@ def _progress(enabled: bool):
 def _fiftyone_logs_to_stderr() -> None:
     """FiftyOne logs its progress to stdout (its handlers are added on import); keep stdout for
     our own output (``--json`` must print one JSON object and nothing else)."""
-    from workbench.fiftyone_app import fiftyone
+    from workbench.evaluation.fiftyone_app import fiftyone
 
     fiftyone()
     for name, item in list(logging.root.manager.loggerDict.items()):
@@ -73,9 +73,10 @@ def image_files(inputs: list[str]) -> list[tuple[Path, str]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from workbench.annotations import detections_to_json
     from workbench.fileio import load_image
-    from workbench.training.predict import detections_to_json, load_predictor
-    from workbench.video import is_video
+    from workbench.inference.predict import load_predictor
+    from workbench.inference.video import is_video
 
     videos = [Path(text) for text in args.inputs if Path(text).is_file() and is_video(text)]
     if videos and not args.out:
@@ -107,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if out_dir:
                 from PIL import Image
 
-                from workbench.images import draw_boxes
+                from workbench.drawing import draw_boxes
 
                 name = _unique_name(shown.replace("/", "__"), used_names)
                 drawn = draw_boxes(Image.fromarray(image), det.boxes, det.class_ids, predictor.classes)
@@ -166,7 +167,7 @@ def predict_video(
 ) -> dict[str, Any]:
     """Annotate the video ``path`` into ``out_dir`` as ``<stem>_detections.webm`` with
     ``<stem>_detections.jsonl`` beside it (one line per frame); returns what was written."""
-    from workbench.video import annotate_video
+    from workbench.inference.video import annotate_video
 
     stem = Path(_unique_name(path.name, used)).stem + "_detections"
     result = annotate_video(
@@ -205,7 +206,7 @@ def _unique_name(name: str, used: set[str]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     with _progress(not args.json) as update:
         ev = evaluate_run(
@@ -245,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    from workbench import fiftyone_app as fa
+    from workbench.evaluation import fiftyone_app as fa
 
     _fiftyone_logs_to_stderr()
     with _progress(not args.json) as update:

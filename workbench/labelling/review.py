@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workbench import suggestions, workspace
+from workbench.datasets import catalog as workspace
+from workbench.labelling import suggestions
 
 TIERS = ("unlabelled", "disagreement", "low confidence")
 
@@ -24,7 +25,7 @@ TIERS = ("unlabelled", "disagreement", "low confidence")
 def last_evaluation(root: Path | str) -> tuple[str, dict[str, tuple[int, int]]] | None:
     """``(run, {path: (fp, fn)})`` of the newest evaluation on the dataset in ``root`` of the
     latest run (else of any run), or ``None``."""
-    from workbench.evaluation import list_reports, load_report
+    from workbench.evaluation.evaluate import list_reports, load_report
     from workbench.training.registry import latest_name, list_runs
 
     try:
@@ -49,7 +50,7 @@ def last_evaluation(root: Path | str) -> tuple[str, dict[str, tuple[int, int]]] 
 def fiftyone_mistakenness(root: Path | str) -> dict[str, float]:
     """``{path: mistakenness}`` from FiftyOne when its brain run exists (this starts FiftyOne's
     database: call it only when the user asked for FiftyOne); ``{}`` otherwise."""
-    from workbench import fiftyone_app as fa
+    from workbench.evaluation import fiftyone_app as fa
 
     fo = fa.fiftyone()
     name = fa.dataset_name(root)

@@ -39,21 +39,12 @@ from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError, WorkbenchError
 from workbench.fileio import atomic_write, is_image, natural_key
 from workbench.formats import detect_format, get_format
+from workbench.paths import SAMPLE_DATASET, home
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DATASET = PROJECT_ROOT / "datasets" / "facemask-sample"
 INDEX_VERSION = 2  # bump when the pickled record layout changes: old rows are then ignored
 THUMB_SIZE = 256  # px, the longer side of a gallery thumbnail
 
 Stat = tuple[int, int]  # (size in bytes, mtime in ns)
-
-
-def home() -> Path:
-    """The workspace folder (created on first use)."""
-    env = os.environ.get("WORKBENCH_HOME")
-    path = Path(env).expanduser() if env else PROJECT_ROOT / ".workbench"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # --- the list of datasets ---------------------------------------------------------
@@ -458,7 +449,7 @@ def thumbnail(image: Path, size: int = THUMB_SIZE) -> tuple[Image.Image, float] 
     """The image scaled so its longer side is at most ``size`` px, and the scale factor
     (thumbnail px per image px). Cached on disk keyed by path, size and mtime. ``None``
     when the image is missing or unreadable."""
-    from workbench.images import make_thumbnail
+    from workbench.drawing import make_thumbnail
 
     st = file_stat(image)
     if st is None:
@@ -486,7 +477,7 @@ def thumbnail(image: Path, size: int = THUMB_SIZE) -> tuple[Image.Image, float] 
 
 def tile(dataset: Dataset, record: ImageRecord, size: int = THUMB_SIZE) -> bytes:
     """A gallery tile: the cached thumbnail with the record's boxes drawn, as JPEG bytes."""
-    from workbench.images import draw_boxes, placeholder
+    from workbench.drawing import draw_boxes, placeholder
 
     made = thumbnail(dataset.root / record.path, size)
     if made is None:
@@ -520,7 +511,7 @@ def get_open(root: Path | str, fmt: str | None = None, *, reload: bool = False) 
 
 def health(opened: OpenDataset):
     """The health report of ``opened`` at its current revision (computed once per revision)."""
-    from workbench.health import check
+    from workbench.datasets.health import check
 
     with opened.lock:
         cached = getattr(opened, "_health", None)
@@ -571,7 +562,7 @@ def filter_images(
 def record_findings(dataset: Dataset, record: ImageRecord, classes: list[str] | None = None) -> list:
     """The health findings of one record (its boxes and its image header), for the record as it
     is being edited (``classes``: the class list being edited). Cheap: no other file is read."""
-    from workbench import health
+    from workbench.datasets import health
 
     shell = Dataset(root=dataset.root, format=dataset.format, classes=list(classes or dataset.classes))
     return health.check_record(shell, record)

@@ -267,7 +267,7 @@ def load_model(folder: Path, config: dict[str, Any], device: torch.device) -> nn
     from detectron2.modeling import build_model
 
     from workbench.training.models import load_matching
-    from workbench.training.predict import load_checkpoint
+    from workbench.training.predictor import load_checkpoint
 
     file = folder / "model_best.pth" if (folder / "model_best.pth").is_file() else folder / "checkpoint.pth"
     checkpoint = load_checkpoint(file)
@@ -292,10 +292,17 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
     from detectron2.utils.events import EventStorage
     from torch.utils.tensorboard import SummaryWriter
 
-    from workbench.training.coco_eval import evaluate
-    from workbench.training.loop import Cancelled, IterationLog, Progress, TimeBudget, TrainConfig, prepare_run
+    from workbench.training.engines.torchvision import (
+        Cancelled,
+        IterationLog,
+        Progress,
+        TimeBudget,
+        TrainConfig,
+        prepare_run,
+    )
     from workbench.training.models import load_matching
-    from workbench.training.predict import load_checkpoint
+    from workbench.training.predictor import load_checkpoint
+    from workbench.training.validate import evaluate
 
     cfg_run = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     budget = TimeBudget(cfg_run.time)  # stops training in time; the LR keeps detectron2's step schedule
@@ -355,7 +362,7 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
         log.info("resumed from %s: continuing at epoch %d", checkpoint_file, start_epoch + 1)
     elif cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # converts Caffe2 names, skips the COCO classifier
-    from workbench.training.loop import _truncate_logs
+    from workbench.training.engines.torchvision import _truncate_logs
 
     _truncate_logs(folder, start_epoch)
     loader = build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
@@ -441,7 +448,7 @@ def main(config: dict[str, Any], folder: Path, *, should_stop: Callable[[], bool
                     },
                     checkpoint_file,
                 )
-                from workbench.training.loop import save_plots
+                from workbench.training.engines.torchvision import save_plots
 
                 save_plots(folder)
                 epochs_done = epoch + 1

@@ -19,7 +19,7 @@ from workbench.errors import ReadError
 from workbench.fileio import load_image
 
 if TYPE_CHECKING:
-    from workbench.training.predict import Detections
+    from workbench.annotations import Detections
 
 # Tableau's 10 colours then 10 lighter ones: distinct for the first 20 classes, then reused.
 PALETTE = (

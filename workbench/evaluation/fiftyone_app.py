@@ -49,9 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from workbench.annotations import Dataset, ImageRecord
-from workbench.training.data import is_ignore
-from workbench.training.predict import Detections
+from workbench.annotations import Dataset, Detections, ImageRecord
+from workbench.splits import is_ignore
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +405,7 @@ def prepare_errors(
 ) -> Errors:
     """Evaluate run ``run`` on ``data`` (``evaluation.evaluate_run``, saved into the run), then
     refresh the FiftyOne dataset, load the predictions, evaluate there and save the views."""
-    from workbench.evaluation import evaluate_run
+    from workbench.evaluation.evaluate import evaluate_run
 
     ev = evaluate_run(
         run, data, fmt=fmt, split=split, score_threshold=score_threshold, device=device, on_progress=on_progress

@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from workbench import edits, workspace
+from workbench import paths
 from workbench.annotations import ImageRecord
+from workbench.datasets import catalog as workspace
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
+from workbench.labelling import edits
 
 DEFAULT_SCORE = 0.5
 DUPLICATE_IOU = 0.7  # a suggestion overlapping a label of its class this much is that label
@@ -41,7 +43,7 @@ _LOCK = threading.Lock()
 def store_path(root: Path | str) -> Path:
     resolved = str(workspace.resolve_path(root))
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(resolved).name).strip("-") or "dataset"
-    return workspace.home() / "suggestions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}.json"
+    return paths.home() / "suggestions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}.json"
 
 
 def load(root: Path | str) -> dict[str, Any]:
@@ -113,8 +115,8 @@ def suggest(
     ``only_unlabelled``; only ``paths`` when given) and store its boxes scoring at least ``score``
     as suggestions, replacing the images' earlier suggestions. A box that duplicates a label (same
     class, IoU >= ``DUPLICATE_IOU``) is not stored. The dataset's files are only read."""
-    from workbench.evaluation import predict_records
-    from workbench.training.predict import load_predictor
+    from workbench.evaluation.evaluate import predict_records
+    from workbench.inference.predict import load_predictor
 
     opened = workspace.open_dataset(root, fmt)
     dataset = opened.dataset
@@ -164,7 +166,7 @@ def suggest(
 def duplicates(dataset: Any, record: ImageRecord, suggestion: dict[str, Any], iou: float = DUPLICATE_IOU) -> bool:
     """True when ``record`` already holds a box of the suggestion's class overlapping it at ``iou``:
     the label exists, there is nothing to suggest."""
-    from workbench.versions import iou_matrix
+    from workbench.datasets.versions import iou_matrix
 
     same = [i for i, c in enumerate(record.class_ids) if dataset.class_name(int(c)) == suggestion["label"]]
     if not same:

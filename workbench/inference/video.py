@@ -31,7 +31,8 @@ import numpy as np
 from workbench.errors import ReadError, WorkbenchError, WriteError
 
 if TYPE_CHECKING:
-    from workbench.training.predict import Detections, Predictor
+    from workbench.annotations import Detections
+    from workbench.training.predictor import Predictor
 
 # (container suffix, fourcc): what the demo writes, best first.
 BROWSER_CODEC = (".webm", "VP80")
@@ -218,7 +219,7 @@ def annotate_video(
     so a failure leaves no half-written file (nor a previous one damaged). Raises ``ReadError``
     when ``src`` cannot be opened or no frame of it decodes.
     """
-    from workbench.images import annotate
+    from workbench.drawing import annotate
 
     src, dst = Path(src), Path(dst)
     predict = predictor if callable(predictor) else _predict_with(predictor)
@@ -296,7 +297,7 @@ def _detections_log(path: Path | None) -> Iterator[Callable[..., None] | None]:
     if path is None:
         yield None
         return
-    from workbench.training.predict import detections_to_json
+    from workbench.annotations import detections_to_json
 
     try:
         file = open(path, "w", encoding="utf-8")  # closed by the with below

@@ -33,25 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from workbench import workspace
-from workbench.annotations import Dataset
+from workbench import paths
+from workbench.datasets import catalog as workspace
+from workbench.annotations import Dataset, content_hash
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
 
 SAME_PX = 0.5  # boxes closer than this (px, every side) are the same box
 MOVED_IOU = 0.3  # an old and a new box of one image overlapping at least this much are one box moved
 CURRENT = "current"  # the name of the labels as they are now, in ``diff``
-
-
-def content_hash(dataset: Dataset) -> str:
-    """sha256 of the annotations' content; equal to ``workbench.training.data.dataset_hash``."""
-    h = hashlib.sha256()
-    h.update(json.dumps(dataset.classes).encode())
-    for r in sorted(dataset.images, key=lambda r: r.path):
-        h.update(json.dumps([r.path, r.width, r.height, r.split]).encode())
-        h.update(np.ascontiguousarray(r.boxes, dtype=np.float64).tobytes())
-        h.update(np.ascontiguousarray(r.class_ids, dtype=np.int64).tobytes())
-    return h.hexdigest()
 
 
 def snapshot(dataset: Dataset) -> dict[str, Any]:
@@ -79,7 +69,7 @@ def store_dir(root: Path | str) -> Path:
     """The folder holding the versions of the dataset in ``root``."""
     resolved = str(workspace.resolve_path(root))
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(resolved).name).strip("-") or "dataset"
-    return workspace.home() / "versions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+    return paths.home() / "versions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
 def list_versions(root: Path | str) -> list[dict[str, Any]]:

@@ -33,9 +33,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from workbench.annotations import Detections
 from workbench.errors import WorkbenchError
 from workbench.training import registry
-from workbench.training.predict import Detections, Predictor, pick_device
+from workbench.training.predictor import Predictor, pick_device
 
 log = logging.getLogger("workbench.training")
 
@@ -257,7 +258,7 @@ class TwoStagePredictor(Predictor):
 
 def load_two_stage(folder: Path, config: dict[str, Any], card: dict[str, Any], device: torch.device) -> Predictor:
     from workbench.training.models import load_matching
-    from workbench.training.predict import load_checkpoint
+    from workbench.training.predictor import load_checkpoint
 
     state = load_checkpoint(folder / "model_best.pth")
     classes = list(state["classes"])
@@ -287,8 +288,8 @@ def _val_faces(
 
     The face detector is not trained, so this is done once and each epoch only re-classifies.
     """
-    from workbench.images import load_image
-    from workbench.training.loop import Cancelled
+    from workbench.fileio import load_image
+    from workbench.training.engines.torchvision import Cancelled
 
     faces, truth_crops = [], []
     for i, r in enumerate(records):
@@ -305,7 +306,7 @@ def _val_faces(
 
 def _pipeline_ap(model: nn.Module, faces: list, gt: dict[str, Any], device: torch.device) -> dict[str, float]:
     """COCO stats of the whole pipeline on the validation images (``faces`` from ``_val_faces``)."""
-    from workbench.training.coco_eval import coco_stats
+    from workbench.metrics import coco_stats
 
     results = []
     model.eval()
@@ -366,10 +367,10 @@ def main(
     """
     import torchvision.transforms.v2 as T
 
-    from workbench.images import load_image
-    from workbench.training import loop
-    from workbench.training.coco_eval import coco_ground_truth
-    from workbench.training.predict import load_checkpoint
+    from workbench.fileio import load_image
+    from workbench.metrics import coco_ground_truth
+    from workbench.training.engines import torchvision as loop
+    from workbench.training.predictor import load_checkpoint
 
     config = loop.TrainConfig.from_dict(config) if isinstance(config, dict) else config
     budget = loop.TimeBudget(config.time)

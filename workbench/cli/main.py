@@ -15,16 +15,15 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from workbench.convert import IMAGE_MODES, convert
-from workbench.demo_cli import add_commands as add_demo_commands
+from workbench.cli.evaluation import add_commands as add_eval_commands
+from workbench.cli.labelling import add_commands as add_labelling_commands
+from workbench.cli.training import add_commands as add_training_commands
+from workbench.datasets.convert import IMAGE_MODES, convert
+from workbench.datasets.health import KINDS, check
+from workbench.demo.server import add_commands as add_demo_commands
 from workbench.errors import DatasetReadError, WorkbenchError
-from workbench.eval_cli import add_commands as add_eval_commands
 from workbench.formats import FORMATS, load_dataset
-from workbench.health import KINDS, check
-from workbench.labelling_cli import add_commands as add_labelling_commands
-from workbench.training.cli import add_commands as add_training_commands
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from workbench.paths import PROJECT_ROOT
 
 
 def _error(message: str) -> None:

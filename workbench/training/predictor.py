@@ -1,60 +1,24 @@
-"""Run a trained model: the one API that evaluation, FiftyOne and the demo build on.
-
-    from workbench.training.predict import load_predictor
-    predictor = load_predictor("latest")            # or a run name, or a run folder
-    det = predictor.predict(image)                  # image: (H, W, 3) uint8 RGB
-    det.boxes, det.scores, det.class_ids            # (N, 4) x1 y1 x2 y2 pixels, (N,), (N,)
-    predictor.classes[det.class_ids[0]]
+"""A trained torch model ready to run: ``Predictor`` (``predict(image) -> Detections``), the device choice, checkpoints.
 
 Boxes are in the pixel coordinates of the image passed in (the model resizes internally
 and maps back), with the workbench's convention (0-based, ``x2``/``y2`` exclusive).
+``workbench.inference.predict.load_predictor`` builds one from a registered run.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from workbench.annotations import Detections
 from workbench.errors import WorkbenchError
-from workbench.training.registry import CARD_JSON, read_json, resolve_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Detections:
-    """Detections in one image, as parallel arrays.
-
-    Attributes:
-        boxes: ``(N, 4)`` float64 pixels ``x1, y1, x2, y2`` in the original image.
-        scores: ``(N,)`` float64 confidences in ``[0, 1]``, highest first.
-        class_ids: ``(N,)`` int64 indices into ``Predictor.classes``.
-    """
-
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    class_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        self.class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
-        n = len(self.boxes)
-        if self.scores.shape != (n,) or self.class_ids.shape != (n,):
-            raise ValueError(f"{n} boxes but {len(self.scores)} scores and {len(self.class_ids)} class ids")
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def __getitem__(self, index: Any) -> Detections:
-        """A subset: ``det[det.scores > 0.5]``, ``det[:3]``."""
-        return Detections(self.boxes[index], self.scores[index], self.class_ids[index])
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -150,51 +114,4 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise WorkbenchError(f"{path}: cannot read checkpoint: {e}") from e
 
 
-def load_predictor(run: str | Path = "latest", device: str = "auto") -> Predictor:
-    """The predictor of a registered run: ``"latest"``, a run name or a run folder.
-
-    Uses the best epoch's weights (``model_best.pth``), else the last checkpoint.
-    """
-    folder = resolve_run(run)
-    config = read_json(folder / "config.json")
-    if not config:
-        raise WorkbenchError(f"{folder}: config.json missing or unreadable")
-    card = read_json(folder / CARD_JSON) or {
-        "run": folder.name,
-        "engine": config.get("engine"),
-        "model": config.get("model"),
-        "classes": config.get("classes"),
-        "finished": False,
-    }
-    torch_device = pick_device(device)
-    if config.get("engine", "torchvision") == "detectron2":
-        from workbench.training.engine_detectron2 import load_model as load_d2
-
-        model = load_d2(folder, config, torch_device)
-        return Predictor(model, classes=config["classes"], card=card, run_dir=folder, device=torch_device)
-
-    if config.get("engine") == "two-stage":  # face detector + crop classifier (face-then-classify recipe)
-        from workbench.training.two_stage import load_two_stage
-
-        return load_two_stage(folder, config, card, torch_device)
-
-    from workbench.training.models import build_model, load_matching
-
-    file = folder / "model_best.pth" if (folder / "model_best.pth").is_file() else folder / "checkpoint.pth"
-    checkpoint = load_checkpoint(file)
-    classes = list(checkpoint.get("classes") or config["classes"])
-    model = build_model(config["model"], len(classes) + 1, weights=None, imgsz=int(config["imgsz"]))
-    load_matching(model, checkpoint["model"])
-    log.info("loaded %s (%s, epoch %s)", file, config["model"], checkpoint.get("epoch"))
-    return Predictor(model, classes=classes, card=card, run_dir=folder, device=torch_device)
-
-
-def detections_to_json(det: Detections, classes: list[str]) -> list[dict[str, Any]]:
-    """Plain JSON records ``{"box": [x1, y1, x2, y2], "score", "class_id", "class"}``."""
-    return [
-        {"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "class_id": int(c), "class": classes[c]}
-        for b, s, c in zip(det.boxes, det.scores, det.class_ids, strict=True)
-    ]
-
-
-__all__ = ["Detections", "Predictor", "detections_to_json", "load_predictor", "pick_device", "resolve_run"]
+__all__ = ["Predictor", "image_tensor", "load_checkpoint", "pick_device"]

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from workbench import workspace
+from workbench import paths
 from workbench.annotations import Dataset, ImageRecord
+from workbench.datasets import catalog as workspace
 from workbench.errors import WorkbenchError, WriteError
 from workbench.fileio import atomic_write, relpath
 from workbench.formats import get_format
@@ -336,7 +337,7 @@ class Journal:
     """
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = Path(path) if path else workspace.home() / "journal.jsonl"
+        self.path = Path(path) if path else paths.home() / "journal.jsonl"
         self.blobs = self.path.parent / "journal-blobs"
 
     def put(self, data: bytes) -> str:
@@ -395,7 +396,7 @@ def _render(dataset: Dataset, records: list[ImageRecord], class_files: bool) -> 
     """The files the format writes for ``records`` (and its class-list files when asked), as
     ``relative path -> bytes``, rendered in a scratch folder: nothing under the root is touched."""
     module = get_format(dataset.format)
-    scratch = Path(tempfile.mkdtemp(prefix="render-", dir=workspace.home()))
+    scratch = Path(tempfile.mkdtemp(prefix="render-", dir=paths.home()))
     try:
         if class_files and dataset.format == "yolo":
             module.save_names(dataset, scratch)

@@ -44,17 +44,18 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from workbench.annotations import Detections, detections_to_json
+from workbench.drawing import annotate, class_colour
 from workbench.errors import ReadError, WorkbenchError
 from workbench.fileio import load_image
-from workbench.images import annotate, class_colour
-from workbench.training.paths import models_dir
-from workbench.training.predict import Detections, Predictor, detections_to_json, load_predictor
+from workbench.inference.predict import load_predictor
+from workbench.paths import SAMPLE_DATASET, models_dir
+from workbench.training.predictor import Predictor
 from workbench.training.registry import LATEST, resolve_run
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_IMAGES = PROJECT_ROOT / "datasets" / "facemask-sample" / "images"
+SAMPLE_IMAGES = SAMPLE_DATASET / "images"
 TRAIN_HINT = (
     "Train one with `workbench train --data datasets/facemask-sample --wait` (or on the **Train** page of "
     "`workbench ui`). The demo picks up the new `models/latest` on the next request: no restart needed."
@@ -292,7 +293,7 @@ class DetectorDemo:
     ) -> tuple[str, str]:
         """``video_path`` -> (annotated WebM path, status). Runs the model on every
         ``frame_step``-th frame; the frames between keep the last boxes (``video.annotate_video``)."""
-        from workbench import video
+        from workbench.inference import video
 
         if not video_path:
             raise gr.Error("Upload a video first.", title="No video")

@@ -421,9 +421,10 @@ def prepare_run(config: TrainConfig, folder: Path) -> dict[str, Any]:
     On resume the saved class list and split are reused, so that the run stays the same
     run even when the dataset was relabelled since.
     """
-    from workbench import versions
+    from workbench.annotations import content_hash
+    from workbench.datasets import versions
     from workbench.formats import load_dataset
-    from workbench.training.data import ClassMap, dataset_hash, freeze_classes, split_records
+    from workbench.splits import ClassMap, freeze_classes, split_records
 
     dataset = load_dataset(config.data, config.format, strict=False)
     if dataset.skipped:
@@ -447,7 +448,7 @@ def prepare_run(config: TrainConfig, folder: Path) -> dict[str, Any]:
         "train": train,
         "val": val,
         "how": how,
-        "hash": dataset_hash(dataset),
+        "hash": content_hash(dataset),
         "version": versions.take_for_training(dataset, folder),
     }
 
@@ -464,10 +465,10 @@ def main(
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    from workbench.training.coco_eval import evaluate
     from workbench.training.data import DetectionDataset, collate, train_transforms
     from workbench.training.models import apply_structure, build_model, get_spec, resolve_weights, structure_of
-    from workbench.training.predict import load_checkpoint, pick_device
+    from workbench.training.predictor import load_checkpoint, pick_device
+    from workbench.training.validate import evaluate
 
     config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     budget = TimeBudget(config.time)

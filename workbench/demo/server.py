@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
-from workbench.training.paths import workspace_dir
+from workbench.paths import home
 
 STATE_FILE = "demo.json"
 LOG_FILE = "demo.log"
@@ -52,7 +52,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 
 
 def state_path() -> Path:
-    return workspace_dir() / STATE_FILE
+    return home() / STATE_FILE
 
 
 def _alive(pid: int) -> bool:
@@ -129,7 +129,7 @@ def start(
     running = read_state()
     if running:
         return running
-    log_path = workspace_dir() / LOG_FILE
+    log_path = home() / LOG_FILE
     command = [sys.executable, "-m", "workbench.cli", "demo", "--model", model, "--port", str(port), "--host", host]
     if share:
         command.append("--share")
@@ -189,7 +189,7 @@ def status() -> dict[str, Any] | None:
     state = read_state()
     if state:
         state["responding"] = responds(state["local_url"])
-        state["log"] = str(workspace_dir() / LOG_FILE)
+        state["log"] = str(home() / LOG_FILE)
     return state
 
 
@@ -197,7 +197,7 @@ def status() -> dict[str, Any] | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.demo import DemoLimits, DetectorDemo, ModelSource, build_demo, launch
+    from workbench.demo.gradio_app import DemoLimits, DetectorDemo, ModelSource, build_demo, launch
 
     auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
     limits = DemoLimits(concurrency=args.concurrency)

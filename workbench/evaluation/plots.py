@@ -15,12 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from workbench.images import class_colour
+from workbench.drawing import class_colour
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from workbench.evaluation import EvalReport
+    from workbench.evaluation.evaluate import EvalReport
 
 
 def ap_figure(report: EvalReport) -> Figure:
@@ -133,7 +133,7 @@ def draw_comparison(
     colours follow each list's own class ids (``workbench.images.class_colour``)."""
     from PIL import ImageDraw, ImageFont
 
-    from workbench.images import draw_boxes
+    from workbench.drawing import draw_boxes
 
     out = draw_boxes(image, gt_boxes, gt_class_ids, gt_names, width=3, labels=False)
     draw = ImageDraw.Draw(out)

@@ -12,7 +12,7 @@ import sys
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from workbench import suggestions
+    from workbench.labelling import suggestions
 
     result = suggestions.suggest(
         args.data,
@@ -46,7 +46,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from workbench import review, workspace
+    from workbench.datasets import catalog as workspace
+    from workbench.labelling import review
 
     opened = workspace.open_dataset(args.data, args.src_format)
     queue = review.build_queue(opened, evaluation=review.last_evaluation(opened.root))
@@ -63,7 +64,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from workbench import versions, workspace
+    from workbench.datasets import catalog as workspace
+    from workbench.datasets import versions
 
     dataset = workspace.open_dataset(args.data, args.src_format).dataset
     entry = versions.take_version(dataset, name=args.name, reason=args.reason)
@@ -72,7 +74,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from workbench import versions
+    from workbench.datasets import versions
 
     found = versions.list_versions(args.data)
     if args.json:
@@ -91,7 +93,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from workbench import versions
+    from workbench.datasets import versions
 
     result = versions.diff(args.data, args.old, args.new)
     if args.json:
@@ -122,7 +124,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from workbench.formats import FORMATS
-    from workbench.suggestions import DEFAULT_SCORE
+    from workbench.labelling.suggestions import DEFAULT_SCORE
 
     formats = sorted(FORMATS)
 
@@ -166,6 +168,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":
-    from workbench.cli import main
+    from workbench.cli.main import main
 
     sys.exit(main())

@@ -39,11 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from workbench.annotations import Dataset, ImageRecord
+from workbench.annotations import Dataset, Detections, ImageRecord
 from workbench.errors import WorkbenchError
-from workbench.training.coco_eval import STAT_NAMES, coco_ground_truth
-from workbench.training.data import ClassMap, split_records
-from workbench.training.predict import Detections
+from workbench.metrics import STAT_NAMES, coco_ground_truth
+from workbench.splits import ClassMap, split_records
 
 log = logging.getLogger(__name__)
 
@@ -462,8 +461,8 @@ def read_detections(out_dir: Path) -> dict[str, Detections]:
 
 def save_report(report: EvalReport, out_dir: Path, *, records: list[ImageRecord], detections: list[Detections]) -> Path:
     """Write ``metrics.json``, ``detections.json``, ``coco_results.json`` and the PNG plots into ``out_dir``."""
+    from workbench.evaluation.plots import save_plots
     from workbench.fileio import atomic_write
-    from workbench.plots import save_plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -548,7 +547,7 @@ def evaluate_run(
     """Predict with run ``run`` (``"latest"``, a name or a folder) on dataset ``data`` and compute
     every metric; with ``save`` write them into ``<run>/eval/<dataset>-<split>/``."""
     from workbench.formats import load_dataset
-    from workbench.training.predict import load_predictor
+    from workbench.inference.predict import load_predictor
 
     predictor = load_predictor(run, device=device)
     dataset = load_dataset(data, fmt, strict=False)

@@ -1,0 +1,1 @@
+"""The ``workbench`` command line: ``main`` builds the parser, one module per group of commands."""

@@ -1,0 +1,1 @@
+"""Datasets: the dataset list (catalog), the index cache, thumbnails, health, versions, convert."""

@@ -1,0 +1,1 @@
+"""Evaluation: COCO reports of a run on a dataset, their plots, FiftyOne error analysis."""

@@ -1,0 +1,1 @@
+"""Labelling: edits in memory, saving them back (journal, undo, conflicts), suggestions, review."""
