@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.datasets import catalog as workspace
+from workbench.datasets import catalog
 from workbench.errors import WorkbenchError
 
 HERE = Path(__file__).resolve().parent
@@ -37,8 +37,8 @@ def _startup(argv: tuple[str, ...]) -> str | None:
     parser.add_argument("--format", dest="fmt")
     args, _ = parser.parse_known_args(list(argv))
     if args.data:
-        return workspace.add_dataset(args.data, args.fmt).path
-    sample = workspace.ensure_sample()
+        return catalog.add_dataset(args.data, args.fmt).path
+    sample = catalog.ensure_sample()
     return sample.path if sample else None
 
 

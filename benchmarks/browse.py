@@ -73,9 +73,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="browse-bench-") as tmp:
         tmp = Path(tmp)
         os.environ["WORKBENCH_HOME"] = str(tmp / "home")
-        from workbench.datasets import catalog as workspace
+        from workbench.datasets import index, thumbnails
         from workbench.formats import voc
-        from workbench.labelling import edits
+        from workbench.labelling import edits, saving
 
         root = tmp / "voc"
         seconds, _ = timed(lambda: build(args.shared, root, args.images))
@@ -83,30 +83,30 @@ def main() -> int:
 
         results: dict[str, float] = {}
         results["format loader alone (no cache)"], _ = timed(lambda: voc.load(root, strict=False))
-        results["index cold"], cold = timed(lambda: workspace.open_dataset(root))
+        results["index cold"], cold = timed(lambda: index.open_dataset(root))
         assert not cold.from_cache
-        results["index warm"], warm = timed(lambda: workspace.open_dataset(root), repeat=5)
+        results["index warm"], warm = timed(lambda: index.open_dataset(root), repeat=5)
         assert warm.from_cache and len(warm.dataset) == args.images
 
         xml = root / warm.dataset.images[5].annotation
         xml.write_text(xml.read_text(encoding="utf-8").replace("<xmin>", "<xmin>1", 1), encoding="utf-8")
-        results["index, one XML changed"], partial = timed(lambda: workspace.open_dataset(root))
+        results["index, one XML changed"], partial = timed(lambda: index.open_dataset(root))
         assert partial.from_cache  # one file re-read, not 10,000
 
         dataset = partial.dataset
         page = dataset.images[:50]
-        results["gallery page cold"], _ = timed(lambda: [workspace.tile(dataset, r) for r in page])
-        results["gallery page warm"], tiles = timed(lambda: [workspace.tile(dataset, r) for r in page], repeat=3)
+        results["gallery page cold"], _ = timed(lambda: [thumbnails.tile(dataset, r) for r in page])
+        results["gallery page warm"], tiles = timed(lambda: [thumbnails.tile(dataset, r) for r in page], repeat=3)
         assert len(tiles) == 50
 
-        journal = edits.Journal()
+        journal = saving.Journal()
         positions = iter(i for i, r in enumerate(dataset.images) if len(r))
 
         def save_one() -> None:
             i = next(positions)
             record = dataset.images[i].copy()
             edits.relabel_box(record, 0, (int(record.class_ids[0]) + 1) % len(dataset.classes))
-            edits.save_record(partial, i, record, journal=journal, message="benchmark")
+            saving.save_record(partial, i, record, journal=journal, message="benchmark")
 
         results["save one edit"], _ = timed(save_one, repeat=9)
 

@@ -40,7 +40,7 @@ def stand_in_run(root: Path) -> str:
     """A registry run of the default CPU model (untrained head) under ``root``; returns its name."""
     import torch
 
-    from workbench.training.engines.torchvision import default_model
+    from workbench.training.config import default_model
     from workbench.training.models import build_model, get_spec
 
     name = default_model("cpu")
@@ -67,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from workbench.demo.gradio_app import DemoLimits, DetectorDemo, ModelSource
+    from workbench.demo.detector import DemoLimits, DetectorDemo, ModelSource
     from workbench.errors import WorkbenchError
     from workbench.fileio import load_image
     from workbench.training.registry import resolve_run
@@ -136,10 +136,23 @@ def main() -> int:
 
         log = open(tmp / "server.log", "w+b")  # closed with the server below
         server = subprocess.Popen(
-            [sys.executable, "-m", "workbench.cli", "demo", "--model", str(resolve_run(run)), "--device", "cpu",
-             "--port", str(args.port)],
-            cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "workbench.cli",
+                "demo",
+                "--model",
+                str(resolve_run(run)),
+                "--device",
+                "cpu",
+                "--port",
+                str(args.port),
+            ],
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"),
+        )
         try:
             deadline = time.monotonic() + 180
             while b"workbench demo: serving on" not in (tmp / "server.log").read_bytes():

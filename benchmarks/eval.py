@@ -9,11 +9,11 @@ On the shared VOC set (``../shared/datasets/andrewmvd-voc``, only read):
    the workbench's validation split; ``all``: every image; ``--limit`` keeps the first N);
 2. times, in this order and in one process:
 
-   * ``predict``: the model on every image (``evaluation.predict_records``, score >= 0.001,
+   * ``predict``: the model on every image (``inference.images.predict_records``, score >= 0.001,
      100 detections per image: what ``workbench eval`` runs; the model is loaded and warmed
      up on one image first, outside the timing);
    * ``coco``: pycocotools AP/AR, per-class AP, PR curves, the confusion matrix
-     (``evaluation.compute_report``);
+     (``evaluation.evaluate.compute_report``);
    * ``fiftyone``: building the FiftyOne dataset (``refresh``), loading the predictions,
      ``evaluate_detections`` twice (classwise and not), fiftyone-brain mistakenness and the
      saved views (``fiftyone_app.evaluate``). The mongod start-up is timed apart and left out;
@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from workbench.evaluation import fiftyone_app as fa
-    from workbench.evaluation.evaluate import compute_report, predict_records, select_records
+    from workbench.evaluation.evaluate import compute_report, select_records
     from workbench.fileio import load_image
     from workbench.formats import load_dataset
+    from workbench.inference.images import predict_records
     from workbench.inference.predict import load_predictor
 
     predictor = load_predictor(args.model, device="cpu")
     dataset = load_dataset(args.data, strict=False)
-    records, how = select_records(dataset, split=None if args.split == "val" else args.split, run_dir=predictor.run_dir)
+    records, how = select_records(dataset, split=args.split, run_dir=predictor.run_dir)
     if args.limit:
         records = records[: args.limit]
     boxes = sum(len(r) for r in records)

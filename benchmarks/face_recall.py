@@ -24,65 +24,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workbench.boxes import iou  # noqa: E402
 from workbench.fileio import load_image  # noqa: E402
 from workbench.formats import load_dataset  # noqa: E402
 from workbench.splits import split_records  # noqa: E402
+from workbench.training.faces import face_detector  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "andrewmvd-voc"
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of ``x1, y1, x2, y2`` boxes."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def upscale(rgb: np.ndarray, factor: float) -> np.ndarray:
-    if factor == 1:
-        return rgb
-    h, w = rgb.shape[:2]
-    return np.asarray(Image.fromarray(rgb).resize((round(w * factor), round(h * factor)), Image.BILINEAR))
-
-
-def retinaface_detector(*, factor: float, score_threshold: float):
-    import retinaface
-
-    def detect(rgb: np.ndarray) -> np.ndarray:
-        faces = retinaface.detect_faces(upscale(rgb, factor), score_threshold=score_threshold, nms_threshold=0.4)
-        boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], dtype=np.float64).reshape(-1, 4)
-        return boxes / factor
-
-    return detect
-
-
-def mtcnn_detector(*, factor: float, threshold: float):
-    from facenet_pytorch import MTCNN
-
-    mtcnn = MTCNN(keep_all=True, device="cpu")
-
-    def detect(rgb: np.ndarray) -> np.ndarray:
-        boxes, probs = mtcnn.detect(Image.fromarray(upscale(rgb, factor)))
-        if boxes is None:
-            return np.zeros((0, 4))
-        # facenet-pytorch returns object arrays when it found faces in a batch of one: make them floats
-        boxes = np.asarray(boxes.tolist(), dtype=np.float64).reshape(-1, 4)
-        probs = np.asarray(probs.tolist(), dtype=np.float64).reshape(-1)
-        return boxes[probs >= threshold] / factor
-
-    return detect
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     classes = dataset.classes
     gt_count = np.bincount(np.concatenate([r.class_ids for r in records]), minlength=len(classes))
     detectors = {
-        "retinaface x1 s0.5": retinaface_detector(factor=1, score_threshold=0.5),
-        "retinaface x2 s0.3": retinaface_detector(factor=2, score_threshold=0.3),
-        "retinaface x3 s0.3": retinaface_detector(factor=3, score_threshold=0.3),
-        "mtcnn x1 p0.7": mtcnn_detector(factor=1, threshold=0.7),
-        "mtcnn x2 p0.7": mtcnn_detector(factor=2, threshold=0.7),
+        "retinaface x1 s0.5": face_detector("retinaface", upscale=1, threshold=0.5),
+        "retinaface x2 s0.3": face_detector("retinaface", upscale=2, threshold=0.3),
+        "retinaface x3 s0.3": face_detector("retinaface", upscale=3, threshold=0.3),
+        "mtcnn x1 p0.7": face_detector("mtcnn", upscale=1, threshold=0.7),
+        "mtcnn x2 p0.7": face_detector("mtcnn", upscale=2, threshold=0.7),
     }
     print(f"{len(records)} validation images of {args.data} ({how}); ground-truth faces per class:")
     print("  " + ", ".join(f"{c} {n}" for c, n in zip(classes, gt_count, strict=True)))
@@ -116,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         n_det = n_hit = 0
         t0 = time.perf_counter()
         for record, rgb in zip(records, images, strict=True):
-            boxes = detect(np.ascontiguousarray(rgb))
-            iou = iou_matrix(record.boxes, boxes)
-            best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(record.boxes))
+            boxes, _ = detect(np.ascontiguousarray(rgb))
+            overlap = iou(record.boxes, boxes)
+            best = overlap.max(axis=1) if overlap.shape[1] else np.zeros(len(record.boxes))
             for t in found:
                 found[t] += np.bincount(record.class_ids[best >= t], minlength=len(classes))
             n_det += len(boxes)
-            n_hit += int((iou.max(axis=0) >= 0.3).sum()) if iou.shape[0] else 0
+            n_hit += int((overlap.max(axis=0) >= 0.3).sum()) if overlap.shape[0] else 0
         seconds = (time.perf_counter() - t0) / len(records)
         rows.append((name, found, n_det, n_hit, seconds))
 

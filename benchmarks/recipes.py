@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workbench.training import jobs, recipes, registry  # noqa: E402
+from workbench.training.config import build_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "andrewmvd-voc"
 RESULTS = ROOT / "benchmarks" / "results" / "recipes.json"
@@ -67,12 +68,13 @@ class LoadSampler:
 
 def train_one(name: str, data: str, minutes: float | None) -> dict[str, Any]:
     """Train recipe ``name`` as a background job; return what the job did."""
-    config = {**recipes.recipe_config(name, device="cpu"), "data": data}
+    overrides: dict[str, Any] = {"data": data}
     shown = os.path.relpath(data, ROOT) if Path(data).is_absolute() else data
     command = f"workbench train --recipe {name} --data {shown} --device cpu"
-    if minutes is not None and minutes != config.get("time"):
-        config["time"] = minutes
+    if minutes is not None and minutes != recipes.recipe_config(name, device="cpu").get("time"):
+        overrides["time"] = minutes
         command += f" --time {minutes:g}"
+    config = build_config(name, "cpu", overrides)  # what that command builds
     run = jobs.start_job(config, run=registry.new_run_name(name))
     with LoadSampler() as load:
         state = jobs.wait_job(run, poll=5.0)
@@ -125,8 +127,11 @@ def latency(run: str, data: str, images: int) -> dict[str, Any]:
         predictor.predict(rgb)
         if i >= 2:  # two warm-up images
             seconds.append(time.perf_counter() - t)
-    return {"latency": statistics.median(seconds), "latency_mean": statistics.fmean(seconds),
-            "latency_images": len(seconds)}  # fmt: skip
+    return {
+        "latency": statistics.median(seconds),
+        "latency_mean": statistics.fmean(seconds),
+        "latency_images": len(seconds),
+    }
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:

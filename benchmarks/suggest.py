@@ -6,11 +6,11 @@ On a temporary copy of ``--images`` images of the shared VOC set (``../shared/da
 only read), in a temporary workspace:
 
 1. the model: ``--model`` (a run name or folder); by default a run of the default CPU model
-   (``training.loop.default_model("cpu")``) trained for 2 iterations at its own image size in a
+   (``training.config.default_model("cpu")``) trained for 2 iterations at its own image size in a
    temporary registry: throughput depends on the architecture and the image size, not on the
    weights. It is loaded and warmed up on one image outside the timing;
 2. ``suggestions.suggest`` over every image, timed in its two parts: ``predict`` (decoding the
-   images and the model: ``evaluation.predict_records``) and ``store`` (dropping suggestions that
+   images and the model: ``inference.images.predict_records``) and ``store`` (dropping suggestions that
    duplicate a label, writing the workspace's JSON store atomically);
 3. prints images per second (of ``predict`` + ``store``) and the ratio ``store / predict``.
    Best of ``--rounds`` rounds (2 cores shared with other jobs: the minimum is the least disturbed).
@@ -44,15 +44,35 @@ def copy_images(dest: Path, count: int) -> Path:
 
 
 def train_default(tmp: Path, data: Path) -> Path:
-    from workbench.training.engines.torchvision import default_model
+    from workbench.training.config import default_model
 
     model = default_model("cpu")
     env = dict(os.environ, WORKBENCH_HOME=str(tmp / "train-home"), WORKBENCH_MODELS=str(tmp / "models"))
     command = [
-        sys.executable, "-m", "workbench.cli", "train", "--data", str(data), "--model", model, "--epochs", "1",
-        "--batch", "2", "--max-iters", "2", "--workers", "0", "--max-val-images", "1", "--name", "bench",
-        "--device", "cpu", "--wait",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--max-iters",
+        "2",
+        "--workers",
+        "0",
+        "--max-val-images",
+        "1",
+        "--name",
+        "bench",
+        "--device",
+        "cpu",
+        "--wait",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=PROJECT)
     if result.returncode != 0:
         raise SystemExit(f"training the benchmark model failed:\n{result.stderr[-3000:]}")

@@ -1,6 +1,6 @@
 """Training-step overhead and loader headroom, measured side by side in one run.
 
-1. The workbench's training step (``loop.train_step`` with the AMP
+1. The workbench's training step (``engines.torchvision_epoch.train_step`` with the AMP
    scaler (disabled on the CPU), the LR scheduler and the per-iteration log: ``losses.jsonl``, TensorBoard,
    ``progress.json``) against a bare torchvision loop (forward, backward, SGD step) on the
    same batches, with two copies of the same model. The two alternate batch by batch
@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT))
 from workbench.formats import load_dataset  # noqa: E402
 from workbench.splits import ClassMap, freeze_classes, split_records  # noqa: E402
 from workbench.training.data import DetectionDataset, collate, train_transforms  # noqa: E402
-from workbench.training.engines.torchvision import IterationLog, Progress, train_step  # noqa: E402
-from workbench.training.models import build_model, get_spec, resolve_weights  # noqa: E402
+from workbench.training.engines.torchvision_epoch import train_step  # noqa: E402
+from workbench.training.models import build_model, get_spec  # noqa: E402
+from workbench.training.run import IterationLog, Progress  # noqa: E402
+from workbench.training.weights import resolve_weights  # noqa: E402
 
 
 def timed(fn, *args) -> tuple[float, float]:
@@ -64,7 +66,7 @@ def main() -> None:
     tds = DetectionDataset(dataset, train, ClassMap.build(dataset, classes), train_transforms(args.imgsz))
     loader = torch.utils.data.DataLoader(tds, batch_size=args.batch, shuffle=True, num_workers=0, collate_fn=collate)
 
-    # ---- loader: time to produce each batch in one process
+    # loader: time to produce each batch in one process
     batches, load_times = [], []
     it = iter(loader)
     while len(batches) < args.steps + 1:
@@ -108,12 +110,20 @@ def main() -> None:
 
     def wb_step(images, targets, i):
         loss, parts = train_step(
-            wb_model, images, targets, optimizer=wb_opt, scheduler=scheduler, scaler=scaler, params=wb_params,
-            clip_grad=args.clip_grad, use_amp=False, device=device,
-        )  # fmt: skip
-        progress.done += 1
-        iteration_log(epoch=0, step=i, lr=wb_opt.param_groups[0]["lr"], loss=loss, parts=parts)
-        progress.update(epoch=0, iteration=i + 1, phase="train", loss=loss)
+            wb_model,
+            images,
+            targets,
+            optimizer=wb_opt,
+            scheduler=scheduler,
+            scaler=scaler,
+            params=wb_params,
+            clip_grad=args.clip_grad,
+            use_amp=False,
+            device=device,
+        )
+        lr = wb_opt.param_groups[0]["lr"]
+        iteration_log(epoch=0, step=i, lr=lr, loss=loss, parts=parts)
+        progress.step(epoch=0, iteration=i, loss=loss, lr=lr)
 
     # warm-up (first-call allocations, oneDNN kernels)
     bare_step(*batches[0])
@@ -130,8 +140,10 @@ def main() -> None:
     def med(rows, k):
         return statistics.median(r[k] for r in rows)
 
-    print(f"model {spec.name} ({weights['kind']} weights), imgsz {args.imgsz}, batch {args.batch}, "
-          f"{args.steps} steps each, torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"model {spec.name} ({weights['kind']} weights), imgsz {args.imgsz}, batch {args.batch}, "
+        f"{args.steps} steps each, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'':28s} {'wall s/step':>12s} {'cpu s/step':>12s}")
     print(f"{'bare torchvision loop':28s} {med(bare, 0):12.3f} {med(bare, 1):12.3f}")
     print(f"{'workbench train_step + log':28s} {med(wb, 0):12.3f} {med(wb, 1):12.3f}")
@@ -147,16 +159,20 @@ def main() -> None:
         scheduler.step()
         extra.append(time.perf_counter() - w)
     extra_s = statistics.mean(extra)
-    print(f"extra work per step alone (log, progress, scheduler): {extra_s * 1000:.2f} ms "
-          f"= ratio {(med(bare, 0) + extra_s) / med(bare, 0):.4f} of the bare step")  # fmt: skip
+    print(
+        f"extra work per step alone (log, progress, scheduler): {extra_s * 1000:.2f} ms "
+        f"= ratio {(med(bare, 0) + extra_s) / med(bare, 0):.4f} of the bare step"
+    )
 
     writer.close()
     iteration_log.close()
     load = statistics.median(load_times[1:] or load_times)
     step = med(wb, 0)
     print(f"loader: {load:.3f} s per batch in one process; {args.workers} workers -> {load / args.workers:.3f} s")
-    print(f"model step / loader batch time: {step / load:.1f}x with one process, "
-          f"{step / (load / args.workers):.1f}x with {args.workers} workers (target >= 3)")  # fmt: skip
+    print(
+        f"model step / loader batch time: {step / load:.1f}x with one process, "
+        f"{step / (load / args.workers):.1f}x with {args.workers} workers (target >= 3)"
+    )
 
 
 if __name__ == "__main__":

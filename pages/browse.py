@@ -8,8 +8,10 @@ import math
 import streamlit as st
 
 from pages.common import ui
-from workbench.datasets import catalog as workspace
+from workbench.datasets import health
 from workbench.datasets.health import KINDS
+from workbench.datasets.index import OpenDataset, filter_images, get_open
+from workbench.datasets.thumbnails import tile as make_tile
 from workbench.drawing import class_colour
 
 PAGE_SIZE = 50
@@ -19,12 +21,12 @@ COLUMNS = 5
 @st.cache_data(max_entries=2000, show_spinner=False)
 def tile(root: str, fmt: str, revision: int, position: int, path: str) -> bytes:
     """One gallery tile (JPEG bytes); the revision makes a saved edit redraw its boxes."""
-    opened = workspace.get_open(root, fmt)
-    return workspace.tile(opened.dataset, opened.dataset.images[position])
+    opened = get_open(root, fmt)
+    return make_tile(opened.dataset, opened.dataset.images[position])
 
 
-def filters(opened: workspace.OpenDataset) -> dict:
-    """Draw the filter widgets; return their values as ``workspace.filter_images`` keywords."""
+def filters(opened: OpenDataset) -> dict:
+    """Draw the filter widgets; return their values as ``index.filter_images`` keywords."""
     dataset = opened.dataset
     with st.sidebar:
         st.markdown("**Filters**")
@@ -71,8 +73,8 @@ def main() -> None:
     _, opened = found
     dataset = opened.dataset
     chosen = filters(opened)
-    report = workspace.health(opened) if chosen["kinds"] else None
-    positions = workspace.filter_images(dataset, report=report, **chosen)
+    report = health.report(opened) if chosen["kinds"] else None
+    positions = filter_images(dataset, report=report, **chosen)
     signature = repr(sorted(chosen.items()))
     if st.session_state.get("browse_signature") != signature:  # new filter: back to its first page
         st.session_state["browse_signature"] = signature

@@ -11,12 +11,13 @@ import streamlit as st
 
 from pages.common import ui
 from workbench.annotations import content_hash
-from workbench.datasets import catalog as workspace
-from workbench.datasets import versions
+from workbench.datasets import catalog, health, versions
 from workbench.datasets.health import KINDS
+from workbench.datasets.index import OpenDataset, get_open
 from workbench.drawing import colour_map
 from workbench.errors import WorkbenchError
-from workbench.formats import FORMATS, detect_format
+from workbench.fileio import is_image
+from workbench.formats import FORMATS, capabilities, detect_format, label
 
 FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
 
@@ -27,17 +28,22 @@ def open_image(image: str, box: int | None = None) -> None:
     st.switch_page("pages/annotate.py")
 
 
-def add_form() -> workspace.DatasetEntry | None:
+def add_form() -> catalog.DatasetEntry | None:
     """The 'add a dataset' form. Shows the resolved path and the detected format before
     anything is added; returns the entry once added."""
     with st.container(border=True):
         st.markdown("**Add a dataset**")
         text = st.text_input("Folder", placeholder="/path/to/dataset", key="add_path")
-        choice = st.selectbox("Format", ["detect", *sorted(FORMATS)], key="add_format")
+        choice = st.selectbox(
+            "Format",
+            ["detect", *sorted(FORMATS)],
+            format_func=lambda f: f if f == "detect" else label(f),
+            key="add_format",
+        )
         if not text.strip():
             return None
         try:
-            root = workspace.resolve_path(text)
+            root = catalog.resolve_path(text)
         except WorkbenchError as e:
             st.error(str(e))
             return None
@@ -50,39 +56,39 @@ def add_form() -> workspace.DatasetEntry | None:
         except WorkbenchError as e:
             st.warning(f"{e}")
             return None
-        st.info(f"Will add `{root}` as **{found.upper()}**.")
+        st.info(f"Will add `{root}` as **{label(found)}**.")
         if st.button("Add this dataset", type="primary", key="add_confirm"):
-            entry = workspace.add_dataset(root, found)
+            entry = catalog.add_dataset(root, found)
             st.session_state["dataset"] = entry.path
             return entry
     return None
 
 
-def chooser(entries: list[workspace.DatasetEntry], current: workspace.DatasetEntry | None) -> None:
-    labels = {e.path: f"{e.name} ({e.format}) — {e.path}" for e in entries}
+def chooser(entries: list[catalog.DatasetEntry], current: catalog.DatasetEntry | None) -> None:
+    labels = {e.path: f"{e.name} ({label(e.format)}) — {e.path}" for e in entries}
     paths = list(labels)
     index = paths.index(current.path) if current and current.path in paths else 0
     picked = st.radio("Open dataset", paths, index=index, format_func=labels.get, key="dataset_choice")
     if picked != (current.path if current else None):
         st.session_state["dataset"] = picked
-        workspace.set_current(picked)
+        catalog.set_current(picked)
         for key in ("image", "filter_classes", "filter_kinds", "filter_splits", "gallery_page"):
             st.session_state.pop(key, None)
         st.rerun()
     col1, col2 = st.columns(2)
     if col1.button("Reload from disk", key="reload"):
-        entry = workspace.find_dataset(picked)
-        workspace.get_open(entry.path, entry.format, reload=True)
+        entry = catalog.find_dataset(picked)
+        get_open(entry.path, entry.format, reload=True)
         st.rerun()
     if col2.button("Forget this dataset", key="forget", help="Removes it from the list; no file is touched."):
-        workspace.remove_dataset(picked)
+        catalog.remove_dataset(picked)
         st.session_state.pop("dataset", None)
         st.rerun()
 
 
-def summary(opened: workspace.OpenDataset) -> None:
+def summary(opened: OpenDataset) -> None:
     dataset = opened.dataset
-    report = workspace.health(opened)
+    report = health.report(opened)
     cols = st.columns(5)
     cols[0].metric("Images", f"{len(dataset):,}")
     cols[1].metric("Boxes", f"{dataset.num_boxes:,}")
@@ -90,7 +96,7 @@ def summary(opened: workspace.OpenDataset) -> None:
     cols[3].metric("Findings", f"{len(report.findings):,}")
     cols[4].metric("Unreadable files", len(dataset.skipped))
     st.caption(
-        f"`{dataset.root}` · {dataset.format.upper()} · loaded in {opened.seconds:.2f} s"
+        f"`{dataset.root}` · {label(dataset.format)} · loaded in {opened.seconds:.2f} s"
         + (" from the index cache" if opened.from_cache else "")
     )
     left, right = st.columns(2)
@@ -151,13 +157,14 @@ def summary(opened: workspace.OpenDataset) -> None:
                 )
 
 
-def add_images_form(opened: workspace.OpenDataset) -> None:
+def add_images_form(opened: OpenDataset) -> None:
     """Upload images, or copy a folder's images, into the dataset; they arrive unlabelled."""
     with st.expander("Add images"):
-        if opened.dataset.format == "coco":
-            st.info("A COCO dataset lists its images in its JSON file: convert it, or add images to the JSON.")
+        if not capabilities(opened.dataset.format).add_images:
+            why = catalog.cannot_add_images(opened.dataset.format)
+            st.info(why[0].upper() + why[1:] + ".")
             return
-        folder = workspace.image_folder(opened.dataset)
+        folder = catalog.image_folder(opened.dataset)
         st.caption(f"Copied into `{folder or '.'}/`. With no label yet, they go first in Annotate's review queue.")
         uploads = st.file_uploader(
             "Image files",
@@ -167,21 +174,17 @@ def add_images_form(opened: workspace.OpenDataset) -> None:
         )
         source = st.text_input("…or a folder of images", placeholder="/path/to/new/images", key="add_images_folder")
         if st.button("Add to the dataset", key="add_images_confirm", disabled=not uploads and not source.strip()):
-            from workbench.fileio import is_image
-
             try:
-                written = workspace.add_images(opened.dataset, {u.name: u.getvalue() for u in uploads or []})
+                written = catalog.add_images(opened.dataset, {u.name: u.getvalue() for u in uploads or []})
                 if source.strip():
-                    root = workspace.resolve_path(source)
+                    root = catalog.resolve_path(source)
                     if not root.is_dir():
                         raise WorkbenchError(f"{root}: not a folder")
-                    written += workspace.add_images(
-                        opened.dataset, sorted(p for p in root.iterdir() if is_image(p.name))
-                    )
+                    written += catalog.add_images(opened.dataset, sorted(p for p in root.iterdir() if is_image(p.name)))
             except (WorkbenchError, OSError) as e:
                 st.error(str(e))
                 return
-            workspace.get_open(opened.root, opened.dataset.format, reload=True)
+            get_open(opened.root, opened.dataset.format, reload=True)
             st.session_state["datasets_flash"] = (
                 f"Added {len(written)} image(s). Run `workbench suggest --data {opened.root} --only-unlabelled` "
                 "to pre-annotate them."
@@ -208,7 +211,7 @@ def add_images_form(opened: workspace.OpenDataset) -> None:
             st.rerun()
 
 
-def versions_section(opened: workspace.OpenDataset) -> None:
+def versions_section(opened: OpenDataset) -> None:
     """The dataset's versions (taken when training starts, or here), and the diff of two."""
     st.subheader("Versions")
     found = versions.list_versions(opened.root)
@@ -291,8 +294,8 @@ def main() -> None:
     st.title("Datasets")
     added = add_form()
     if added is not None:
-        st.success(f"Added {added.name} ({added.format}).")
-    entries = workspace.list_datasets()
+        st.success(f"Added {added.name} ({label(added.format)}).")
+    entries = catalog.list_datasets()
     if not entries:
         st.info("No dataset yet: add a folder above.")
         return

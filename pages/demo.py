@@ -1,6 +1,6 @@
 """Demo: start the Gradio demo of a trained model, stop it, and open it.
 
-The demo is its own process (``workbench demo``, see ``workbench.demo_cli``): it keeps serving
+The demo is its own process (``workbench demo``, see ``workbench.demo.server``): it keeps serving
 when this page or Streamlit closes, and this page finds it again through the workspace's
 ``demo.json``. Gradio is not imported here.
 """
@@ -9,32 +9,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.demo import server as demo_cli
+from workbench.demo import server
 from workbench.errors import WorkbenchError
+from workbench.fileio import tail_lines
 from workbench.training import registry
 
 LOG_LINES = 30
 
 
 def run_choices() -> list[str]:
-    """``latest`` first, then every run with a checkpoint, newest first."""
-    names = []
-    try:
-        for run in registry.list_runs():
-            folder = run["path"]
-            if (folder / "model_best.pth").is_file() or (folder / "checkpoint.pth").is_file():
-                names.append(run["run"])
-    except OSError:
-        pass
-    return ["latest", *names]
-
-
-def log_tail(path: str, lines: int = LOG_LINES) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
+    """``latest`` first, then every run with weights, newest first."""
+    return ["latest", *registry.runs_with_weights()]
 
 
 def show_running(state: dict) -> None:
@@ -46,7 +31,7 @@ def show_running(state: dict) -> None:
     cols = st.columns([1, 1, 3])
     cols[0].link_button("Open the demo", url, type="primary", icon=":material/open_in_new:")
     if cols[1].button("Stop", icon=":material/stop:", key="demo_stop"):
-        demo_cli.stop()
+        server.stop()
         st.rerun()
     if state.get("share_url"):
         st.info(f"Public link (temporary, anyone with it can use the demo): {state['share_url']}")
@@ -66,7 +51,7 @@ def show_running(state: dict) -> None:
         '    handle_file("photo.jpg"), 0.25, 0.5, api_name="/detect_image")',
         language="python",
     )
-    tail = log_tail(state.get("log", ""))
+    tail = tail_lines(state["log"], LOG_LINES) if state.get("log") else ""
     if tail:
         with st.expander("Server log"):
             st.code(tail, language="text")
@@ -81,7 +66,7 @@ def show_start_form(latest: str | None) -> None:
         )
     with st.form("demo_start"):
         model = st.selectbox("Model", run_choices(), help="`latest` follows each new successful run")
-        port = st.number_input("Port", min_value=1024, max_value=65535, value=demo_cli.DEFAULT_PORT, step=1)
+        port = st.number_input("Port", min_value=1024, max_value=65535, value=server.DEFAULT_PORT, step=1)
         share = st.checkbox("Public share link (needs internet; anyone with the link can use the demo)")
         login = st.checkbox("Require a login")
         user = st.text_input("User")
@@ -94,7 +79,7 @@ def show_start_form(latest: str | None) -> None:
             return
         with st.spinner("Starting the demo (loading Gradio and the model)..."):
             try:
-                demo_cli.start(model=model, port=int(port), share=share, auth=auth)
+                server.start(model=model, port=int(port), share=share, auth=auth)
             except WorkbenchError as e:
                 st.error(str(e))
                 return
@@ -106,7 +91,7 @@ def main() -> None:
     st.caption("A Gradio app of the trained model: image, webcam and video tabs, the model card, and an API.")
     latest = registry.latest_name()
     st.markdown(f"Newest successful model: **`{latest}`**" if latest else "Newest successful model: none yet")
-    state = demo_cli.status()
+    state = server.status()
     if state:
         show_running(state)
     else:

@@ -10,6 +10,7 @@ Two runs' per-class AP side by side, each named with the dataset version it trai
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import altair as alt
@@ -17,17 +18,31 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import ui
-from workbench.datasets import catalog as workspace
+from workbench.datasets.catalog import DatasetEntry
+from workbench.datasets.index import OpenDataset, get_open
+from workbench.datasets.versions import run_version
 from workbench.drawing import class_colour, open_rgb, placeholder
 from workbench.errors import WorkbenchError
-from workbench.evaluation.evaluate import EvalReport, list_reports, load_report, read_detections
+from workbench.evaluation import fiftyone_app as fa
+from workbench.evaluation.evaluate import evaluate_run, load_evaluation
+from workbench.evaluation.plots import draw_evaluated
+from workbench.evaluation.report import (
+    METRICS_JSON,
+    EvalReport,
+    compare_per_class,
+    list_reports,
+    load_report,
+    read_detections,
+)
+from workbench.paths import models_dir
+from workbench.training.registry import latest_name, runs_with_weights
 
 WORST = 12  # images in the grid
 COLUMNS = 4
 TILE = 360  # px, the longer side of a grid image
 
 
-def open_in_annotate(entry: workspace.DatasetEntry, image: str) -> None:
+def open_in_annotate(entry: DatasetEntry, image: str) -> None:
     st.session_state["dataset"] = entry.path
     st.session_state["image"] = image
     st.switch_page("pages/annotate.py")
@@ -36,14 +51,7 @@ def open_in_annotate(entry: workspace.DatasetEntry, image: str) -> None:
 @st.cache_data(show_spinner=False)
 def runs(models: str) -> list[str]:
     """Names of the runs with weights, newest first (``models`` keys the cache)."""
-    from workbench.training.registry import list_runs
-
-    out = []
-    for run in list_runs():
-        path = Path(run["path"])
-        if (path / "model_best.pth").is_file() or (path / "checkpoint.pth").is_file():
-            out.append(run["run"])
-    return out
+    return runs_with_weights()
 
 
 @st.cache_data(show_spinner=False)
@@ -51,10 +59,13 @@ def cached_report(out_dir: str, mtime: float) -> EvalReport:
     return load_report(Path(out_dir))
 
 
-def pick_run() -> Path | None:
-    from workbench.paths import models_dir
-    from workbench.training.registry import latest_name
+def reports_of(run_dir: Path) -> tuple[list[Path], list[EvalReport]]:
+    """The evaluation folders of a run and their reports (cached by file time), newest first."""
+    found = list_reports(run_dir)
+    return found, [cached_report(str(p), (p / METRICS_JSON).stat().st_mtime) for p in found]
 
+
+def pick_run() -> Path | None:
     root = models_dir()
     names = runs(str(root))
     if not names:
@@ -68,13 +79,11 @@ def pick_run() -> Path | None:
     return root / name
 
 
-def evaluate_form(run_dir: Path, entry: workspace.DatasetEntry, dataset) -> None:
+def evaluate_form(run_dir: Path, entry: DatasetEntry, dataset) -> None:
     """Split and threshold choice and the Evaluate button (predicts, computes, saves into the run)."""
-    from workbench.evaluation.evaluate import evaluate_run
-
     with st.expander("Evaluate this run on the current dataset", expanded=not list_reports(run_dir)):
         c1, c2, c3 = st.columns([2, 1, 1])
-        choices = ["run's validation images", "all", *dataset.splits]
+        choices = ["default (the run's validation images on its own dataset, else all)", "all", *dataset.splits]
         split = c1.selectbox("Images", choices, key="errors_split")
         score = c2.number_input(
             "Score threshold", 0.0, 1.0, 0.25, 0.05, key="errors_score", help="of the confusion matrix and the grid"
@@ -97,13 +106,12 @@ def evaluate_form(run_dir: Path, entry: workspace.DatasetEntry, dataset) -> None
             st.rerun()
 
 
-def pick_report(run_dir: Path, entry: workspace.DatasetEntry) -> EvalReport | None:
-    found = list_reports(run_dir)
+def pick_report(run_dir: Path, entry: DatasetEntry) -> EvalReport | None:
+    found, reports = reports_of(run_dir)
     if not found:
         st.info("This run has no evaluation yet: evaluate it above (or `workbench eval --model RUN --data DATASET`).")
         return None
-    reports = [cached_report(str(p), (p / "metrics.json").stat().st_mtime) for p in found]
-    here = [i for i, r in enumerate(reports) if Path(r.dataset).resolve() == Path(entry.path).resolve()]
+    here = [i for i, r in enumerate(reports) if r.is_of(entry.path)]
     choice = st.selectbox(
         "Evaluation",
         range(len(reports)),
@@ -112,7 +120,7 @@ def pick_report(run_dir: Path, entry: workspace.DatasetEntry) -> EvalReport | No
         format_func=lambda i: f"{found[i].name}: {reports[i].split}, {len(reports[i].images)} images",
     )
     report = reports[choice]
-    if Path(report.dataset).resolve() != Path(entry.path).resolve():
+    if not report.is_of(entry.path):
         st.warning(f"This evaluation is of `{report.dataset}`, not of the current dataset `{entry.path}`.")
     return report
 
@@ -199,43 +207,28 @@ def pr_section(report: EvalReport) -> None:
 @st.cache_data(max_entries=200, show_spinner=False)
 def comparison_tile(root: str, fmt_name: str, revision: int, out_dir: str, path: str, score: float) -> bytes:
     """The image with ground truth (solid) and predictions at ``score`` (dashed), as JPEG bytes."""
-    import io
-
-    from workbench.evaluation.plots import draw_comparison
-
-    opened = workspace.get_open(root, fmt_name)
-    dataset = opened.dataset
-    report = load_report(Path(out_dir))
-    det = read_detections(Path(out_dir)).get(path)
+    dataset = get_open(root, fmt_name).dataset
     try:
         record = dataset.record(path)
         image = open_rgb(Path(root) / path)
     except (KeyError, WorkbenchError) as e:
         image = placeholder(TILE, str(e)[:50])
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG")
-        return buffer.getvalue()
-    # the ground truth coloured by the run's class ids, so both styles share one colour per class
-    gt_ids = [report.classes.index(n) if n in report.classes else len(report.classes) for n in
-              (dataset.class_name(int(c)) for c in record.class_ids)]  # fmt: skip
-    keep = det.scores >= score if det is not None else []
-    drawn = draw_comparison(
-        image,
-        gt_boxes=record.boxes,
-        gt_class_ids=gt_ids,
-        gt_names=[*report.classes, "other"],
-        pred_boxes=det.boxes[keep] if det is not None else [],
-        pred_class_ids=det.class_ids[keep] if det is not None else [],
-        pred_scores=det.scores[keep] if det is not None else [],
-        pred_names=report.classes,
-    )
-    drawn.thumbnail((TILE * 2, TILE * 2))
+    else:
+        image = draw_evaluated(
+            image,
+            dataset=dataset,
+            record=record,
+            detections=read_detections(Path(out_dir)).get(path),
+            classes=load_report(Path(out_dir)).classes,
+            score_threshold=score,
+        )
+        image.thumbnail((TILE * 2, TILE * 2))
     buffer = io.BytesIO()
-    drawn.save(buffer, "JPEG", quality=85)
+    image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
 
 
-def worst_section(report: EvalReport, entry: workspace.DatasetEntry, opened: workspace.OpenDataset) -> None:
+def worst_section(report: EvalReport, entry: DatasetEntry, opened: OpenDataset) -> None:
     worst = report.worst_images(WORST)
     score = report.confusion["score_threshold"]
     st.markdown(
@@ -271,15 +264,13 @@ def worst_section(report: EvalReport, entry: workspace.DatasetEntry, opened: wor
 
 def version_name(run_dir: Path) -> str:
     """The dataset version a run trained on, as text."""
-    from workbench.datasets.versions import run_version
-
     found = run_version(run_dir)
     if not found:
         return "unknown dataset version"
     return f"dataset version {found['name']} ({found['hash'][:12]}) of `{Path(found.get('dataset') or '').name}`"
 
 
-def compare_section(report: EvalReport, run_dir: Path, entry: workspace.DatasetEntry) -> None:
+def compare_section(report: EvalReport, run_dir: Path, entry: DatasetEntry) -> None:
     """Per-class AP of this run beside another run's, on evaluations of the same dataset."""
     others = [n for n in runs(str(run_dir.parent)) if n != run_dir.name]
     with st.expander("Compare with another run (per-class AP)"):
@@ -288,37 +279,14 @@ def compare_section(report: EvalReport, run_dir: Path, entry: workspace.DatasetE
             return
         other = st.selectbox("Other run", others, key="errors_compare_run")
         other_dir = run_dir.parent / other
-        found = list_reports(other_dir)
-        reports = [cached_report(str(p), (p / "metrics.json").stat().st_mtime) for p in found]
-        same = [r for r in reports if Path(r.dataset).resolve() == Path(report.dataset).resolve()]
+        same = [r for r in reports_of(other_dir)[1] if r.is_of(report.dataset)]
         if not same:
             st.info(f"{other} has no evaluation on `{report.dataset}` yet: evaluate it above (pick it as the run).")
             return
         theirs = next((r for r in same if r.split == report.split), same[0])
-        names = list(dict.fromkeys([*report.per_class, *theirs.per_class]))
-        rows = []
-        for name in names:
-            a = (report.per_class.get(name) or {}).get("AP")
-            b = (theirs.per_class.get(name) or {}).get("AP")
-            rows.append(
-                {
-                    "class": name,
-                    f"AP {run_dir.name}": a,
-                    f"AP {other}": b,
-                    "difference": None if a is None or b is None else a - b,
-                }
-            )
-        rows.append(
-            {
-                "class": "all (AP)",
-                f"AP {run_dir.name}": report.metrics.get("AP"),
-                f"AP {other}": theirs.metrics.get("AP"),
-                "difference": None
-                if report.metrics.get("AP") is None or theirs.metrics.get("AP") is None
-                else report.metrics["AP"] - theirs.metrics["AP"],
-            }
-        )
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        columns = {"ours": f"AP {run_dir.name}", "theirs": f"AP {other}"}
+        rows = pd.DataFrame(compare_per_class(report, theirs)).rename(columns=columns)
+        st.dataframe(rows, hide_index=True, width="stretch")
         st.caption(
             f"**{run_dir.name}**: {version_name(run_dir)}; evaluated on {report.split}.  \n"
             f"**{other}**: {version_name(other_dir)}; evaluated on {theirs.split}."
@@ -331,9 +299,7 @@ def fiftyone_session(port: int):
     return {"session": None, "url": None}
 
 
-def fiftyone_section(report: EvalReport, entry: workspace.DatasetEntry, opened: workspace.OpenDataset) -> None:
-    from workbench.evaluation import fiftyone_app as fa
-
+def fiftyone_section(report: EvalReport, entry: DatasetEntry, opened: OpenDataset) -> None:
     st.markdown(
         "**FiftyOne**: the same evaluation with ready views (false positives, false negatives, low-IoU "
         "matches, class confusions, most mistaken). Tag images `fix` there to queue them for relabelling."
@@ -341,8 +307,6 @@ def fiftyone_section(report: EvalReport, entry: workspace.DatasetEntry, opened: 
     holder = fiftyone_session(fa.DEFAULT_PORT)
     c1, c2 = st.columns(2)
     if c1.button("Open in the FiftyOne App", key="errors_fiftyone", type="primary", width="stretch"):
-        from workbench.evaluation.evaluate import load_evaluation
-
         with st.spinner("Loading the dataset and the predictions into FiftyOne …"):
             try:
                 errors = fa.errors_from_evaluation(
@@ -391,7 +355,7 @@ def main() -> None:
     report = pick_report(run_dir, entry)
     if report is None:
         return
-    st.caption(f"Run `{report.run}` on `{report.dataset}`: {report.split}, {len(report.images)} images.")
+    st.caption(f"Run `{report.run}` scored {report.scored()}.")
     st.caption(f"`{run_dir.name}` trained on {version_name(run_dir)}.")
     metrics_section(report)
     compare_section(report, run_dir, entry)

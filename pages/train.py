@@ -13,9 +13,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from workbench.datasets import catalog, index, versions
 from workbench.errors import WorkbenchError
 from workbench.paths import SAMPLE_DATASET
 from workbench.training import jobs, registry
+from workbench.training.config import build_config
+from workbench.training.config import default_model as recommended_model
+from workbench.training.engines import DEFAULT_ENGINE, ENGINES, get_engine
+from workbench.training.recipes import RECIPES, recipe_config
 
 REFRESH_SECONDS = 2.0
 LOG_LINES = 40
@@ -32,34 +37,24 @@ def hardware() -> dict:
 
 
 @st.cache_data
-def model_choices() -> dict[str, str]:
-    from workbench.training.models import MODELS
-
-    return {name: spec.description for name, spec in MODELS.items()}
+def model_choices(engine: str) -> dict[str, str]:
+    return get_engine(engine).model_choices()
 
 
 @st.cache_data(ttl=30)
 def default_model(device: str) -> str:
-    from workbench.training.engines.torchvision import default_model as pick
-
-    return pick(device)
+    return recommended_model(device)
 
 
 @st.cache_data(ttl=60)
-def detectron2_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("detectron2") is not None
+def engine_choices() -> list[str]:
+    """The engines this machine can run whose models the form offers (detectron2 when installed)."""
+    return [e.name for e in ENGINES.values() if e.picks_model and e.available()]
 
 
 def dataset_choices() -> list[str]:
     """The workspace's datasets (the Datasets page adds them), else the bundled sample."""
-    try:
-        from workbench.datasets import catalog as workspace
-
-        paths = [entry.path for entry in workspace.list_datasets()]
-    except (ImportError, AttributeError):
-        paths = []
+    paths = [entry.path for entry in catalog.list_datasets()]
     if not paths and SAMPLE.is_dir():
         paths = [str(SAMPLE)]
     current = st.session_state.get("dataset")
@@ -73,15 +68,16 @@ def train_form() -> None:
     """The options and the one Train button; starts a job and remembers its run."""
     hw = hardware()
     st.markdown("**New training run**")
-    engines = ["torchvision", "detectron2"] if detectron2_available() else ["torchvision"]
     engine = (
         st.segmented_control(
-            "Engine", engines, default="torchvision", key="train_engine", help="detectron2 appears when it is installed"
+            "Engine",
+            engine_choices(),
+            default=DEFAULT_ENGINE,
+            key="train_engine",
+            help="detectron2 appears when it is installed",
         )
-        or "torchvision"
+        or DEFAULT_ENGINE
     )
-    from workbench.training.recipes import RECIPES
-
     recipe_names = ["(none)", *RECIPES]
     recipe = st.selectbox(
         "Recipe", recipe_names, key="train_recipe", help="a named preset of the classic face-mask pipelines"
@@ -89,8 +85,6 @@ def train_form() -> None:
     recipe = None if recipe == "(none)" else recipe
     preset: dict = {}
     if recipe:
-        from workbench.training.recipes import recipe_config
-
         preset = recipe_config(recipe, device="cpu")
         st.caption(f"{RECIPES[recipe].summary}. {RECIPES[recipe].notes}")
         if RECIPES[recipe].gpu:
@@ -102,23 +96,20 @@ def train_form() -> None:
         choice = c1.selectbox("Dataset", [*datasets, "Other folder..."], key="train_dataset")
         other = c1.text_input("Other folder", placeholder="/path/to/dataset", key="train_other")
         device_options = ["auto", "cpu"] + (["cuda"] if hw["gpus"] else [])
-        models = model_choices()
         if recipe:
             model = preset["model"]
             c2.markdown(f"Model (from the recipe): `{model}`")
-        elif engine == "torchvision":
+        else:
+            models = model_choices(engine)
             names = list(models)
+            default = default_model("auto")
             model = c2.selectbox(
                 "Model",
                 names,
-                index=names.index(default_model("auto")),
+                index=names.index(default) if default in names else 0,
                 format_func=lambda n: f"{n}: {models[n]}",
-                key="train_model",
+                key=f"train_model_{engine}",
             )
-        else:
-            from workbench.training.engines.detectron2 import ZOO_CONFIGS
-
-            model = c2.selectbox("Model-zoo config", ZOO_CONFIGS, key="train_model_d2")
         c1, c2, c3, c4, c5 = st.columns(5)
         suffix = f"_{recipe}" if recipe else ""  # a recipe's own defaults, not the last recipe's values
         epochs = c1.number_input("Epochs", 1, 1000, preset.get("epochs", 12), key=f"train_epochs{suffix}")
@@ -127,9 +118,13 @@ def train_form() -> None:
         )
         batch = c3.number_input("Batch", 1, 256, preset.get("batch", 4), key=f"train_batch{suffix}")
         minutes = c4.number_input(
-            "Time limit (min)", 0, 10000, int(preset.get("time") or 0), key=f"train_time{suffix}",
+            "Time limit (min)",
+            0,
+            10000,
+            int(preset.get("time") or 0),
+            key=f"train_time{suffix}",
             help="finish within this many minutes, validation included (0: the epochs decide)",
-        )  # fmt: skip
+        )
         device = c5.selectbox("Device", device_options, key="train_device")
         st.caption(
             f"GPU: {', '.join(hw['gpus'])}"
@@ -143,42 +138,24 @@ def train_form() -> None:
     if not data:
         st.error("Choose a dataset folder.")
         return
-    form = {"model": model, "epochs": int(epochs), "batch": int(batch), "imgsz": int(imgsz) or None,
-            "time": float(minutes) or None}  # fmt: skip
-    if recipe:
-        from workbench.training.recipes import recipe_config
-
-        # the recipe for the chosen device (its GPU settings on cuda); a field the user changed from the CPU preset wins
-        wanted = recipe_config(recipe, device=device)
-        changed = {k: v for k, v in form.items() if v != preset.get(k)}
-        config = {**wanted, **changed}
-    else:
-        config = {**form, "engine": engine}
-    config.update({"data": data, "device": device})
+    form = {
+        "model": model,
+        "epochs": int(epochs),
+        "batch": int(batch),
+        "imgsz": int(imgsz) or None,
+        "time": float(minutes) or None,
+    }
+    # with a recipe, the fields the user changed from its CPU preset win over the recipe for the
+    # chosen device (its GPU settings on cuda); without one, the form is the whole choice
+    overrides = {k: v for k, v in form.items() if v != preset.get(k)} if recipe else {**form, "engine": engine}
     try:
+        config = build_config(recipe, device, {**overrides, "data": data})
         run = jobs.start_job(config)
     except WorkbenchError as e:
         st.error(str(e))
         return
     st.session_state["train_run"] = run
     st.success(f"Started **{run}**. It trains in the background: you can close this tab.")
-
-
-def log_tail(path: Path, lines: int = LOG_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 20000))
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -198,7 +175,7 @@ def live(all_jobs: list[dict]) -> None:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("State", state)
     c2.metric("Epoch", f"{p.get('epoch', '-')}/{p.get('epochs', job['config'].get('epochs'))}")
-    c3.metric("ETA", fmt_eta(p.get("eta_seconds")) if state == "running" else "-")
+    c3.metric("ETA", jobs.eta_text(p.get("eta_seconds")) if state == "running" else "-")
     c4.metric("Best val AP", f"{job['best_ap']:.3f}" if job.get("best_ap") is not None else "-")
     if p.get("phase") == "faces" and p.get("images"):
         done = min(1.0, p.get("images_done", 0) / p["images"])
@@ -247,14 +224,11 @@ def live(all_jobs: list[dict]) -> None:
             st.markdown("**Classifier loss (face crops)**")
             st.line_chart(frame[[c for c in ("train_loss", "val_loss") if c in frame]], height=220)
     with st.expander("Log", expanded=state in ("running", "failed")):
-        st.code(log_tail(folder / "train.log") or "(empty)", language=None)
+        st.code(jobs.log_tail(folder / "train.log", LOG_LINES) or "(empty)", language=None)
 
 
 def edits_since_latest() -> None:
     """How many box edits the latest model's dataset has had since the version it trained on."""
-    from workbench.datasets import catalog as workspace
-    from workbench.datasets import versions
-
     latest = registry.latest_name()
     if not latest:
         return
@@ -262,7 +236,7 @@ def edits_since_latest() -> None:
         run = versions.run_version(registry.run_dir(latest))
         if not run or not run.get("dataset") or not Path(run["dataset"]).is_dir():
             return
-        opened = workspace.get_open(run["dataset"])
+        opened = index.get_open(run["dataset"])
         count = versions.edits_since(run["dataset"], run["hash"], opened.dataset)
     except (WorkbenchError, OSError) as e:
         st.caption(f"Edits since the latest model's version: unknown ({e})")
@@ -307,9 +281,7 @@ def runs_table(all_jobs: list[dict]) -> None:
 
 
 def version_of(folder: str | None) -> dict | None:
-    from workbench.datasets.versions import run_version
-
-    return run_version(folder) if folder else None
+    return versions.run_version(folder) if folder else None
 
 
 st.title("Train")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workbench.inference.video import write_video
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "datasets"
 
@@ -21,6 +23,7 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 # 8 images of the shared VOC set with all three classes between them
 TINY_STEMS = [f"maksssksksss{i}" for i in (0, 1, 2, 3, 4, 6, 8, 13)]
+CLIP_STEMS = [f"maksssksksss{i}" for i in (0, 1, 10, 101)]  # the frames of ``clip``
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,12 @@ def copy_voc_subset(shared: Path, dst: Path, stems: list[str]) -> Path:
     return dst
 
 
+@pytest.fixture
+def voc8(tmp_path) -> Path:
+    """A fresh copy of 8 shared VOC images (``TINY_STEMS``) per test: the tests edit it."""
+    return copy_voc_subset(SHARED, tmp_path / "voc8", TINY_STEMS)
+
+
 @dataclass(frozen=True)
 class TinyModel:
     """The session's tiny model: the data it trained on, its run folder, and the workspace and
@@ -69,10 +78,30 @@ def tiny_model(tmp_path_factory, shared) -> TinyModel:
     model = TinyModel(data=data, run=root / "models" / "tiny", home=root / "home", models=root / "models")
     env = dict(os.environ, WORKBENCH_HOME=str(model.home), WORKBENCH_MODELS=str(model.models))
     command = [
-        sys.executable, "-m", "workbench.cli", "train", "--data", str(data), "--model", "fasterrcnn_mobilenet_v2",
-        "--epochs", "1", "--imgsz", "160", "--batch", "2", "--max-iters", "2", "--workers", "0",
-        "--max-val-images", "1", "--name", "tiny", "--wait",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "fasterrcnn_mobilenet_v2",
+        "--epochs",
+        "1",
+        "--imgsz",
+        "160",
+        "--batch",
+        "2",
+        "--max-iters",
+        "2",
+        "--workers",
+        "0",
+        "--max-val-images",
+        "1",
+        "--name",
+        "tiny",
+        "--wait",
+    ]
     result = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (model.run / "model_best.pth").is_file() or (model.run / "checkpoint.pth").is_file()
@@ -101,3 +130,13 @@ def write_image(path: Path, width: int, height: int, *, exif_orientation: int | 
     else:
         image.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory, shared) -> Path:
+    """A 4-frame 320x240 MPEG-4 clip made from shared images (the demo and inference tests)."""
+    frames = [
+        np.asarray(Image.open(shared / "andrewmvd-voc" / "images" / f"{stem}.png").convert("RGB").resize((320, 240)))
+        for stem in CLIP_STEMS
+    ]
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, fps=4, codecs=((".mp4", "mp4v"),))

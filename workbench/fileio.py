@@ -119,6 +119,18 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+def tail_lines(path: Path | str, lines: int = 30, *, max_bytes: int = 20_000) -> str:
+    """The last ``lines`` lines of a text file (a log), read from its last ``max_bytes`` only;
+    ``""`` when it cannot be read. Undecodable bytes are replaced, not fatal."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def _open_checked(path: Path, shown: str) -> Image.Image:
     try:
         with warnings.catch_warnings():

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.datasets import catalog as workspace
+from workbench.datasets.catalog import DatasetEntry, current_dataset, find_dataset
+from workbench.datasets.index import OpenDataset, get_open
 from workbench.errors import WorkbenchError
 
 NO_DATASET = "No dataset yet: add one on the Datasets page."
@@ -27,27 +28,27 @@ def through_app() -> None:
         st.rerun()
 
 
-def current_entry() -> workspace.DatasetEntry | None:
+def current_entry() -> DatasetEntry | None:
     """The dataset this session shows (``st.session_state["dataset"]``), else the one opened last."""
     path = st.session_state.get("dataset")
-    entry = workspace.find_dataset(path) if path else None
-    return entry or workspace.current_dataset()
+    entry = find_dataset(path) if path else None
+    return entry or current_dataset()
 
 
-def open_entry(entry: workspace.DatasetEntry, *, spinner: bool = False) -> workspace.OpenDataset | None:
-    """``entry`` opened (cached by ``workspace.get_open``), or ``None`` after showing why it cannot be.
+def open_entry(entry: DatasetEntry, *, spinner: bool = False) -> OpenDataset | None:
+    """``entry`` opened (cached by ``index.get_open``), or ``None`` after showing why it cannot be.
     ``spinner`` says "Reading …" while it loads."""
     try:
         if spinner:
             with st.spinner(f"Reading {entry.path} …"):
-                return workspace.get_open(entry.path, entry.format)
-        return workspace.get_open(entry.path, entry.format)
+                return get_open(entry.path, entry.format)
+        return get_open(entry.path, entry.format)
     except WorkbenchError as e:
         st.error(f"Cannot open {entry.path}: {e}")
         return None
 
 
-def open_current() -> tuple[workspace.DatasetEntry, workspace.OpenDataset] | None:
+def open_current() -> tuple[DatasetEntry, OpenDataset] | None:
     """The current dataset's entry and the dataset opened, or ``None`` after saying on the page
     that there is no dataset yet or that it cannot be opened."""
     entry = current_entry()

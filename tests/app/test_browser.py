@@ -24,14 +24,20 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import PROJECT, copy_voc, copy_yolo
-from workbench.datasets.catalog import filter_images
+from workbench.datasets.index import filter_images
 from workbench.formats import get_format, voc, yolo
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = os.environ.get("WORKBENCH_SCREENSHOTS")  # a folder to keep the screenshots in, if set
 
 pytestmark = [
@@ -56,10 +62,23 @@ class Server:
         env = dict(os.environ, WORKBENCH_HOME=str(home), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
         self.log = open(log, "wb")  # closed in stop()
         command = [
-            sys.executable, "-m", "streamlit", "run", str(PROJECT / "app.py"),
-            "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(self.port),
-            "--server.fileWatcherType", "none", "--", "--data", str(data),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(PROJECT / "app.py"),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(self.port),
+            "--server.fileWatcherType",
+            "none",
+            "--",
+            "--data",
+            str(data),
+        ]
         self.process = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -232,9 +251,17 @@ def run_case(browser, tmp_path: Path, data: Path, fmt: str, class_name: str):
     try:
         page = context.new_page()
         drive(
-            page, server.url, class_name=class_name, record=record, relabel_to=relabel_to,
-            move=move, delta=delta, tmp_path=tmp_path, tag=fmt, direct=fmt == "yolo",
-        )  # fmt: skip
+            page,
+            server.url,
+            class_name=class_name,
+            record=record,
+            relabel_to=relabel_to,
+            move=move,
+            delta=delta,
+            tmp_path=tmp_path,
+            tag=fmt,
+            direct=fmt == "yolo",
+        )
         saved = ann.read_bytes()
         after = {k: v for k, v in digests(data).items() if k != str(ann.relative_to(data))}
         assert after == others, "a file other than the edited one changed"

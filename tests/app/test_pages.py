@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import PROJECT
-from workbench.datasets import catalog as workspace
+from workbench.datasets import catalog, index
 from workbench.labelling import edits
 
 TIMEOUT = 60
@@ -31,7 +31,7 @@ def texts(at: AppTest) -> str:
 
 
 def test_datasets_page_lists_and_summarises(home, voc):
-    entry = workspace.add_dataset(voc)
+    entry = catalog.add_dataset(voc)
     at = run("pages/datasets.py")
     assert not at.exception
     assert entry.path in texts(at) or any(entry.path in str(o) for o in at.radio[0].options)
@@ -46,15 +46,15 @@ def test_datasets_page_shows_resolved_path_before_adding(home, voc, tmp_path, mo
     at.text_input(key="add_path").input("voc/../voc").run()
     assert not at.exception
     assert str(voc.resolve()) in texts(at)
-    assert workspace.list_datasets() == []  # shown, not yet added
+    assert catalog.list_datasets() == []  # shown, not yet added
     at.button(key="add_confirm").click().run()
-    assert [e.path for e in workspace.list_datasets()] == [str(voc.resolve())]
+    assert [e.path for e in catalog.list_datasets()] == [str(voc.resolve())]
 
 
 def test_broken_files_are_listed_not_fatal(home, voc):
     (voc / "annotations" / "broken.xml").write_text("<annotation><object><name>x</name></object")
     (voc / "annotations" / "nobox.xml").write_text("<annotation><object><name>x</name></object></annotation>")
-    workspace.add_dataset(voc, "voc")
+    catalog.add_dataset(voc, "voc")
     at = run("pages/datasets.py")
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
@@ -69,7 +69,7 @@ def tiles(at: AppTest) -> list[str]:
 
 
 def test_browse_page_renders_and_filters(home, voc):
-    workspace.add_dataset(voc)
+    catalog.add_dataset(voc)
     at = run("pages/browse.py")
     assert not at.exception
     assert len(tiles(at)) == 11
@@ -81,8 +81,8 @@ def test_browse_page_renders_and_filters(home, voc):
 
 
 def test_annotate_page_edits_and_saves(home, voc):
-    workspace.add_dataset(voc)
-    opened = workspace.get_open(voc, "voc", reload=True)
+    catalog.add_dataset(voc)
+    opened = index.get_open(voc, "voc", reload=True)
     record = opened.dataset.images[0]
     xml = voc / record.annotation
     before = xml.read_bytes()
@@ -99,7 +99,7 @@ def test_annotate_page_edits_and_saves(home, voc):
     at.button(key="save").click().run()
     assert not at.exception
     assert "Saved annotations/" in texts(at)
-    fresh = workspace.open_dataset(voc, "voc", use_cache=False).dataset
+    fresh = index.open_dataset(voc, "voc", use_cache=False).dataset
     reloaded = fresh.record(record.path)
     names = [fresh.class_name(int(c)) for c in reloaded.class_ids]
     expected = [opened.dataset.class_name(int(c)) for c in record.class_ids]
@@ -112,8 +112,8 @@ def test_annotate_page_edits_and_saves(home, voc):
 
 
 def test_annotate_page_refuses_save_after_external_change(home, voc):
-    workspace.add_dataset(voc)
-    opened = workspace.get_open(voc, "voc", reload=True)
+    catalog.add_dataset(voc)
+    opened = index.get_open(voc, "voc", reload=True)
     record = opened.dataset.images[0]
     xml = voc / record.annotation
     at = run("pages/annotate.py", image=record.path)
@@ -130,14 +130,14 @@ def test_annotate_page_refuses_save_after_external_change(home, voc):
 def test_app_entry_opens_sample_on_first_run(home, page):
     at = run(page)
     assert not at.exception
-    entries = workspace.list_datasets()
+    entries = catalog.list_datasets()
     assert [e.name for e in entries] == ["facemask-sample"]
     assert Path(entries[0].path).is_relative_to(home)  # a copy: the repository's sample is never edited
 
 
 def test_annotate_page_merges_a_class_after_showing_the_count(home, voc):
-    workspace.add_dataset(voc)
-    opened = workspace.get_open(voc, "voc", reload=True)
+    catalog.add_dataset(voc)
+    opened = index.get_open(voc, "voc", reload=True)
     source = opened.dataset.classes.index("mask_weared_incorrect")
     target = opened.dataset.classes.index("with_mask")
     usage = edits.class_usage(opened.dataset, source)
@@ -149,15 +149,15 @@ def test_annotate_page_merges_a_class_after_showing_the_count(home, voc):
     assert f"{usage.boxes:,} box(es) in {usage.images:,} image(s) change" in texts(at)
     at.button(key="cls_confirm").click().run()
     assert not at.exception
-    fresh = workspace.open_dataset(voc, "voc", use_cache=False).dataset
+    fresh = index.open_dataset(voc, "voc", use_cache=False).dataset
     assert "mask_weared_incorrect" not in fresh.classes
     assert fresh.class_counts()["with_mask"] == with_mask_before + usage.boxes
     at.button(key="undo").click().run()
-    assert "mask_weared_incorrect" in workspace.open_dataset(voc, "voc", use_cache=False).dataset.classes
+    assert "mask_weared_incorrect" in index.open_dataset(voc, "voc", use_cache=False).dataset.classes
 
 
 def test_open_in_labelme_only_with_a_display(home, voc, tmp_path, monkeypatch):
-    workspace.add_dataset(voc)
+    catalog.add_dataset(voc)
     monkeypatch.delenv("DISPLAY", raising=False)
     at = run("pages/annotate.py")
     assert not [b for b in at.button if b.key == "labelme"]

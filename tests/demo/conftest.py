@@ -1,5 +1,6 @@
-"""Session fixtures for the demo tests: real demo servers (``workbench demo`` subprocesses) on
-free ports of 127.0.0.1, one of them serving a copy of the session's tiny model."""
+"""Fixtures of the demo tests: a ``DetectorDemo`` over a fake predictor (``app``), and real demo
+servers (``workbench demo`` subprocesses) on free ports of 127.0.0.1, one of them serving a copy
+of the session's tiny model (``demo_setup``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from tests.conftest import PROJECT, SHARED, TinyModel, copy_run
+from workbench.annotations import Detections
+from workbench.demo.detector import DemoLimits, DetectorDemo, ModelSource
+from workbench.inference.video import write_video
+from workbench.paths import models_dir
 
 CLIP_STEMS = [f"maksssksksss{i}" for i in (0, 1, 10, 101)]  # the frames of ``clip``
 AUTH = ("tester", "s3cret-pass")
@@ -30,8 +38,12 @@ def free_port() -> int:
 def workbench(*args: str, env: dict[str, str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "workbench.cli", *args],
-        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"workbench {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -79,8 +91,12 @@ def start_server(tmp: Path, env: dict[str, str], *extra: str) -> Server:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "workbench.cli", "demo", "--port", str(port), *extra],
-            env=env, cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=env,
+            cwd=PROJECT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return Server(process=process, port=port, log=log, env=env)
 
 
@@ -126,11 +142,6 @@ def demo_setup(tmp_path_factory, request) -> Iterator[DemoSetup]:
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory) -> Path:
     """A 4-frame 320x240 MPEG-4 clip made from shared images."""
-    import numpy as np
-    from PIL import Image
-
-    from workbench.inference.video import write_video
-
     frames = [
         np.asarray(Image.open(SHARED / "andrewmvd-voc" / "images" / f"{stem}.png").convert("RGB").resize((320, 240)))
         for stem in CLIP_STEMS
@@ -140,3 +151,48 @@ def clip(tmp_path_factory) -> Path:
 
 def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+CLASSES = ["with_mask", "without_mask"]
+
+
+class FakePredictor:
+    """A stand-in for ``Predictor``: one box per class at fixed pixels; remembers the thresholds it was called with."""
+
+    def __init__(self, folder: Path) -> None:
+        self.run_dir = folder
+        self.classes = list(CLASSES)
+        self.card = {"run": folder.name, "model": "fake", "classes": self.classes}
+        self.device = torch.device("cpu")
+        self.calls: list[tuple[float, float]] = []
+
+    def predict(self, image: np.ndarray, score_threshold: float = 0.25, iou_threshold: float = 0.5) -> Detections:
+        self.calls.append((score_threshold, iou_threshold))
+        det = Detections(boxes=[[10, 20, 60, 90], [100, 5, 140, 45]], scores=[0.9, 0.4], class_ids=[0, 1])
+        return det[det.scores >= score_threshold]
+
+
+def make_run(name: str) -> Path:
+    folder = models_dir() / name
+    folder.mkdir(parents=True)
+    (folder / "model_best.pth").write_bytes(b"fake")
+    return folder
+
+
+@pytest.fixture
+def loads() -> list[Path]:
+    return []
+
+
+@pytest.fixture
+def source(loads) -> ModelSource:
+    def loader(folder: Path, device: str = "auto") -> FakePredictor:
+        loads.append(folder)
+        return FakePredictor(folder)
+
+    return ModelSource("latest", loader=loader)
+
+
+@pytest.fixture
+def app(source, tmp_path) -> DetectorDemo:
+    return DetectorDemo(source, out_dir=tmp_path / "out", limits=DemoLimits(max_side=500, max_pixels=200_000))

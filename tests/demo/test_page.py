@@ -9,7 +9,8 @@ import sys
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PROJECT
-from workbench.demo import server as demo_cli
+from workbench.demo import server
+from workbench.paths import home, models_dir
 
 PAGE = str(PROJECT / "pages" / "demo.py")
 
@@ -25,10 +26,17 @@ def test_page_when_stopped_and_no_model():
 def test_page_when_running_then_stop():
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        demo_cli.state_path().write_text(
-            json.dumps({"pid": process.pid, "local_url": "http://127.0.0.1:1/", "model": "latest", "host": "127.0.0.1",
-                        "share_error": "cannot reach api.gradio.app:443"})
-        )  # fmt: skip
+        server.state_path().write_text(
+            json.dumps(
+                {
+                    "pid": process.pid,
+                    "local_url": "http://127.0.0.1:1/",
+                    "model": "latest",
+                    "host": "127.0.0.1",
+                    "share_error": "cannot reach api.gradio.app:443",
+                }
+            )
+        )
         at = AppTest.from_file(PAGE, default_timeout=30).run()
         assert not at.exception
         assert "does not answer" in at.warning[0].value
@@ -40,6 +48,31 @@ def test_page_when_running_then_stop():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_page_lists_runs_with_weights_and_shows_the_log_tail():
+    for name, weights in (("with-weights", "model_best.pth"), ("unfinished", None)):
+        folder = models_dir() / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        if weights:
+            (folder / weights).write_bytes(b"fake")
+    at = AppTest.from_file(PAGE, default_timeout=30).run()
+    assert not at.exception
+    assert at.selectbox[0].options == ["latest", "with-weights"]
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        server.state_path().write_text(
+            json.dumps({"pid": process.pid, "local_url": "http://127.0.0.1:1/", "model": "x"})
+        )
+        (home() / server.LOG_FILE).write_text("".join(f"line {i}\n" for i in range(100)))
+        at = AppTest.from_file(PAGE, default_timeout=30).run()
+        assert not at.exception
+        log = at.code[-1].value
+        assert log.splitlines() == [f"line {i}" for i in range(70, 100)]
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def test_page_does_not_import_gradio():

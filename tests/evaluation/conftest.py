@@ -1,4 +1,5 @@
-"""Fixtures of the evaluation tests: an isolated FiftyOne database and the session's tiny model.
+"""Fixtures of the evaluation tests: an isolated FiftyOne database, the session's tiny model
+evaluated, and hand-made datasets and detections.
 
 FiftyOne reads its configuration when it is first imported, so the database folder is set
 here, when pytest loads this file, before any test imports ``fiftyone``: a fresh temporary
@@ -15,9 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TinyModel, copy_run
+from workbench.annotations import Dataset, Detections, ImageRecord
+from workbench.evaluation.evaluate import compute_report, evaluate_run
 
 FIFTYONE_TMP = Path(tempfile.mkdtemp(prefix="wb-fiftyone-"))
 os.environ["FIFTYONE_DATABASE_DIR"] = str(FIFTYONE_TMP / "db")
@@ -98,6 +102,31 @@ def tiny_run(tiny_model: TinyModel, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def evaluated(tiny_run, voc8):
     """The tiny run evaluated on all 8 images (saved into the run's ``eval/`` folder)."""
-    from workbench.evaluation.evaluate import evaluate_run
-
     return evaluate_run(tiny_run, voc8, split="all")
+
+
+CLASSES = ["a", "b", "c"]
+TWO_IMAGES = [
+    ([[10, 10, 60, 80], [100, 50, 200, 150]], [0, 1]),
+    ([[30, 40, 90, 100], [200, 20, 380, 280], [5, 5, 25, 25]], [1, 0, 2]),
+]
+
+
+def make_dataset(tmp_path, images: list[tuple[list[list[float]], list[int]]], classes=CLASSES) -> Dataset:
+    """A dataset of 400 x 300 images ``images/<i>.png`` (no files) with the given boxes and class ids."""
+    records = [
+        ImageRecord(
+            path=f"images/{i}.png", width=400, height=300, boxes=np.array(b, dtype=float).reshape(-1, 4), class_ids=c
+        )
+        for i, (b, c) in enumerate(images)
+    ]
+    return Dataset(root=tmp_path, format="voc", classes=list(classes), images=records)
+
+
+def perfect(dataset: Dataset) -> list[Detections]:
+    """Every ground-truth box found, with its class, at score 0.9."""
+    return [Detections(r.boxes, np.full(len(r), 0.9), r.class_ids) for r in dataset.images]
+
+
+def report_of(dataset, detections, classes=CLASSES, **kwargs):
+    return compute_report(dataset, dataset.images, detections, classes, **kwargs)

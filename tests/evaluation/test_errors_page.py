@@ -1,14 +1,18 @@
-"""The Errors page renders (AppTest) with and without a run, and a worst image opens in Annotate."""
+"""The Errors page renders (AppTest) with and without a run, a worst image opens in Annotate, and
+showing a saved report does not import torch."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from workbench.datasets import catalog as workspace
-from workbench.evaluation.evaluate import list_reports, load_report
+from workbench.datasets import catalog
+from workbench.evaluation.report import list_reports, load_report
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +31,7 @@ def texts(at: AppTest) -> str:
 
 
 def test_without_a_model_the_page_says_so(voc8):
-    workspace.add_dataset(voc8)
+    catalog.add_dataset(voc8)
     at = run_page()
     assert not at.exception
     assert "No trained model yet" in texts(at)
@@ -40,7 +44,7 @@ def test_page_shows_an_evaluation(evaluated, tiny_run, voc8, monkeypatch):
     monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_run.parent))
     switched = []  # the page's st.switch_page, recorded (the Annotate page is not run here)
     monkeypatch.setattr(streamlit, "switch_page", switched.append)
-    entry = workspace.add_dataset(voc8)
+    entry = catalog.add_dataset(voc8)
     at = run_page()
     assert not at.exception, at.exception
     shown = texts(at)
@@ -57,3 +61,35 @@ def test_page_shows_an_evaluation(evaluated, tiny_run, voc8, monkeypatch):
     assert switched == ["pages/annotate.py"]
     assert at.session_state["image"] == worst[0]["path"]
     assert at.session_state["dataset"] == entry.path
+
+
+SHOW_SAVED_REPORT = """
+import sys
+from streamlit.testing.v1 import AppTest
+from workbench.datasets import catalog
+
+catalog.add_dataset(sys.argv[1])
+at = AppTest.from_file(sys.argv[2], default_timeout=120).run()
+assert not at.exception, at.exception
+shown = "\\n".join(str(m.value) for m in at.markdown)
+assert "Worst images" in shown and "Confusion matrix" in shown, shown
+assert at.selectbox(key="errors_run").value == "tiny"
+print("torch" in sys.modules, sorted(m for m in sys.modules if m.startswith(("torch", "torchvision")))[:5])
+"""
+
+
+@pytest.mark.slow
+def test_showing_a_saved_report_does_not_import_torch(evaluated, tiny_run, voc8):
+    """A fresh process renders the page on the tiny run's saved evaluation; torch stays unloaded."""
+    env = {**os.environ, "WORKBENCH_MODELS": str(tiny_run.parent)}
+    page = str(PROJECT / "pages" / "errors.py")
+    result = subprocess.run(
+        [sys.executable, "-c", SHOW_SAVED_REPORT, str(voc8), page],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.stdout.strip().splitlines()[-1] == "False []", result.stdout

@@ -1,4 +1,5 @@
-"""Fixtures of the labelling tests: a copy of 8 shared VOC images and the session's tiny model."""
+"""Fixtures of the labelling tests: the session's tiny model (``voc8``, a copy of 8 shared VOC
+images, is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED, TINY_STEMS, TinyModel, copy_voc_subset
-
-
-@pytest.fixture
-def voc8(tmp_path) -> Path:
-    """A fresh copy per test: the tests edit it."""
-    return copy_voc_subset(SHARED, tmp_path / "voc8", TINY_STEMS)
+from tests.conftest import TinyModel
 
 
 @pytest.fixture(scope="session")

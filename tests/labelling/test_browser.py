@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.app.test_browser import CHROMIUM, served_page
-from workbench.datasets import catalog as workspace
+from workbench.datasets import index
 from workbench.formats import voc
 from workbench.labelling import suggestions
 
@@ -41,7 +41,7 @@ def digest(path: Path) -> str:
 
 
 def test_review_suggestions_with_the_keyboard(voc8, tmp_path):
-    first, second = workspace.open_dataset(voc8).dataset.images[:2]
+    first, second = index.open_dataset(voc8).dataset.images[:2]
     data = suggestions.load(voc8)
     data["images"][first.path] = [
         {"id": 0, "box": [150, 20, 210, 90], "score": 0.91, "label": "with_mask"},

@@ -6,10 +6,9 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PROJECT
-from workbench.datasets import catalog as workspace
-from workbench.datasets import versions
+from workbench.datasets import catalog, index, versions
 from workbench.formats import voc
-from workbench.labelling import edits, suggestions
+from workbench.labelling import edits, saving, suggestions
 
 TIMEOUT = 60
 
@@ -29,10 +28,17 @@ def store(root, path: str, items: list[tuple[list[float], float, str]]) -> None:
 
 
 def test_annotate_accepts_rejects_and_queues(voc8):
-    entry = workspace.add_dataset(voc8)
-    first = workspace.open_dataset(voc8).dataset.images[0]
-    store(voc8, first.path, [([5, 5, 30, 30], 0.9, "with_mask"), ([40, 40, 60, 70], 0.3, "without_mask"),
-                             ([70, 10, 90, 30], 0.7, "helmet")])  # fmt: skip
+    entry = catalog.add_dataset(voc8)
+    first = index.open_dataset(voc8).dataset.images[0]
+    store(
+        voc8,
+        first.path,
+        [
+            ([5, 5, 30, 30], 0.9, "with_mask"),
+            ([40, 40, 60, 70], 0.3, "without_mask"),
+            ([70, 10, 90, 30], 0.7, "helmet"),
+        ],
+    )
     before = (voc8 / first.annotation).read_bytes()
     at = run("pages/annotate.py", dataset=entry.path, image=first.path)
     assert not at.exception, at.exception
@@ -49,7 +55,7 @@ def test_annotate_accepts_rejects_and_queues(voc8):
     assert len(record) == len(first) + 1 and record.boxes[-1].tolist() == [70, 10, 90, 30]
     assert voc.load(voc8).class_name(int(record.class_ids[-1])) == "helmet"
     assert [s["score"] for s in suggestions.pending(voc8, first.path)] == [0.3]
-    assert edits.Journal().undoable(voc8)[-1]["message"].startswith(f"{first.path}: accepted suggestion helmet")
+    assert saving.Journal().undoable(voc8)[-1]["message"].startswith(f"{first.path}: accepted suggestion helmet")
     at.button(key="undo").click().run()
     assert (voc8 / first.annotation).read_bytes() == before
     # the review queue in the sidebar: the image with a suggestion left is listed with its reason
@@ -59,16 +65,16 @@ def test_annotate_accepts_rejects_and_queues(voc8):
 
 
 def test_datasets_page_takes_versions_and_shows_the_diff(voc8):
-    entry = workspace.add_dataset(voc8)
+    entry = catalog.add_dataset(voc8)
     at = run("pages/datasets.py", dataset=entry.path)
     assert not at.exception, at.exception
     at.text_input(key="version_name").input("before").run()
     at.button(key="version_take").click().run()
     assert [v["name"] for v in versions.list_versions(voc8)] == ["before"]
-    opened = workspace.get_open(entry.path, entry.format)
+    opened = index.get_open(entry.path, entry.format)
     record = opened.dataset.images[0].copy()
     edits.delete_box(record, 0)
-    edits.save_record(opened, 0, record, journal=edits.Journal())
+    saving.save_record(opened, 0, record, journal=saving.Journal())
     at.run()
     at.selectbox(key="diff_old").set_value("before").run()
     at.selectbox(key="diff_new").set_value("current").run()
@@ -79,8 +85,8 @@ def test_datasets_page_takes_versions_and_shows_the_diff(voc8):
 def test_relabel_queue_opens_the_image_and_saving_clears_its_tag(voc8, monkeypatch):
     from workbench.evaluation import fiftyone_app
 
-    entry = workspace.add_dataset(voc8)
-    images = workspace.open_dataset(voc8).dataset.images
+    entry = catalog.add_dataset(voc8)
+    images = index.open_dataset(voc8).dataset.images
     target = images[3]
     calls = []
     monkeypatch.setattr(

@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from workbench.cli import main as cli
-from workbench.datasets import catalog as workspace
-from workbench.datasets import versions
+from workbench.datasets import catalog, index, versions
 from workbench.formats import voc
-from workbench.labelling import edits, review, suggestions
+from workbench.labelling import edits, review, saving, suggestions
 
 
 def hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_training_took_a_version_named_in_the_run(tiny_run, monkeypatch):
@@ -52,11 +54,11 @@ def test_suggest_accept_reject_undo(tiny_run, voc8, capsys):
     scores = sorted(s["score"] for s in items)
     threshold = scores[len(scores) // 2]
     chosen = [s for s in items if s["score"] >= threshold]
-    opened = workspace.open_dataset(voc8)
+    opened = index.open_dataset(voc8)
     old = opened.dataset.record(path).copy()
     xml = voc8 / old.annotation
     xml_before = xml.read_bytes()
-    journal = edits.Journal()
+    journal = saving.Journal()
     result = suggestions.accept(opened, path, min_score=threshold, journal=journal)
     assert list(result.files) == [old.annotation] and result.entry is not None
     changed = {k for k in before if hashes(voc8).get(k) != before[k]}
@@ -74,16 +76,16 @@ def test_suggest_accept_reject_undo(tiny_run, voc8, capsys):
     assert journal.undoable(voc8)[-1]["message"].startswith(f"{path}: accepted suggestion")
 
     # undo restores the file byte for byte
-    edits.undo(voc8, journal=journal)
+    saving.undo(voc8, journal=journal)
     assert xml.read_bytes() == xml_before
     assert hashes(voc8) == before
 
 
 def test_edit_then_accept_and_review_queue(tiny_run, voc8):
-    opened = workspace.open_dataset(voc8)
+    opened = index.open_dataset(voc8)
     unlabelled = opened.dataset.images[-1]
-    workspace.add_images(opened.dataset, {"new.png": (voc8 / unlabelled.path).read_bytes()})
-    opened = workspace.open_dataset(voc8)
+    catalog.add_images(opened.dataset, {"new.png": (voc8 / unlabelled.path).read_bytes()})
+    opened = index.open_dataset(voc8)
     assert opened.dataset.record("images/new.png").boxes.shape == (0, 4)
     result = suggestions.suggest(voc8, run=tiny_run, score=0.01, only_unlabelled=True)
     assert result.images == 1 and result.skipped_labelled == 8
@@ -102,9 +104,7 @@ def test_edit_then_accept_and_review_queue(tiny_run, voc8):
     assert (voc8 / "annotations" / "new.xml").is_file()
     assert cli.main(["review", str(voc8), "--json"]) == 0
     # disagreement from an evaluation: FP + FN order the labelled images
-    queue = review.build_queue(
-        workspace.open_dataset(voc8), evaluation=("tiny", {opened.dataset.images[0].path: (2, 1)})
-    )
+    queue = review.build_queue(index.open_dataset(voc8), evaluation=("tiny", {opened.dataset.images[0].path: (2, 1)}))
     tiers = [q["tier"] for q in queue]
     assert tiers == sorted(tiers, key=review.TIERS.index)
     assert any("2 false positive(s) + 1 false negative(s)" in r for q in queue for r in q["reasons"])
@@ -118,19 +118,19 @@ def test_train_page_counts_edits_since_the_latest_models_version(tiny_run, monke
     monkeypatch.setenv("WORKBENCH_HOME", str(tiny_run.parent.parent / "home"))
     monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_run.parent))
     data = json.loads((tiny_run / "model_card.json").read_text())["dataset"]
-    opened = workspace.get_open(data)
+    opened = index.get_open(data)
     record = opened.dataset.images[0].copy()
     edits.delete_box(record, 0)
     edits.add_box(record, [1, 1, 9, 9], 0)
-    journal = edits.Journal()
-    edits.save_record(opened, 0, record, journal=journal)
+    journal = saving.Journal()
+    saving.save_record(opened, 0, record, journal=journal)
     try:
         at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
         assert not at.exception, at.exception
         assert any("2 edit(s) since the latest model's version" in i.value for i in at.info), [i.value for i in at.info]
     finally:
-        edits.undo(data, journal=journal)
-        workspace.get_open(data, reload=True)
+        saving.undo(data, journal=journal)
+        index.get_open(data, reload=True)
 
 
 def test_errors_page_compares_two_runs_with_their_versions(tiny_run, voc8, tmp_path, monkeypatch):
@@ -148,7 +148,7 @@ def test_errors_page_compares_two_runs_with_their_versions(tiny_run, voc8, tmp_p
     monkeypatch.setenv("WORKBENCH_MODELS", str(models))
     for name in ("run-a", "run-b"):
         evaluate_run(models / name, voc8, split="all", device="cpu")
-    workspace.add_dataset(voc8)
+    catalog.add_dataset(voc8)
     at = AppTest.from_file(str(PROJECT / "pages" / "errors.py"), default_timeout=120)
     at.session_state["errors_run"] = "run-a"
     at.run()

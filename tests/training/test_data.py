@@ -56,8 +56,14 @@ def test_split_needs_two_images():
 def test_frozen_classes_map_by_name_and_skip_ignore_regions():
     ds = make_dataset(2, classes=("a", IGNORE_LABEL, "b"))
     assert freeze_classes(ds) == ["a", "b"]
-    record = ImageRecord("x.png", 100, 100, [[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [1, 1, 5, 5]],
-                         [2, 1, 0, 0], box_extra=[{}, {}, {}, {"coco": {"iscrowd": 1}}])  # fmt: skip
+    record = ImageRecord(
+        "x.png",
+        100,
+        100,
+        [[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [1, 1, 5, 5]],
+        [2, 1, 0, 0],
+        box_extra=[{}, {}, {}, {"coco": {"iscrowd": 1}}],
+    )
     boxes, labels, ignore, skipped = ClassMap.build(ds, ["a", "b"]).targets(ds, record)
     assert labels.tolist() == [2, 1]  # "b" -> label 2, "a" -> label 1 (0 is the background)
     assert boxes.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]

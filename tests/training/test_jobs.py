@@ -108,8 +108,10 @@ def start_slow_job(tiny_voc, name: str) -> dict:
     assert main(["train", "--data", str(tiny_voc), "--epochs", "50", "--name", name, *TINY]) == 0
     wait_for(lambda: jobs.get_job(name)["state"] == "running", what=f"{name} running")
     progress = models_dir() / name / "progress.json"
-    wait_for(lambda: progress.exists() and json.loads(progress.read_text()).get("global_iteration", 0) >= 1,
-             what=f"{name} iterating")  # fmt: skip
+    wait_for(
+        lambda: progress.exists() and json.loads(progress.read_text()).get("global_iteration", 0) >= 1,
+        what=f"{name} iterating",
+    )
     return jobs.get_job(name)
 
 
@@ -157,8 +159,25 @@ def test_resume_continues_from_the_saved_epoch(trained_env, capsys):
 
 def test_ddp_two_cpu_processes(tiny_voc, capsys):
     """torchrun with the gloo backend: two ranks train together, rank 0 writes the run."""
-    code = main(["train", "--data", str(tiny_voc), "--epochs", "1", "--gpus", "2", "--device", "cpu",
-                 "--name", "ddp", "--time", "5", "--wait", *TINY])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tiny_voc),
+            "--epochs",
+            "1",
+            "--gpus",
+            "2",
+            "--device",
+            "cpu",
+            "--name",
+            "ddp",
+            "--time",
+            "5",
+            "--wait",
+            *TINY,
+        ]
+    )
     folder = models_dir() / "ddp"
     log = (folder / "train.log").read_text()
     assert code == 0, log
@@ -167,3 +186,11 @@ def test_ddp_two_cpu_processes(tiny_voc, capsys):
     assert card["processes"] == 2
     assert card["time_limit_minutes"] == 5 and card["stopped_by_time"] is False  # the ranks agree on the clock
     assert torch.load(folder / "checkpoint.pth", weights_only=True)["epoch"] == 0
+
+
+def test_eta_text_and_log_tail(tmp_path):
+    assert jobs.eta_text(None) == "-" and jobs.eta_text(3725.9) == "1:02:05" and jobs.eta_text(59) == "0:00:59"
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"line {i}\n" for i in range(5000)))
+    assert jobs.log_tail(log, 3) == "line 4997\nline 4998\nline 4999"
+    assert jobs.log_tail(tmp_path / "missing.log") == ""

@@ -1,4 +1,4 @@
-"""Model builders and the choice of starting weights (COCO, ImageNet offline, random)."""
+"""Model builders, the classifier swap for COCO weights, and the frozen structure of a pretrained start."""
 
 from __future__ import annotations
 
@@ -7,49 +7,8 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.training import models
-from workbench.training.models import MODELS, build_model, get_spec, load_matching, resolve_weights
-
-
-def test_offline_weights_choice():
-    v2 = resolve_weights(get_spec("fasterrcnn_mobilenet_v2"))
-    if v2["kind"] == "imagenet":  # the package that ships torchvision's ImageNet MobileNetV2 file is installed
-        assert v2["file"].endswith("mobilenet_v2-b0353104.pth") and v2["source"] in ("offline package", "cache")
-    with pytest.raises(WorkbenchError, match="coco weights unavailable"):
-        resolve_weights(get_spec("fasterrcnn_mobilenet_v2"), "coco")
-    assert resolve_weights(get_spec("fasterrcnn_mobilenet_v2"), "none")["kind"] == "none"
-    with pytest.raises(WorkbenchError, match="unknown model"):
-        get_spec("yolov99")
-
-
-def test_offline_file_is_checked_against_its_hash(tmp_path, monkeypatch):
-    bad = tmp_path / "mobilenet_v2-b0353104.pth"
-    bad.write_bytes(b"not the weights")
-    monkeypatch.setattr(models, "_offline_file", lambda weights: bad)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    assert resolve_weights(get_spec("fasterrcnn_mobilenet_v2"))["kind"] == "none"
-
-
-def test_coco_weights_from_the_torch_cache_get_a_new_classifier(tmp_path, monkeypatch):
-    """A COCO checkpoint in torch's cache is used without a download; the head fits our classes."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    spec = get_spec("ssdlite")
-    assert resolve_weights(spec)["kind"] == "none"
-    coco = spec.builder(weights=None, weights_backbone=None, num_classes=91)
-    cache = models._cache_file(spec.coco)
-    cache.parent.mkdir(parents=True)
-    torch.save(coco.state_dict(), cache)
-    weights = resolve_weights(spec)
-    assert weights["kind"] == "coco" and weights["source"] == "cache"
-    model = build_model(spec.name, 4, weights=weights, imgsz=160)
-    # the backbone is COCO's, the classifier is new and sized for 3 classes + background
-    key = "backbone.features.0.0.0.weight"
-    assert torch.equal(model.state_dict()[key], coco.state_dict()[key])
-    model.eval()
-    with torch.no_grad():
-        out = model([torch.rand(3, 120, 160)])[0]
-    assert out["labels"].numel() == 0 or int(out["labels"].max()) <= 3
-    # and the trained model reloads into a bare build (frozen vs plain batch norms)
-    load_matching(build_model(spec.name, 4, weights=None, imgsz=160), model.state_dict())
+from workbench.training.models import MODELS, build_model, freeze_backbone, get_spec, load_matching
+from workbench.training.weights import cache_file, resolve_weights
 
 
 @pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v2"])
@@ -110,3 +69,44 @@ def test_a_resumed_run_rebuilds_the_pretrained_structure():
     assert [n for n, p in bare.named_parameters() if p.requires_grad] == [
         n for n, p in trained.named_parameters() if p.requires_grad
     ]
+
+
+def test_c4_model_has_a_c4_backbone_and_a_res5_box_head():
+    model = build_model("fasterrcnn_resnet50_c4", 4, weights=None, imgsz=160).eval()
+    assert model.backbone.out_channels == 1024
+    assert len(model.roi_heads.box_head.layer4) == 3  # the three res5 bottlenecks
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 160, 160))
+        assert features.shape == (1, 1024, 10, 10)  # stride 16
+        assert model.roi_heads.box_head(torch.zeros(2, 1024, 14, 14)).shape == (2, 2048)
+
+
+def test_freeze_backbone_freezes_the_body_only():
+    model = build_model("retinanet_resnet50_fpn_v2", 4, weights=None, imgsz=160)
+    assert freeze_backbone(model) > 0
+    assert not any(p.requires_grad for p in model.backbone.body.parameters())
+    assert all(p.requires_grad for p in model.backbone.fpn.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_coco_weights_from_the_torch_cache_get_a_new_classifier(tmp_path, monkeypatch):
+    """A COCO checkpoint in torch's cache is used without a download; the head fits our classes."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    spec = get_spec("ssdlite")
+    assert resolve_weights(spec)["kind"] == "none"
+    coco = spec.builder(weights=None, weights_backbone=None, num_classes=91)
+    cache = cache_file(spec.coco)
+    cache.parent.mkdir(parents=True)
+    torch.save(coco.state_dict(), cache)
+    weights = resolve_weights(spec)
+    assert weights["kind"] == "coco" and weights["source"] == "cache"
+    model = build_model(spec.name, 4, weights=weights, imgsz=160)
+    # the backbone is COCO's, the classifier is new and sized for 3 classes + background
+    key = "backbone.features.0.0.0.weight"
+    assert torch.equal(model.state_dict()[key], coco.state_dict()[key])
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 120, 160)])[0]
+    assert out["labels"].numel() == 0 or int(out["labels"].max()) <= 3
+    # and the trained model reloads into a bare build (frozen vs plain batch norms)
+    load_matching(build_model(spec.name, 4, weights=None, imgsz=160), model.state_dict())

@@ -7,7 +7,8 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, copy_voc_subset
+from workbench.datasets.catalog import resolve_path
 from workbench.training import jobs
 from workbench.training.registry import run_dir, write_json
 
@@ -23,15 +24,16 @@ def test_page_renders_with_no_run_yet():
     assert not at.exception, at.exception
     assert at.title[0].value == "Train"
     assert any("No training run yet" in i.value for i in at.info)
-    assert any(o.startswith("fasterrcnn_mobilenet_v2: ") for o in at.selectbox(key="train_model").options)
+    assert any(o.startswith("fasterrcnn_mobilenet_v2: ") for o in at.selectbox(key="train_model_torchvision").options)
 
 
 def test_page_shows_a_run_with_its_charts_and_starts_a_job(tiny_voc, monkeypatch):
     # a finished-looking run recorded by hand: no training needed to render it
     folder = run_dir("shown")
     folder.mkdir(parents=True)
-    (folder / "losses.jsonl").write_text("".join(json.dumps({"epoch": 1, "iteration": i, "loss": 2.0 - i / 10}) + "\n"
-                                                 for i in range(5)))  # fmt: skip
+    (folder / "losses.jsonl").write_text(
+        "".join(json.dumps({"epoch": 1, "iteration": i, "loss": 2.0 - i / 10}) + "\n" for i in range(5))
+    )
     (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "AP": 0.25, "AP50": 0.5}) + "\n")
     (folder / "train.log").write_text("hello from the log\n")
     write_json(folder / "progress.json", {"epoch": 1, "epochs": 1, "global_iteration": 5, "total_iterations": 5})
@@ -59,3 +61,21 @@ def test_page_shows_a_run_with_its_charts_and_starts_a_job(tiny_voc, monkeypatch
     assert not at.exception, at.exception
     assert started and started[0]["data"] == str(tiny_voc) and started[0]["epochs"] == 3
     assert any("Started **new-run**" in s.value for s in at.success)
+
+
+def test_other_folder_accepts_a_home_relative_path(shared, tmp_path, monkeypatch):
+    """``~/voc`` under "Other folder" starts a job on ``$HOME/voc``, as the Datasets page accepts it."""
+    home = tmp_path / "home"
+    data = copy_voc_subset(shared, home / "voc", ["maksssksksss0", "maksssksksss1"])
+    monkeypatch.setenv("HOME", str(home))
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    at = page().run()
+    at.selectbox(key="train_dataset").select("Other folder...")
+    at.text_input(key="train_other").input("~/voc")
+    at.button[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert started and started[0]["data"] == str(data.resolve())
+    assert resolve_path("~/voc") == data.resolve()  # the same text on the Datasets page

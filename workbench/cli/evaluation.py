@@ -1,4 +1,4 @@
-"""The ``predict``, ``eval`` and ``errors`` sub-commands (registered by ``workbench.cli.build_parser``).
+"""The ``predict``, ``eval`` and ``errors`` sub-commands (registered by ``workbench.cli.main.build_parser``).
 
     workbench predict --model latest photo.jpg folder/ clip.mp4 [--json] [--out DIR] [--video-step N]
     workbench eval    --model latest --data datasets/facemask-sample [--split val|all|NAME] [--json]
@@ -14,28 +14,19 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from workbench.errors import WorkbenchError
-
-if TYPE_CHECKING:
-    from workbench.training.predictor import Predictor
-
-
-def _progress(enabled: bool):
-    from workbench.cli.main import progress_bars
-
-    return progress_bars(enabled)
+from workbench.cli.common import print_json, progress_bars, stage
+from workbench.evaluation import fiftyone_app as fa
+from workbench.evaluation.evaluate import evaluate_run
+from workbench.formats import FORMATS
+from workbench.inference.images import predict_inputs
 
 
 def _fiftyone_logs_to_stderr() -> None:
     """FiftyOne logs its progress to stdout (its handlers are added on import); keep stdout for
     our own output (``--json`` must print one JSON object and nothing else)."""
-    from workbench.evaluation.fiftyone_app import fiftyone
-
-    fiftyone()
+    fa.fiftyone()
     for name, item in list(logging.root.manager.loggerDict.items()):
         if not name.startswith(("fiftyone", "eta")) or not isinstance(item, logging.Logger):
             continue
@@ -48,106 +39,31 @@ def _fmt(value: float | None) -> str:
     return "  -   " if value is None else f"{value:.4f}"
 
 
-# --------------------------------------------------------------------------- predict
-
-
-def image_files(inputs: list[str]) -> list[tuple[Path, str]]:
-    """``(path, shown name)`` of every image given: files as they are, folders searched recursively."""
-    from workbench.fileio import IMAGE_EXTENSIONS, is_image, iter_files, relpath
-
-    found: list[tuple[Path, str]] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(iter_files(path, tuple(IMAGE_EXTENSIONS)))
-            if not files:
-                raise WorkbenchError(f"{path}: no image in this folder")
-            found += [(f, relpath(f, path)) for f in files]
-        elif path.is_file():
-            if not is_image(path):
-                raise WorkbenchError(f"{path}: not an image file")
-            found.append((path, path.name))
-        else:
-            raise WorkbenchError(f"{path}: no such file or folder")
-    return found
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from workbench.annotations import detections_to_json
-    from workbench.fileio import load_image
-    from workbench.inference.predict import load_predictor
-    from workbench.inference.video import is_video
-
-    videos = [Path(text) for text in args.inputs if Path(text).is_file() and is_video(text)]
-    if videos and not args.out:
-        raise WorkbenchError(f"{videos[0]}: a video needs --out DIR (the annotated video and its detections go there)")
-    if args.video_step < 1:
-        raise WorkbenchError(f"--video-step {args.video_step}: the model runs on every N-th frame, N >= 1")
-    files = image_files([text for text in args.inputs if Path(text) not in videos])
-    predictor = load_predictor(args.model, device=args.device)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    coco_images: list[dict[str, Any]] = []
-    coco_results: list[dict[str, Any]] = []
-    used_names: set[str] = set()
-    with _progress(not args.json) as update:
-        for n, (path, shown) in enumerate(files):
-            image = load_image(path, str(path))
-            det = predictor.predict(image, score_threshold=args.score, iou_threshold=args.iou)
-            height, width = image.shape[:2]
-            results.append(
-                {
-                    "path": str(path),
-                    "width": width,
-                    "height": height,
-                    "detections": detections_to_json(det, predictor.classes),
-                }
-            )
-            if out_dir:
-                from PIL import Image
-
-                from workbench.drawing import draw_boxes
-
-                name = _unique_name(shown.replace("/", "__"), used_names)
-                drawn = draw_boxes(Image.fromarray(image), det.boxes, det.class_ids, predictor.classes)
-                drawn.save(out_dir / (Path(name).stem + ".jpg"), quality=90)
-                coco_images.append({"id": n, "file_name": str(path), "width": width, "height": height})
-                for (x1, y1, x2, y2), s, c in zip(det.boxes, det.scores, det.class_ids, strict=True):
-                    coco_results.append(
-                        {
-                            "image_id": n,
-                            "category_id": int(c) + 1,
-                            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                            "score": float(s),
-                        }
-                    )
-            if update:
-                update("predict", n + 1, len(files))
-        video_names: set[str] = set()  # two clip.mp4 of different folders: clip_detections, clip-2_detections
-        annotated = [
-            predict_video(predictor, path, out_dir, args=args, used=video_names, update=update) for path in videos
-        ]
-    if out_dir and files:
-        from workbench.fileio import atomic_write
-
-        categories = [{"id": i + 1, "name": name} for i, name in enumerate(predictor.classes)]
-        atomic_write(out_dir / "coco_results.json", json.dumps(coco_results))
-        # the image ids and category ids the results refer to (a COCO file without annotations)
-        atomic_write(out_dir / "coco_images.json", json.dumps({"images": coco_images, "categories": categories}))
+    with progress_bars(not args.json) as update:
+        result = predict_inputs(
+            args.inputs,
+            model=args.model,
+            device=args.device,
+            score_threshold=args.score,
+            iou_threshold=args.iou,
+            out_dir=args.out,
+            video_step=args.video_step,
+            on_progress=update,
+        )
     if args.json:
-        summary = {"model": predictor.run_dir.name, "classes": predictor.classes, "images": results}
-        print(json.dumps({**summary, "videos": annotated} if videos else summary, indent=2))
+        print_json(result.to_json())
         return 0
-    for item in results:
+    for item in result.images:
         dets = item["detections"]
         print(f"{item['path']}: {len(dets)} detection(s)")
         for d in dets:
             print(f"  {d['class']:24s} {d['score']:.3f}  [{', '.join(f'{v:.1f}' for v in d['box'])}]")
-    if out_dir and files:
-        print(f"wrote {len(results)} annotated image(s), coco_results.json and coco_images.json to {out_dir}")
-    for item in annotated:
+    if result.out_dir and result.images:
+        print(
+            f"wrote {len(result.images)} annotated image(s), coco_results.json and coco_images.json to {result.out_dir}"
+        )
+    for item in result.videos:
         print(
             f"{item['path']}: {item['frames']} frame(s), model run on {item['predicted_frames']}, "
             f"{item['detections']} detection(s), {item['seconds']:.1f} s; "
@@ -156,59 +72,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_video(
-    predictor: Predictor,
-    path: Path,
-    out_dir: Path,
-    *,
-    args: argparse.Namespace,
-    used: set[str],
-    update: Callable[[str, int, int | None], None] | None,
-) -> dict[str, Any]:
-    """Annotate the video ``path`` into ``out_dir`` as ``<stem>_detections.webm`` with
-    ``<stem>_detections.jsonl`` beside it (one line per frame); returns what was written."""
-    from workbench.inference.video import annotate_video
-
-    stem = Path(_unique_name(path.name, used)).stem + "_detections"
-    result = annotate_video(
-        predictor,
-        path,
-        out_dir / stem,
-        score_threshold=args.score,
-        iou_threshold=args.iou,
-        frame_step=args.video_step,
-        detections_path=out_dir / f"{stem}.jsonl",
-        on_frame=(lambda done, total: update(path.name, done, total)) if update else None,
-    )
-    return {
-        "path": str(path),
-        "video": str(result.path),
-        "detections_path": str(result.detections_path),
-        "codec": result.fourcc,
-        "frames": result.frames,
-        "predicted_frames": result.predicted,
-        "detections": result.detections,
-        "seconds": round(result.seconds, 3),
-    }
-
-
-def _unique_name(name: str, used: set[str]) -> str:
-    stem, n = Path(name).stem, 1
-    candidate = stem
-    while candidate in used:
-        n += 1
-        candidate = f"{stem}-{n}"
-    used.add(candidate)
-    return candidate + Path(name).suffix
-
-
-# --------------------------------------------------------------------------- eval
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from workbench.evaluation.evaluate import evaluate_run
-
-    with _progress(not args.json) as update:
+    with progress_bars(not args.json) as update:
         ev = evaluate_run(
             args.model,
             args.data,
@@ -217,13 +82,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             score_threshold=args.score,
             batch=args.batch,
             device=args.device,
-            on_progress=(lambda done, total: update("predict", done, total)) if update else None,
+            on_progress=stage(update, "predict"),
         )
     report = ev.report
     if args.json:
-        print(json.dumps(report.summary(), indent=2))
+        print_json(report.summary())
         return 0
-    print(f"run {report.run} on {report.dataset} ({report.split}, {len(report.images)} images)")
+    print(f"run {report.run}: scored {report.scored()}")
     print("COCO metrics (pycocotools):")
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"):
         print(f"  {key:6s} {_fmt(report.metrics.get(key))}")
@@ -242,14 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- errors
-
-
 def cmd_errors(args: argparse.Namespace) -> int:
-    from workbench.evaluation import fiftyone_app as fa
-
     _fiftyone_logs_to_stderr()
-    with _progress(not args.json) as update:
+    with progress_bars(not args.json) as update:
         errors = fa.prepare_errors(
             args.model,
             args.data,
@@ -257,16 +117,12 @@ def cmd_errors(args: argparse.Namespace) -> int:
             split=args.split,
             score_threshold=args.score,
             device=args.device,
-            on_progress=(lambda done, total: update("predict", done, total)) if update else None,
+            on_progress=stage(update, "predict"),
         )
-    summary = {
-        "fiftyone_dataset": errors.dataset.name,
-        **errors.summary,
-        "views": {name: len(errors.dataset.load_saved_view(name)) for name in errors.views},
-    }
+    summary = errors.to_json()
     if args.no_launch:
         if args.json:
-            print(json.dumps(summary, indent=2))
+            print_json(summary)
         else:
             _print_errors(summary)
         return 0
@@ -298,13 +154,8 @@ def _print_errors(summary: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-# --------------------------------------------------------------------------- registration
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``predict``, ``eval`` and ``errors`` on the ``workbench`` parser's sub-parsers."""
-    from workbench.formats import FORMATS
-
     formats = sorted(FORMATS)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -315,7 +166,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--data", required=True, help="dataset folder")
         p.add_argument("--from", dest="src_format", choices=formats, help="dataset format (default: detected)")
         p.add_argument(
-            "--split", help="images to evaluate: a split name, or 'all' (default: the run's validation images)"
+            "--split",
+            help="images to evaluate: a split name, 'val' or 'all' (default: the run's validation images "
+            "on the dataset it trained on, every image of any other dataset)",
         )
         p.add_argument(
             "--score", type=float, default=0.25, help="score threshold of the confusion matrix and the views (0.25)"

@@ -1,19 +1,21 @@
 """The model-assisted labelling sub-commands of ``workbench``: ``suggest``, ``review``,
 ``version``, ``versions``, ``diff``.
 
-``add_commands(sub)`` registers them on the main parser (``workbench/cli.py``).
+``add_commands(sub)`` registers them on the main parser (``workbench.cli.main``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from workbench.cli.common import print_json, print_more
+from workbench.datasets import versions
+from workbench.formats import FORMATS
+from workbench.labelling import review, suggestions
+from workbench.labelling.suggestions import DEFAULT_SCORE, SuggestResult
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from workbench.labelling import suggestions
-
     result = suggestions.suggest(
         args.data,
         run=args.model,
@@ -23,17 +25,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         batch=args.batch,
         device=args.device,
     )
-    summary = {
-        "run": result.run,
-        "images": result.images,
-        "boxes": result.boxes,
-        "skipped_labelled": result.skipped_labelled,
-        "predict_seconds": round(result.predict_seconds, 3),
-        "store_seconds": round(result.store_seconds, 4),
-        "stored_in": str(suggestions.store_path(args.data)),
-    }
+    summary = suggest_summary(result, args.data)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
         return 0
     print(
         f"{result.run}: {result.boxes} suggestion(s) on {result.images} image(s) at score >= {args.score:g} "
@@ -45,40 +39,42 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_review(args: argparse.Namespace) -> int:
-    from workbench.datasets import catalog as workspace
-    from workbench.labelling import review
+def suggest_summary(result: SuggestResult, data: str) -> dict:
+    """What ``suggest --json`` prints: the run, counts, timings (s) and where the suggestions are stored."""
+    return {
+        "run": result.run,
+        "images": result.images,
+        "boxes": result.boxes,
+        "skipped_labelled": result.skipped_labelled,
+        "predict_seconds": round(result.predict_seconds, 3),
+        "store_seconds": round(result.store_seconds, 4),
+        "stored_in": str(suggestions.store_path(data)),
+    }
 
-    opened = workspace.open_dataset(args.data, args.src_format)
-    queue = review.build_queue(opened, evaluation=review.last_evaluation(opened.root))
+
+def cmd_review(args: argparse.Namespace) -> int:
+    queue = review.queue_of(args.data, args.src_format)
     if args.json:
-        print(json.dumps(queue, indent=2))
+        print_json(queue)
         return 0
     if not queue:
         print("the review queue is empty")
     for item in queue[: args.limit]:
         print(f"{item['tier']:15s} {item['path']}: " + "; ".join(item["reasons"]))
-    if len(queue) > args.limit:
-        print(f"... and {len(queue) - args.limit} more (--limit, or --json for all)")
+    print_more(min(args.limit, len(queue)), len(queue), indent="")
     return 0
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from workbench.datasets import catalog as workspace
-    from workbench.datasets import versions
-
-    dataset = workspace.open_dataset(args.data, args.src_format).dataset
-    entry = versions.take_version(dataset, name=args.name, reason=args.reason)
+    entry = versions.take_version_of(args.data, args.src_format, name=args.name, reason=args.reason)
     print(f"{entry['name']}  {entry['hash'][:12]}  {entry['images']} images, {entry['boxes']} boxes")
     return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from workbench.datasets import versions
-
     found = versions.list_versions(args.data)
     if args.json:
-        print(json.dumps(found, indent=2))
+        print_json(found)
         return 0
     if not found:
         print(f"{args.data}: no version yet (one is taken when training starts, or `workbench version SRC`)")
@@ -93,11 +89,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from workbench.datasets import versions
-
     result = versions.diff(args.data, args.old, args.new)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print_json(result.to_json())
         return 0
     totals = result.totals()
     print(f"{args.old} → {args.new}: " + ", ".join(f"{v} {k}" for k, v in totals.items()))
@@ -117,15 +111,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print("per image:")
         for d in result.images[: args.limit]:
             print(f"  {d.path}: " + "; ".join(d.changes))
-        if len(result.images) > args.limit:
-            print(f"  ... and {len(result.images) - args.limit} more images (--limit, or --json)")
+        print_more(min(args.limit, len(result.images)), len(result.images), what="more images")
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from workbench.formats import FORMATS
-    from workbench.labelling.suggestions import DEFAULT_SCORE
-
     formats = sorted(FORMATS)
 
     p = sub.add_parser("suggest", help="pre-annotate: store a model's boxes as suggestions to review")
@@ -165,9 +155,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=50, help="images listed (default 50)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
-
-
-if __name__ == "__main__":
-    from workbench.cli.main import main
-
-    sys.exit(main())

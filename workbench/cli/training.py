@@ -1,6 +1,6 @@
 """The training sub-commands of ``workbench``: ``train``, ``jobs``, ``cancel``.
 
-``add_commands(sub)`` registers them on the main parser (``workbench/cli.py``).
+``add_commands(sub)`` registers them on the main parser (``workbench/cli/main.py``).
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import time
 from typing import Any
 
 from workbench.errors import WorkbenchError
-
-
-def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+from workbench.formats import FORMATS
+from workbench.training import jobs
+from workbench.training.config import build_config
+from workbench.training.engines import DEFAULT_ENGINE, ENGINES
+from workbench.training.recipes import RECIPES
+from workbench.training.registry import read_json
 
 
 def _progress_line(job: dict[str, Any]) -> str:
@@ -32,51 +31,29 @@ def _progress_line(job: dict[str, Any]) -> str:
         text += f" loss {p['loss']:.4f}"
     if p.get("AP") is not None:
         text += f" AP {p['AP']:.4f} AP50 {p.get('AP50', 0):.4f}"
-    return text + f" ETA {_fmt_eta(p.get('eta_seconds'))}"
+    return text + f" ETA {jobs.eta_text(p.get('eta_seconds'))}"
+
+
+# the ``train`` flags that are ``TrainConfig`` fields of the same name (``None``: not given)
+OPTIONS = (
+    "engine model weights freeze_backbone detector gamma epochs imgsz batch workers lr max_iters max_val_images "
+    "seed rotation clip_grad time upscale face_threshold val_fraction gpus"
+).split()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from workbench.training import jobs
-
     if args.resume:
-        run = jobs.resume_job(
-            args.resume, epochs=args.epochs, batch=args.batch, device=args.device, workers=args.workers,
-            max_iters=args.max_iters, gpus=args.gpus, time=args.time,
-        )  # fmt: skip
+        changes = {key: getattr(args, key) for key in ("epochs", "batch", "device", "workers", "max_iters", "gpus")}
+        run = jobs.resume_job(args.resume, time=args.time, **changes)
         print(f"resuming {run}")
     else:
         if not args.data:
             raise WorkbenchError("--data DATASET is required (or --resume RUN)")
-        config: dict[str, Any] = {"engine": "torchvision", "model": "default", "weights": "auto"}
-        if args.recipe:  # the recipe's settings; any flag given below overrides them
-            from workbench.training.recipes import recipe_config
-
-            config.update(recipe_config(args.recipe, device=args.device))
-        device = args.device or config.get("device", "auto")
-        config.update({"data": args.data, "format": args.src_format, "device": device, "gpus": args.gpus or 1})
-        for key in ("engine", "model", "weights", "freeze_backbone", "detector", "gamma"):
-            if getattr(args, key) is not None:
-                config[key] = getattr(args, key)
-        for key in (
-            "epochs",
-            "imgsz",
-            "batch",
-            "workers",
-            "lr",
-            "max_iters",
-            "max_val_images",
-            "seed",
-            "rotation",
-            "clip_grad",
-            "time",
-            "upscale",
-            "face_threshold",
-        ):
-            value = getattr(args, key)
-            if value is not None:
-                config[key] = value
-        if args.val_fraction is not None:
-            config["val_fraction"] = args.val_fraction
+        overrides = {key: getattr(args, key) for key in OPTIONS if getattr(args, key) is not None}
+        overrides["data"] = args.data
+        if args.src_format:
+            overrides["format"] = args.src_format
+        config = build_config(args.recipe, args.device, overrides)
         run = jobs.start_job(config, run=args.name)
         print(f"started {run}")
     job = jobs.get_job(run)
@@ -84,6 +61,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.wait:
         print(f"  follow:  workbench jobs    stop: workbench cancel {run}")
         return 0
+    return _wait_and_report(run)
+
+
+def _wait_and_report(run: str) -> int:
+    """Follow ``run`` on stderr until it ends; print its state and best metrics; 0 when it finished."""
     last = [""]
 
     def show(j: dict[str, Any]) -> None:
@@ -99,8 +81,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     job = jobs.get_job(run)
     print(f"{run}: {state}" + (f" ({job['message']})" if job.get("message") and state != "finished" else ""))
-    from workbench.training.registry import read_json
-
     card = read_json(f"{job['folder']}/model_card.json") if state == "finished" else None
     if card:
         best = card.get("best_metrics") or {}
@@ -110,8 +90,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from workbench.training import jobs
-
     rows = jobs.list_jobs()
     if args.json:
         for j in rows:
@@ -126,7 +104,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         p, m = j["progress"], j["metrics"]
         epoch = f"{p.get('epoch', '-')}/{p.get('epochs', j['config'].get('epochs'))}"
         started = time.strftime("%m-%d %H:%M", time.localtime(j["started"] or j["created"]))
-        eta = _fmt_eta(p.get("eta_seconds")) if j["state"] == "running" else ""
+        eta = jobs.eta_text(p.get("eta_seconds")) if j["state"] == "running" else ""
         ap = f"{m['AP']:.4f}" if "AP" in m else "-"
         ap50 = f"{m['AP50']:.4f}" if "AP50" in m else "-"
         print(
@@ -136,8 +114,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from workbench.training import jobs
-
     before = jobs.get_job(args.run)["state"]
     if before not in jobs.ACTIVE:
         print(f"{args.run}: not running ({before})", file=sys.stderr)
@@ -149,20 +125,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``train``, ``jobs`` and ``cancel`` on the ``workbench`` sub-parser."""
-    from workbench.formats import FORMATS
-
     p = sub.add_parser("train", help="train a detector in a background job")
     p.add_argument("--data", help="dataset folder (any format)")
     p.add_argument("--from", dest="src_format", choices=sorted(FORMATS), help="dataset format (default: detected)")
     p.add_argument(
         "--recipe",
-        help="start from a named preset (explicit flags override it): detectron2-r50-c4, ssd-mobilenet, "
-        "faster-rcnn-upload, face-then-classify, retinanet-frozen; GPU settings when --device is cuda",
+        help=f"start from a named preset (explicit flags override it): {', '.join(RECIPES)}; "
+        "GPU settings when --device is cuda",
     )
-    p.add_argument(
-        "--engine", choices=["torchvision", "detectron2", "two-stage"],
-        help="default torchvision; two-stage is a face detector + crop classifier (the face-then-classify recipe)",
-    )  # fmt: skip
+    engines = "; ".join(f"{e.name}: {e.summary}" for e in ENGINES.values())
+    p.add_argument("--engine", choices=list(ENGINES), help=f"default {DEFAULT_ENGINE}. {engines}")
     p.add_argument(
         "--model",
         help="model name (default: fasterrcnn_resnet50_fpn_v2 on CUDA, fasterrcnn_mobilenet(_v2) on the CPU); "
@@ -188,9 +160,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default 0: off)")
     p.add_argument("--rotation", type=float, help="random rotation augmentation, degrees (default 0: off)")
     p.add_argument(
-        "--time", type=float, metavar="MINUTES",
+        "--time",
+        type=float,
+        metavar="MINUTES",
         help="finish within this many minutes, validation included (epochs stay the upper bound; 0: no limit)",
-    )  # fmt: skip
+    )
     faces = p.add_argument_group("two-stage (face-then-classify) options")
     faces.add_argument("--detector", choices=["retinaface", "mtcnn"], help="the face detector (default retinaface)")
     faces.add_argument("--upscale", type=float, help="enlarge images this much before finding faces (default 2)")

@@ -8,8 +8,6 @@ time), and copied otherwise.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import shutil
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from pathlib import Path
 
 from workbench.annotations import Dataset
 from workbench.errors import ReadError, WorkbenchError
-from workbench.formats import get_format, load_dataset
+from workbench.formats import embedded_image, get_format, load_dataset
 
 IMAGE_MODES = ("link", "copy", "symlink", "none")
 
@@ -63,17 +61,6 @@ def _place_image(src: Path, dst: Path, mode: str) -> None:
         _place_image(src, dst, mode)
 
 
-def _embedded_image(dataset: Dataset, index: int) -> bytes | None:
-    """The bytes of an image that LabelMe embedded as ``imageData``, if any."""
-    data = dataset.images[index].extra.get("labelme", {}).get("imageData")
-    if not data:
-        return None
-    try:
-        return base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        return None
-
-
 def bring_images(
     dataset: Dataset, out: Path, mode: str = "link", on_progress: Callable[[int, int], None] | None = None
 ) -> tuple[int, list[str]]:
@@ -96,7 +83,7 @@ def bring_images(
             _place_image(src, dst, mode)
             written += 1
         except FileNotFoundError:
-            if (data := _embedded_image(dataset, i)) is not None:
+            if (data := embedded_image(dataset, record)) is not None:
                 dst.write_bytes(data)
                 written += 1
             else:
@@ -131,9 +118,9 @@ def convert(
 
     dataset = load_dataset(src, src_format, strict=not skip_bad, on_progress=stage("read"))
     out.mkdir(parents=True, exist_ok=True)
-    if module.NAME == "coco":
-        # A COCO output is annotations.json or <split>.json at the top of ``out``,
-        # whatever files the source kept its records in.
+    if not module.CAPABILITIES.per_image_files:
+        # One file for many images (COCO): annotations.json or <split>.json at the top of
+        # ``out``, whatever files the source kept its records in.
         module.save(dataset, out, keep_files=False, on_progress=stage("write"))
     else:
         module.save(dataset, out, on_progress=stage("write"))

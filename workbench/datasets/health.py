@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from workbench.annotations import Dataset, ImageRecord
+from workbench.datasets.index import OpenDataset
 from workbench.fileio import IMAGE_EXTENSIONS, iter_files, relpath
+from workbench.formats import capabilities, embedded_image, load_dataset
 
 TINY_AREA = 36.0  # px²: smaller boxes are listed (a 6 x 6 face is at the limit of what a detector finds)
 EPSILON = 0.01  # px: YOLO's 6-decimal normalised numbers land up to ~0.004 px past a 4,000 px edge
@@ -130,9 +132,9 @@ def _image_findings(dataset: Dataset, record: ImageRecord) -> list[Finding]:
     path = dataset.root / record.path
     file = record.annotation or record.path
     if not path.is_file():
-        if record.extra.get("labelme", {}).get("imageData"):
-            return []  # the image is embedded in the JSON
-        per_image = record.annotation is not None and dataset.format != "coco"
+        if embedded_image(dataset, record) is not None:
+            return []  # the image is embedded in its annotation file
+        per_image = record.annotation is not None and capabilities(dataset.format).per_image_files
         kind = "orphan_annotation" if per_image else "missing_image"
         return [Finding(kind, file, f"image {record.path} not found", record.path)]
     try:
@@ -192,7 +194,7 @@ def check(
     findings: list[Finding] = [
         Finding("bad_file", e.file, e.reason if not e.record else f"{e.record}: {e.reason}") for e in dataset.skipped
     ]
-    per_image_format = dataset.format in ("voc", "yolo", "labelme")
+    per_image_format = capabilities(dataset.format).per_image_files
     total = len(dataset.images)
     for n, record in enumerate(dataset.images, 1):
         if per_image_format and record.annotation is None:
@@ -219,3 +221,37 @@ def check(
         size_histogram=size_histogram(dataset),
         splits=dict(splits),
     )
+
+
+def check_folder(
+    root: Path | str,
+    fmt: str | None = None,
+    *,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[Dataset, HealthReport]:
+    """Load the dataset in ``root`` leniently (bad files become findings) and check it; what
+    ``workbench check`` runs. ``on_progress(stage, done, total)`` reports ``read`` then ``check``."""
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: on_progress(name, done, total)) if on_progress else None
+
+    dataset = load_dataset(root, fmt, strict=False, on_progress=stage("read"))
+    return dataset, check(dataset, on_progress=stage("check"))
+
+
+def report(opened: OpenDataset) -> HealthReport:
+    """The health report of ``opened`` at its current revision (computed once per revision)."""
+    with opened.lock:
+        cached = getattr(opened, "_health", None)
+        if cached is not None and cached[0] == opened.revision:
+            return cached[1]
+        result = check(opened.dataset)
+        opened._health = (opened.revision, result)
+        return result
+
+
+def record_findings(dataset: Dataset, record: ImageRecord, classes: list[str] | None = None) -> list[Finding]:
+    """The health findings of one record (its boxes and its image header), for the record as it
+    is being edited (``classes``: the class list being edited). Cheap: no other file is read."""
+    shell = Dataset(root=dataset.root, format=dataset.format, classes=list(classes or dataset.classes))
+    return check_record(shell, record)

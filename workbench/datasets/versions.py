@@ -9,9 +9,9 @@ The workspace keeps, per dataset folder, under ``<workspace>/versions/<folder>-<
 * ``<hash>.json.gz``: the snapshot of the labels of that version (class names, and per image
   its size, split and boxes with class names), what ``diff`` compares.
 
-The hash is ``training.data.dataset_hash``'s (the model card's ``dataset_hash``), computed here
-without importing torch: a run's card therefore names its version by hash, and the run folder
-gets ``dataset_version.json`` with the name. Boxes are the model's pixels ``x1, y1, x2, y2``.
+The hash is ``annotations.content_hash``, the one a run's model card records as ``dataset_hash``:
+a run's card therefore names its version by hash, and the run folder gets
+``dataset_version.json`` with the name. Boxes are the model's pixels ``x1, y1, x2, y2``.
 
 ``diff`` matches boxes per image: identical boxes first (same class, same coordinates within
 ``SAME_PX``), then the same place with another class (relabelled), then the same class and
@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -34,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from workbench import paths
-from workbench.datasets import catalog as workspace
 from workbench.annotations import Dataset, content_hash
+from workbench.boxes import iou
+from workbench.datasets.catalog import resolve_path
+from workbench.datasets.index import open_dataset
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
 
@@ -62,12 +65,9 @@ def snapshot(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-# --- the store ----------------------------------------------------------------------------
-
-
 def store_dir(root: Path | str) -> Path:
     """The folder holding the versions of the dataset in ``root``."""
-    resolved = str(workspace.resolve_path(root))
+    resolved = str(resolve_path(root))
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(resolved).name).strip("-") or "dataset"
     return paths.home() / "versions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
@@ -130,12 +130,18 @@ def take_version(
     return entry
 
 
+def take_version_of(
+    root: Path | str, fmt: str | None = None, *, name: str | None = None, reason: str = "by hand"
+) -> dict[str, Any]:
+    """Open the dataset in ``root`` (format ``fmt``, default detected) and take a version of its
+    labels (``take_version``); what ``workbench version`` runs."""
+    return take_version(open_dataset(root, fmt).dataset, name=name, reason=reason)
+
+
 def take_for_training(dataset: Dataset, folder: Path | str) -> str:
     """The hook the training loop calls when a run starts: take the version of the labels it
     trains on and write ``dataset_version.json`` (name, hash) into the run folder. Returns the
     version's name. Never fails the run: a problem is logged and ``""`` returned."""
-    import logging
-
     try:
         folder = Path(folder)
         entry = take_version(dataset, reason=f"training {folder.name}", run=folder.name)
@@ -202,9 +208,6 @@ def run_version(run_dir: Path | str) -> dict[str, Any] | None:
     return None
 
 
-# --- the diff -----------------------------------------------------------------------------
-
-
 @dataclass
 class ImageDiff:
     """What changed in one image: counts and one line per change."""
@@ -264,19 +267,6 @@ class Diff:
         }
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of two ``(N, 4)`` box arrays."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def _box(b) -> str:
     return "[" + ", ".join(f"{v:g}" for v in np.round(np.asarray(b, dtype=float), 1)) + "]"
 
@@ -293,7 +283,7 @@ def diff_image(path: str, old: dict[str, Any] | None, new: dict[str, Any] | None
         per_class.setdefault(name, Counter())[what] += 1
 
     close = np.abs(ob[:, None, :] - nb[None, :, :]).max(axis=2) <= SAME_PX if len(ob) and len(nb) else None
-    iou = iou_matrix(ob, nb)
+    overlap = iou(ob, nb)
     for same_class in (True, False):  # untouched boxes, then relabelled in place
         for i in sorted(free_o):
             for j in sorted(free_n):
@@ -307,7 +297,7 @@ def diff_image(path: str, old: dict[str, Any] | None, new: dict[str, Any] | None
                     break
     for same_class in (True, False):  # moved, then moved and relabelled: best overlap first
         pairs = sorted(
-            ((iou[i, j], i, j) for i in free_o for j in free_n if (ol[i] == nl[j]) == same_class),
+            ((overlap[i, j], i, j) for i in free_o for j in free_n if (ol[i] == nl[j]) == same_class),
             reverse=True,
         )
         for value, i, j in pairs:
@@ -352,7 +342,7 @@ def diff_snapshots(old: dict[str, Any], new: dict[str, Any]) -> Diff:
 def labels_of(root: Path | str, ref: str, current: Dataset | None = None) -> dict[str, Any]:
     """The snapshot of version ``ref``, or of the labels now when ``ref`` is ``"current"``."""
     if ref == CURRENT:
-        dataset = current if current is not None else workspace.open_dataset(root).dataset
+        dataset = current if current is not None else open_dataset(root).dataset
         return snapshot(dataset)
     return load_snapshot(root, ref)
 
@@ -372,22 +362,3 @@ def edits_since(root: Path | str, digest: str | None, current: Dataset) -> int |
     if entry["hash"] == content_hash(current):
         return 0
     return diff_snapshots(load_snapshot(root, entry), snapshot(current)).edits
-
-
-__all__ = [
-    "CURRENT",
-    "Diff",
-    "ImageDiff",
-    "content_hash",
-    "diff",
-    "diff_snapshots",
-    "edits_since",
-    "find_version",
-    "list_versions",
-    "load_snapshot",
-    "run_version",
-    "snapshot",
-    "take_for_training",
-    "take_version",
-    "version_of_hash",
-]

@@ -1,6 +1,5 @@
-"""``workbench demo``: serve the Gradio demo, and start/stop it as a background process.
-
-    workbench demo [--model RUN|latest] [--port N] [--share] [--auth USER:PASS]
+"""The demo server: ``serve`` it in this process (what ``workbench demo`` runs), or
+``start``/``stop``/``status`` it as a background process (what the Demo page calls).
 
 Gradio is imported only when the server starts, so the Streamlit Demo page can use
 ``start``/``stop``/``status`` below without paying for it.
@@ -13,7 +12,6 @@ output goes to ``<workspace>/demo.log`` when started by ``start``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -22,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,6 @@ AUTH_ENV = "WORKBENCH_DEMO_AUTH"  # USER:PASS, so a password need not show in `p
 DEFAULT_PORT = 7860
 
 
-def _error(message: str) -> None:
-    print(f"workbench: error: {message}", file=sys.stderr)
-
-
 def parse_auth(text: str | None) -> tuple[str, str] | None:
     """``"USER:PASS"`` -> ``("USER", "PASS")``; ``None`` or ``""`` -> no login."""
     if not text:
@@ -46,9 +41,6 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not sep or not user or not password:
         raise WorkbenchError("--auth takes USER:PASS (both non-empty)")
     return user, password
-
-
-# --------------------------------------------------------------------------- state file
 
 
 def state_path() -> Path:
@@ -107,9 +99,6 @@ def responds(url: str, timeout: float = 2.0) -> bool:
         return e.code in (401, 403)
     except (OSError, ValueError):
         return False
-
-
-# --------------------------------------------------------------------------- background process
 
 
 def start(
@@ -193,43 +182,57 @@ def status() -> dict[str, Any] | None:
     return state
 
 
-# --------------------------------------------------------------------------- command
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from workbench.demo.gradio_app import DemoLimits, DetectorDemo, ModelSource, build_demo, launch
+def serve(
+    *,
+    model: str = "latest",
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    share: bool = False,
+    auth: str | None = None,
+    device: str = "auto",
+    concurrency: int = 2,
+    say: Callable[[str], None] = _say,
+) -> None:
+    """Serve the demo of ``model`` on ``host:port`` until SIGTERM or Ctrl-C, with the state file
+    written while it serves. ``auth`` is ``USER:PASS`` (default: ``$WORKBENCH_DEMO_AUTH``);
+    ``say`` prints the banner and the URLs (stderr). Raises ``WorkbenchError`` when the port
+    cannot be bound."""
+    login = parse_auth(auth or os.environ.get(AUTH_ENV))
+    # Gradio and torch load only here: the Demo page imports this module for start/stop/status.
+    from workbench.demo.detector import DemoLimits, DetectorDemo, ModelSource
+    from workbench.demo.gradio_app import build_demo, launch
 
-    auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
-    limits = DemoLimits(concurrency=args.concurrency)
-    source = ModelSource(args.model, device=args.device)
-    app = DetectorDemo(source, limits=limits)
+    limits = DemoLimits(concurrency=concurrency)
+    app = DetectorDemo(ModelSource(model, device=device), limits=limits)
     banner, _, _ = app.model_card()  # loads the model now, so the first request is not slow
-    print(banner.replace("**", "").replace("`", ""), file=sys.stderr)
+    say(banner.replace("**", "").replace("`", ""))
     demo = build_demo(app)
     try:
-        served = launch(demo, host=args.host, port=args.port, share=args.share, auth=auth, limits=limits)
+        served = launch(demo, host=host, port=port, share=share, auth=login, limits=limits)
     except OSError as e:
-        _error(f"cannot serve on {args.host}:{args.port}: {e} (another demo running? try --port)")
-        return 1
-    if args.share and served.share_error:
-        print(
-            f"workbench demo: --share: no public link: {served.share_error}. Still serving locally at {served.local_url}",
-            file=sys.stderr,
+        raise WorkbenchError(f"cannot serve on {host}:{port}: {e} (another demo running? try --port)") from e
+    if share and served.share_error:
+        say(
+            f"workbench demo: --share: no public link: {served.share_error}. Still serving locally at {served.local_url}"
         )
     elif served.share_url:
-        print(f"workbench demo: public link {served.share_url}", file=sys.stderr)
-    print(f"workbench demo: serving on {served.local_url}", file=sys.stderr, flush=True)
+        say(f"workbench demo: public link {served.share_url}")
+    say(f"workbench demo: serving on {served.local_url}")
     pid = os.getpid()
     _write_state(
         {
             "pid": pid,
-            "host": args.host,
-            "port": args.port,
+            "host": host,
+            "port": port,
             "local_url": served.local_url,
             "share_url": served.share_url,
             "share_error": served.share_error,
-            "model": args.model,
-            "auth": bool(auth),
+            "model": model,
+            "auth": bool(login),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
@@ -245,18 +248,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         _clear_state(pid)
         demo.close()
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="serve a Gradio demo of a trained model (image, webcam, video, API)")
-    p.add_argument("--model", default="latest", metavar="RUN", help="run name, run folder or 'latest' (default)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--share", action="store_true", help="ask Gradio for a public link (keeps serving locally if none)")
-    p.add_argument(
-        "--auth", metavar="USER:PASS", help=f"require this login (or set {AUTH_ENV}, which `ps` does not show)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--concurrency", type=int, default=2, help="requests of one kind run at once (default 2)")
-    p.set_defaults(func=cmd_demo)

@@ -3,37 +3,18 @@ predictions and evaluation in it, ready views, the App, and tags that come back 
 
 (Named ``fiftyone_app`` so that it does not shadow the ``fiftyone`` package.)
 
-    from workbench import fiftyone_app as fa
+    from workbench.evaluation import fiftyone_app as fa
     errors = fa.prepare_errors("latest", "datasets/facemask-sample")   # evaluate + load + views
     session = fa.launch(errors.dataset, port=5151); print(session.url)
     fa.relabel_queue("datasets/facemask-sample")                         # samples tagged "fix"
 
-The FiftyOne dataset:
-
-* is named ``workbench-<folder>-<8 hex of the folder's path>`` and is persistent; ``refresh``
-  re-reads the workbench dataset (a fix saved in the workbench shows up there) while keeping
-  the tags users set in the App;
-* has one sample per image: ``filepath`` (absolute), ``ground_truth`` and ``predictions``
-  (``fo.Detections``), ``split``, ``source`` (the annotation file, relative to the root) and
-  ``wb_path`` (the workbench's relative image path, the key back into the workbench);
-* boxes are FiftyOne's relative ``[x, y, w, h]`` in ``[0, 1]``: ``[x1 / W, y1 / H, (x2 - x1) / W,
-  (y2 - y1) / H]`` with the workbench's exclusive ``x2``/``y2`` (``to_fiftyone_box``). Ignore
-  regions (``__ignore__`` boxes, COCO ``iscrowd``) carry ``iscrowd = 1``, which FiftyOne's COCO
-  evaluation treats as crowds.
-
-Predictions are one run's, at the score threshold of the confusion matrix (0.25 by default),
-on the evaluated images only; the other samples have ``predictions = None``. Each run gets its
-own evaluation key ``eval_<run>`` (COCO style, IoU 0.5, classwise) and ``eval_<run>_any``
-(classwise off, so that a box found with the wrong class is matched: the class confusions).
-Loading another run's predictions deletes the evaluations of the one before.
-
-fiftyone-brain: ``compute_mistakenness`` runs (offline; it needs only the predictions'
-confidences). ``compute_hardness`` does not: it needs per-sample classification logits, which a
-detector's output does not have. Nothing here downloads a model.
-
-The database: FiftyOne starts its own ``mongod`` (the ``fiftyone-db`` package) with its data in
-``FIFTYONE_DATABASE_DIR`` (default ``~/.fiftyone/var/lib/mongo``); ``FIFTYONE_DATABASE_URI``
-points it at your own MongoDB server instead. No Streamlit here.
+One persistent FiftyOne dataset per workbench folder (``dataset_name``), one sample per image
+with ``ground_truth``, ``predictions``, ``split``, ``source`` and ``wb_path`` (the workbench's
+relative image path, the key back). Boxes are FiftyOne's relative ``[x, y, w, h]`` in ``[0, 1]``
+(``to_fiftyone_box``); ignore regions carry ``iscrowd = 1``. Predictions are one run's, at the
+confusion matrix's score threshold; each run gets the evaluation keys ``eval_<run>`` (classwise)
+and ``eval_<run>_any`` (not classwise: the class confusions). docs/evaluation.md describes the
+fields, the brain runs and the database. No Streamlit here.
 """
 
 from __future__ import annotations
@@ -50,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from workbench.annotations import Dataset, Detections, ImageRecord
+from workbench.boxes import xywh_to_xyxy, xyxy_to_xywh
+from workbench.evaluation.evaluate import Evaluation, evaluate_run
 from workbench.splits import is_ignore
 
 log = logging.getLogger(__name__)
@@ -81,19 +64,14 @@ def fiftyone():
     return fo
 
 
-# --------------------------------------------------------------------------- boxes
-
-
 def to_fiftyone_box(box: np.ndarray | list[float], width: int, height: int) -> list[float]:
     """Workbench pixels ``x1, y1, x2, y2`` -> FiftyOne relative ``[x, y, w, h]``."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
+    return (xyxy_to_xywh([box])[0] / [width, height, width, height]).tolist()
 
 
 def from_fiftyone_box(box: list[float], width: int, height: int) -> list[float]:
     """FiftyOne relative ``[x, y, w, h]`` -> workbench pixels ``x1, y1, x2, y2``."""
-    x, y, w, h = (float(v) for v in box)
-    return [x * width, y * height, (x + w) * width, (y + h) * height]
+    return (xywh_to_xyxy([box])[0] * [width, height, width, height]).tolist()
 
 
 def ground_truth_detections(dataset: Dataset, record: ImageRecord):
@@ -124,9 +102,6 @@ def prediction_detections(det: Detections, classes: list[str], width: int, heigh
             for b, s, c in zip(det.boxes, det.scores, det.class_ids, strict=True)
         ]
     )
-
-
-# --------------------------------------------------------------------------- the dataset
 
 
 def dataset_name(root: Path | str) -> str:
@@ -312,9 +287,6 @@ def save_views(ds, key: str) -> list[str]:
     return names
 
 
-# --------------------------------------------------------------------------- the App
-
-
 def launch(ds, *, view: Any = None, address: str = "127.0.0.1", port: int = DEFAULT_PORT):
     """Start the FiftyOne App on ``address:port`` (no browser is opened); return the session.
 
@@ -330,9 +302,6 @@ def view_url(session, ds, view_name: str | None = None) -> str:
     if not view_name:
         return f"{base}/datasets/{ds.name}"
     return f"{base}/datasets/{ds.name}?view={view_name}"
-
-
-# --------------------------------------------------------------------------- the relabel queue
 
 
 def relabel_queue(dataset_root: Path | str, *, tag: str = FIX_TAG) -> list[dict[str, Any]]:
@@ -379,9 +348,6 @@ def clear_tag(dataset_root: Path | str, paths: list[str], *, tag: str = FIX_TAG)
     return len(view)
 
 
-# --------------------------------------------------------------------------- one call
-
-
 @dataclass
 class Errors:
     """What ``prepare_errors`` built: the FiftyOne dataset, the evaluation, the views."""
@@ -391,6 +357,12 @@ class Errors:
     run: str
     summary: dict[str, Any] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``workbench errors --json`` object: the FiftyOne dataset's name, ``summary`` and
+        the samples in each saved view."""
+        views = {name: len(self.dataset.load_saved_view(name)) for name in self.views}
+        return {"fiftyone_dataset": self.dataset.name, **self.summary, "views": views}
 
 
 def prepare_errors(
@@ -405,16 +377,14 @@ def prepare_errors(
 ) -> Errors:
     """Evaluate run ``run`` on ``data`` (``evaluation.evaluate_run``, saved into the run), then
     refresh the FiftyOne dataset, load the predictions, evaluate there and save the views."""
-    from workbench.evaluation.evaluate import evaluate_run
-
     ev = evaluate_run(
         run, data, fmt=fmt, split=split, score_threshold=score_threshold, device=device, on_progress=on_progress
     )
     return errors_from_evaluation(ev, score_threshold=score_threshold)
 
 
-def errors_from_evaluation(ev: Any, *, score_threshold: float = 0.25) -> Errors:
-    """The FiftyOne half of ``prepare_errors`` for an ``evaluation.Evaluation`` already computed."""
+def errors_from_evaluation(ev: Evaluation, *, score_threshold: float = 0.25) -> Errors:
+    """The FiftyOne half of ``prepare_errors`` for an evaluation already computed (or loaded)."""
     ds = refresh(ev.dataset, reevaluate=False)  # evaluated below, with the new predictions
     kept = [d[d.scores >= score_threshold] for d in ev.detections]
     load_predictions(ds, ev.dataset, ev.records, kept, ev.classes, run=ev.run)
@@ -422,25 +392,3 @@ def errors_from_evaluation(ev: Any, *, score_threshold: float = 0.25) -> Errors:
     return Errors(
         dataset=ds, eval_key=summary["eval_key"], run=ev.run, summary=summary, views=sorted(ds.list_saved_views())
     )
-
-
-__all__ = [
-    "FIX_TAG",
-    "VIEWS",
-    "Errors",
-    "clear_tag",
-    "dataset_name",
-    "errors_from_evaluation",
-    "eval_key",
-    "evaluate",
-    "fiftyone",
-    "from_fiftyone_box",
-    "launch",
-    "load_predictions",
-    "make_views",
-    "prepare_errors",
-    "refresh",
-    "relabel_queue",
-    "to_fiftyone_box",
-    "view_url",
-]

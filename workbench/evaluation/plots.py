@@ -14,13 +14,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from workbench.drawing import class_colour
+from workbench.annotations import Dataset, Detections, ImageRecord
+from workbench.drawing import class_colour, draw_boxes
+from workbench.evaluation.report import PLOTS, EvalReport
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from workbench.evaluation.evaluate import EvalReport
 
 
 def ap_figure(report: EvalReport) -> Figure:
@@ -90,11 +91,7 @@ def pr_figure(report: EvalReport) -> Figure:
 def save_plots(report: EvalReport, out_dir: Path) -> list[Path]:
     """Write ``ap_per_class.png``, ``confusion.png`` and ``pr_curves.png`` into ``out_dir``."""
     written = []
-    for name, make in (
-        ("ap_per_class.png", ap_figure),
-        ("confusion.png", confusion_figure),
-        ("pr_curves.png", pr_figure),
-    ):
+    for name, make in zip(PLOTS, (ap_figure, confusion_figure, pr_figure), strict=True):
         fig = make(report)
         path = Path(out_dir) / name
         fig.savefig(path, dpi=90)
@@ -130,11 +127,7 @@ def draw_comparison(
 ):
     """A copy of ``image`` (PIL) with the ground truth in solid class-coloured boxes and the
     predictions in dashed ones labelled with class and score. Boxes are pixels ``x1, y1, x2, y2``;
-    colours follow each list's own class ids (``workbench.images.class_colour``)."""
-    from PIL import ImageDraw, ImageFont
-
-    from workbench.drawing import draw_boxes
-
+    colours follow each list's own class ids (``workbench.drawing.class_colour``)."""
     out = draw_boxes(image, gt_boxes, gt_class_ids, gt_names, width=3, labels=False)
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
@@ -145,3 +138,32 @@ def draw_comparison(
         name = pred_names[int(class_id)] if 0 <= int(class_id) < len(pred_names) else str(int(class_id))
         draw.text((x1 + 2, max(0.0, y2 + 1)), f"{name} {float(score):.2f}", fill=colour, font=font)
     return out
+
+
+def draw_evaluated(
+    image: Image.Image,
+    *,
+    dataset: Dataset,
+    record: ImageRecord,
+    detections: Detections | None,
+    classes: list[str],
+    score_threshold: float,
+) -> Image.Image:
+    """``draw_comparison`` of one evaluated image: ``record``'s ground truth (solid) and the run's
+    ``detections`` scoring at least ``score_threshold`` (dashed). The ground truth is coloured by
+    the run's class ids (``classes``), so both styles share one colour per class; a dataset class
+    the run does not know is drawn as ``other``."""
+    names = (dataset.class_name(int(c)) for c in record.class_ids)
+    gt_ids = [classes.index(n) if n in classes else len(classes) for n in names]
+    det = detections if detections is not None else Detections()
+    kept = det[det.scores >= score_threshold]
+    return draw_comparison(
+        image,
+        gt_boxes=record.boxes,
+        gt_class_ids=gt_ids,
+        gt_names=[*classes, "other"],
+        pred_boxes=kept.boxes,
+        pred_class_ids=kept.class_ids,
+        pred_scores=kept.scores,
+        pred_names=classes,
+    )

@@ -1,4 +1,6 @@
-"""The four annotation formats, each a module with ``detect``, ``load``, ``save`` and ``save_record``.
+"""The annotation formats, each a module with ``detect``, ``load``, ``save``, ``save_record``,
+``annotation_files`` and ``save_class_list``, a ``LABEL`` to show users and its ``CAPABILITIES``
+(``common.Capabilities``): code outside this package asks those, never the format's name.
 
 ``load_dataset``/``save_dataset`` pick the module by name or by detection. Converting is
 always ``load -> Dataset -> save``: there is no format-to-format shortcut.
@@ -10,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from workbench.annotations import Dataset
+from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import FormatDetectionError, WorkbenchError
 from workbench.formats import coco, labelme, voc, yolo
+from workbench.formats.common import Capabilities
 
 FORMATS: dict[str, ModuleType] = {"coco": coco, "labelme": labelme, "voc": voc, "yolo": yolo}
 
@@ -24,6 +27,36 @@ def get_format(name: str) -> ModuleType:
         raise WorkbenchError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}") from None
 
 
+def capabilities(name: str) -> Capabilities:
+    """What the format called ``name`` can do."""
+    return get_format(name).CAPABILITIES
+
+
+def label(name: str) -> str:
+    """The format's name as users know it ("Pascal VOC")."""
+    return get_format(name).LABEL
+
+
+def labels(names: list[str]) -> str:
+    """``["voc", "yolo", "coco"]`` -> "Pascal VOC, YOLO or COCO"."""
+    shown = [label(n) for n in names]
+    return " or ".join([", ".join(shown[:-1]), shown[-1]]) if len(shown) > 1 else "".join(shown)
+
+
+def embedded_image(dataset: Dataset, record: ImageRecord) -> bytes | None:
+    """The image bytes ``record``'s annotation file embeds, when its format can embed one."""
+    module = get_format(dataset.format)
+    return module.embedded_image(record) if module.CAPABILITIES.embedded_images else None
+
+
+def labelme_file(dataset: Dataset, record: ImageRecord) -> str:
+    """What the LabelMe tool should open for ``record``, relative to the root: the record's own
+    JSON when the dataset is LabelMe, else its image (LabelMe then writes a JSON beside it)."""
+    if dataset.format == labelme.NAME and record.annotation:
+        return record.annotation
+    return record.path
+
+
 def detect_format(root: Path | str) -> str:
     """The one format whose files ``root`` holds; an error when none or several match."""
     root = Path(root)
@@ -31,9 +64,7 @@ def detect_format(root: Path | str) -> str:
         raise FormatDetectionError(f"{root}: not a folder")
     found = [name for name, module in FORMATS.items() if module.detect(root)]
     if not found:
-        raise FormatDetectionError(
-            f"{root}: no LabelMe, YOLO, Pascal VOC or COCO annotations found; choose the format by hand"
-        )
+        raise FormatDetectionError(f"{root}: no {labels(list(FORMATS))} annotations found; choose the format by hand")
     if len(found) > 1:
         raise FormatDetectionError(f"{root}: holds {' and '.join(found)} annotations; choose one by hand")
     return found[0]

@@ -30,10 +30,22 @@ import numpy as np
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, first_file, iter_files, relpath, safe_relpath
-from workbench.formats.common import ErrorCollector, number, progress, size_from_header, split_of, to_int
+from workbench.formats.common import (
+    Capabilities,
+    ErrorCollector,
+    number,
+    progress,
+    size_from_header,
+    split_of,
+    to_int,
+)
 from workbench.formats.labelme import read_json
 
 NAME = "coco"
+LABEL = "COCO"
+CAPABILITIES = Capabilities(
+    per_image_files=False, class_list_file=False, classes_from_labels=False, reread_one_file=False, add_images=False
+)
 ROBOFLOW_FILE = "_annotations.coco.json"
 
 
@@ -339,3 +351,15 @@ def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None)
     """Rewrite the one COCO file that holds ``record`` (COCO keeps a split in one file)."""
     target, records = next((k, v) for k, v in _groups(dataset).items() if any(r is record for r in v))
     return _write(dataset, Path(root or dataset.root), target, records)
+
+
+def annotation_files(dataset: Dataset, record: ImageRecord) -> list[str]:
+    """The files a save of ``record`` writes, relative to the root: the JSON that lists it
+    (none known for a record that came from another format)."""
+    return [record.annotation] if record.annotation else []
+
+
+def save_class_list(dataset: Dataset, root: Path) -> None:
+    """Rewrite every COCO file of ``dataset`` under ``root``: each one holds the categories."""
+    for rel, records in _groups(dataset).items():
+        _write(dataset, Path(root), rel, records)

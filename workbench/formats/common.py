@@ -1,19 +1,59 @@
-"""Helpers the four format modules share: number output, split names, image look-up, error collection."""
+"""What the format modules share: their ``Capabilities``, number output, split names, image
+look-up, error collection."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from workbench.errors import DatasetReadError, ReadError
-from workbench.fileio import IMAGE_EXTENSIONS, image_size, iter_files, natural_key, relpath
+from workbench.fileio import IMAGE_EXTENSIONS, image_size, is_image, iter_files, natural_key, relpath
 
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test", "trainval")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a format can do. Each format module has a ``CAPABILITIES``; code outside
+    ``workbench.formats`` asks it instead of testing the format's name.
+
+    * ``per_image_files``: one annotation file per image (VOC, LabelMe, YOLO), so an image with
+      no file is unlabelled; else one file lists many images (COCO), so an image it does not
+      list is missing from it.
+    * ``class_list_file``: the class list is kept in a file of its own, apart from the records
+      (YOLO's ``classes.txt``/``data.yaml``).
+    * ``classes_from_labels``: the class list is the boxes' labels in the order they first
+      appear (VOC, LabelMe): nothing but the records stores it, and saving them saves it.
+    * ``reread_one_file``: the module's ``reread`` re-reads changed annotation files alone and
+      gives the records a full load gives.
+    * ``add_images``: images copied into the dataset's folder need no annotation file changed;
+      the next load lists them unlabelled.
+    * ``embedded_images``: an annotation file may hold its image's bytes (LabelMe ``imageData``);
+      the module's ``embedded_image(record)`` returns them.
+    """
+
+    per_image_files: bool
+    class_list_file: bool
+    classes_from_labels: bool
+    reread_one_file: bool
+    add_images: bool
+    embedded_images: bool = False
+
+
+def class_ids_of(names: list[str], classes: list[str], file: str) -> list[int]:
+    """The ids in ``classes`` of the box labels ``names`` read from ``file``; a ``ReadError``
+    when a label is not in the list (a re-read cannot then give what a full load gives)."""
+    try:
+        return [classes.index(name) for name in names]
+    except ValueError:
+        new = next(name for name in names if name not in classes)
+        raise ReadError(file, f"label {new!r} is not one of the dataset's classes") from None
 
 
 def number(value: float) -> int | float:
@@ -74,6 +114,19 @@ class ImageIndex:
             name = rel.rsplit("/", 1)[-1]
             self.by_name.setdefault(name, []).append(rel)
             self.by_stem.setdefault(name.rsplit(".", 1)[0], []).append(rel)
+
+    @classmethod
+    def from_scan(cls, root: Path, files: Iterable[str]) -> ImageIndex:
+        """The index of ``root`` built from ``files``, every file's path relative to it (a scan
+        made before), instead of walking the folder again: its images in ``iter_files`` order
+        (folders in name order, depth first, files in natural order), so that look-ups give
+        what ``ImageIndex(root)`` gives."""
+
+        def order(rel: str) -> tuple:
+            folders, _, name = rel.rpartition("/")
+            return (tuple(folders.split("/")) if folders else (), natural_key(name))
+
+        return cls(root, sorted((rel for rel in files if is_image(rel)), key=order))
 
     def __contains__(self, rel: str) -> bool:
         return rel in self.known

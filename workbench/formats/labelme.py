@@ -14,9 +14,11 @@ training and evaluation code treat its boxes as regions to ignore.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,9 +27,27 @@ import numpy as np
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, first_file, is_image, iter_files, relpath, safe_relpath
-from workbench.formats.common import ErrorCollector, ImageIndex, progress, size_from_header, split_of, to_int
+from workbench.formats.common import (
+    Capabilities,
+    ErrorCollector,
+    ImageIndex,
+    class_ids_of,
+    progress,
+    size_from_header,
+    split_of,
+    to_int,
+)
 
 NAME = "labelme"
+LABEL = "LabelMe"
+CAPABILITIES = Capabilities(
+    per_image_files=True,
+    class_list_file=False,
+    classes_from_labels=True,
+    reread_one_file=True,
+    add_images=True,
+    embedded_images=True,
+)
 BOX_SHAPES = ("rectangle", "polygon")
 VERSION = "5.5.0"
 
@@ -131,6 +151,31 @@ def read_record(root: Path, path: Path) -> ImageRecord:
     return record
 
 
+def reread(dataset: Dataset, files: dict[int, str], *, scanned: Iterable[str] = ()) -> dict[int, ImageRecord]:
+    """The records at the positions of ``files`` (``position -> JSON path`` relative to the root)
+    read again, as a full load reads them, with class ids of ``dataset.classes``. (``scanned`` is
+    not needed: each JSON names its image.) A ``ReadError`` when a file cannot be read or names a
+    class the dataset does not have."""
+    out = {}
+    for position, rel in files.items():
+        record = read_record(dataset.root, dataset.root / rel)
+        names = record.extra.pop("_names")
+        record.class_ids = np.array(class_ids_of(names, dataset.classes, rel), dtype=np.int64)
+        out[position] = record
+    return out
+
+
+def embedded_image(record: ImageRecord) -> bytes | None:
+    """The image bytes the record's JSON embeds as base64 ``imageData``, else ``None``."""
+    data = record.extra.get("labelme", {}).get("imageData")
+    if not data:
+        return None
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _is_labelme(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -222,6 +267,15 @@ def to_json(record: ImageRecord, classes: Dataset, annotation: str) -> dict[str,
     doc["imageHeight"] = int(record.height)
     doc["imageWidth"] = int(record.width)
     return doc
+
+
+def annotation_files(dataset: Dataset, record: ImageRecord) -> list[str]:
+    """The files a save of ``record`` writes, relative to the root: its JSON."""
+    return [annotation_path(dataset, record)]
+
+
+def save_class_list(dataset: Dataset, root: Path) -> None:
+    """Nothing to write: LabelMe keeps the class names in the shapes' ``label``s."""
 
 
 def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None) -> Path:

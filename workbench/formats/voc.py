@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,8 +32,10 @@ from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, first_file, iter_files, relpath, safe_relpath
 from workbench.formats.common import (
+    Capabilities,
     ErrorCollector,
     ImageIndex,
+    class_ids_of,
     default_annotation_path,
     number_text,
     progress,
@@ -43,6 +45,10 @@ from workbench.formats.common import (
 )
 
 NAME = "voc"
+LABEL = "Pascal VOC"
+CAPABILITIES = Capabilities(
+    per_image_files=True, class_list_file=False, classes_from_labels=True, reread_one_file=True, add_images=True
+)
 ANNOTATION_DIRS = ("annotations", "Annotations")
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 # The order elements are written in; anything else follows in the order it was read.
@@ -140,6 +146,22 @@ def read_record(
     index = ImageIndex(root) if index is None else index
     splits = image_sets(root) if splits is None else splits
     return _record(root, xml_path, index, _annotation_dir(root), splits)
+
+
+def reread(dataset: Dataset, files: dict[int, str], *, scanned: Iterable[str]) -> dict[int, ImageRecord]:
+    """The records at the positions of ``files`` (``position -> XML path`` relative to the root)
+    read again, as a full load reads them, with class ids of ``dataset.classes``. ``scanned``:
+    every file under the root (a scan made before), to find the images without walking again.
+    A ``ReadError`` when a file cannot be read or names a class the dataset does not have."""
+    root = dataset.root
+    index, splits = ImageIndex.from_scan(root, scanned), image_sets(root)
+    out = {}
+    for position, rel in files.items():
+        record = read_record(root, root / rel, index=index, splits=splits)
+        names = record.extra.pop("_names")
+        record.class_ids = np.array(class_ids_of(names, dataset.classes, rel), dtype=np.int64)
+        out[position] = record
+    return out
 
 
 def _record(root: Path, xml_path: Path, index: ImageIndex, ann_dir: Path | None, splits: dict[str, str]) -> ImageRecord:
@@ -348,6 +370,15 @@ def annotation_path(dataset: Dataset, record: ImageRecord) -> str:
     if dataset.format == NAME and record.annotation:
         return record.annotation
     return default_annotation_path(record.path, "annotations", ".xml")
+
+
+def annotation_files(dataset: Dataset, record: ImageRecord) -> list[str]:
+    """The files a save of ``record`` writes, relative to the root: its XML."""
+    return [annotation_path(dataset, record)]
+
+
+def save_class_list(dataset: Dataset, root: Path) -> None:
+    """Nothing to write: VOC keeps the class names in the boxes' ``<name>``s."""
 
 
 def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None) -> Path:

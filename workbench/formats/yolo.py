@@ -14,7 +14,7 @@ label file has no objects. Class names come from ``classes.txt``, ``obj.names`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -24,9 +24,13 @@ import yaml
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, first_file, iter_files, relpath
-from workbench.formats.common import ErrorCollector, ImageIndex, progress, size_from_header, split_of
+from workbench.formats.common import Capabilities, ErrorCollector, ImageIndex, progress, size_from_header, split_of
 
 NAME = "yolo"
+LABEL = "YOLO"
+CAPABILITIES = Capabilities(
+    per_image_files=True, class_list_file=True, classes_from_labels=False, reread_one_file=True, add_images=True
+)
 NAME_FILES = ("classes.txt", "obj.names", "data.yaml", "data.yml", "dataset.yaml")
 
 
@@ -146,6 +150,17 @@ def read_record(root: Path, *, image_rel: str | None, label_rel: str | None) -> 
     return record
 
 
+def reread(dataset: Dataset, files: dict[int, str], *, scanned: Iterable[str] = ()) -> dict[int, ImageRecord]:
+    """The records at the positions of ``files`` (``position -> label path`` relative to the root)
+    read again, as a full load reads them (the ids are the names file's, which is not re-read).
+    (``scanned`` is not needed: each record keeps its image.) A ``ReadError`` when a file cannot
+    be read."""
+    return {
+        position: read_record(dataset.root, image_rel=dataset.images[position].path, label_rel=rel)
+        for position, rel in files.items()
+    }
+
+
 def _image_guess(label_rel: str) -> str:
     parts = list(PurePosixPath(label_rel).parts)
     for i in range(len(parts) - 2, -1, -1):
@@ -245,6 +260,16 @@ def save_record(dataset: Dataset, record: ImageRecord, root: Path | None = None)
     out = Path(root or dataset.root) / annotation_path(dataset, record)
     atomic_write(out, to_text(record))
     return out
+
+
+def annotation_files(dataset: Dataset, record: ImageRecord) -> list[str]:
+    """The files a save of ``record`` writes, relative to the root: its label file."""
+    return [annotation_path(dataset, record)]
+
+
+def save_class_list(dataset: Dataset, root: Path) -> None:
+    """Write the names file (``save_names``): YOLO keeps the class list apart from the labels."""
+    save_names(dataset, root)
 
 
 def save_names(dataset: Dataset, root: Path) -> None:

@@ -12,20 +12,19 @@ and maps back), with the workbench's convention (0-based, ``x2``/``y2`` exclusiv
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.training.predictor import Predictor, load_checkpoint, pick_device
+from workbench.training.engines import get_engine
+from workbench.training.predictor import Predictor, pick_device
 from workbench.training.registry import CARD_JSON, read_json, resolve_run
-
-log = logging.getLogger(__name__)
 
 
 def load_predictor(run: str | Path = "latest", device: str = "auto") -> Predictor:
     """The predictor of a registered run: ``"latest"``, a run name or a run folder.
 
-    Uses the best epoch's weights (``model_best.pth``), else the last checkpoint.
+    Uses the best epoch's weights (``model_best.pth``), else the last checkpoint; the run's
+    engine (``config.json``'s ``engine``, ``ENGINES``) builds it.
     """
     folder = resolve_run(run)
     config = read_json(folder / "config.json")
@@ -38,24 +37,4 @@ def load_predictor(run: str | Path = "latest", device: str = "auto") -> Predicto
         "classes": config.get("classes"),
         "finished": False,
     }
-    torch_device = pick_device(device)
-    if config.get("engine", "torchvision") == "detectron2":
-        from workbench.training.engines.detectron2 import load_model as load_d2
-
-        model = load_d2(folder, config, torch_device)
-        return Predictor(model, classes=config["classes"], card=card, run_dir=folder, device=torch_device)
-
-    if config.get("engine") == "two-stage":  # face detector + crop classifier (face-then-classify recipe)
-        from workbench.training.engines.two_stage import load_two_stage
-
-        return load_two_stage(folder, config, card, torch_device)
-
-    from workbench.training.models import build_model, load_matching
-
-    file = folder / "model_best.pth" if (folder / "model_best.pth").is_file() else folder / "checkpoint.pth"
-    checkpoint = load_checkpoint(file)
-    classes = list(checkpoint.get("classes") or config["classes"])
-    model = build_model(config["model"], len(classes) + 1, weights=None, imgsz=int(config["imgsz"]))
-    load_matching(model, checkpoint["model"])
-    log.info("loaded %s (%s, epoch %s)", file, config["model"], checkpoint.get("epoch"))
-    return Predictor(model, classes=classes, card=card, run_dir=folder, device=torch_device)
+    return get_engine(config.get("engine")).load(folder, config, card, pick_device(device))

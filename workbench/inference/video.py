@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from workbench.annotations import detections_to_json
+from workbench.drawing import annotate
 from workbench.errors import ReadError, WorkbenchError, WriteError
 
 if TYPE_CHECKING:
@@ -198,7 +200,7 @@ def annotate_video(
     on_frame: Callable[[int, int | None], None] | None = None,
     codecs: tuple[tuple[str, str], ...] = (BROWSER_CODEC, FALLBACK_CODEC),
 ) -> AnnotatedVideo:
-    """Detect objects in the video ``src`` and write it with the boxes drawn (``images.annotate``) to ``dst``.
+    """Detect objects in the video ``src`` and write it with the boxes drawn (``drawing.annotate``) to ``dst``.
 
     Args:
         predictor: a ``Predictor``, or a function ``predict(frame, score_threshold=, iou_threshold=)
@@ -219,8 +221,6 @@ def annotate_video(
     so a failure leaves no half-written file (nor a previous one damaged). Raises ``ReadError``
     when ``src`` cannot be opened or no frame of it decodes.
     """
-    from workbench.drawing import annotate
-
     src, dst = Path(src), Path(dst)
     predict = predictor if callable(predictor) else _predict_with(predictor)
     info = probe(src)
@@ -297,8 +297,6 @@ def _detections_log(path: Path | None) -> Iterator[Callable[..., None] | None]:
     if path is None:
         yield None
         return
-    from workbench.annotations import detections_to_json
-
     try:
         file = open(path, "w", encoding="utf-8")  # closed by the with below
     except OSError as e:

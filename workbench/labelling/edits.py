@@ -1,61 +1,23 @@
-"""Edits to a dataset, saved back to its own format, with a journal that can undo them.
+"""Edits to a dataset in memory: boxes of one record, and the class list of the whole dataset.
 
 Record edits (``relabel_box``, ``move_box``, ``add_box``, ``delete_box``, ``apply_drawn``) change
-an ``ImageRecord`` in memory. Dataset-wide edits (``add_class``, ``rename_class``,
-``merge_classes``, ``delete_class``) change a ``Dataset`` in memory and return how many boxes
-and images they touch. ``save_record`` and ``save_class_change`` write the files that changed:
-
-1. the new files are rendered by the format's own ``save_record`` into a scratch folder;
-2. a file whose bytes would not change is left alone;
-3. a file that changed on disk since it was loaded (its size or mtime differs from the
-   state the caller passes) refuses the whole save with ``ConflictError``: nothing is written;
-4. every file is written atomically, and the journal gets one line naming each file's
-   previous bytes (kept beside it), so ``undo`` restores them byte for byte, even after a restart.
+an ``ImageRecord``. Dataset-wide edits (``add_class``, ``rename_class``, ``merge_classes``,
+``delete_class``) change a ``Dataset`` (a ``copy_for_class_edit`` of the opened one) and return
+how many boxes and images they touch. Nothing here writes a file: ``labelling.saving`` does.
 
 Coordinates are the model's: float pixels ``x1, y1, x2, y2``, x2/y2 exclusive.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import threading
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from workbench import paths
 from workbench.annotations import Dataset, ImageRecord
-from workbench.datasets import catalog as workspace
-from workbench.errors import WorkbenchError, WriteError
-from workbench.fileio import atomic_write, relpath
-from workbench.formats import get_format
-
-Stat = workspace.Stat
-
-
-class ConflictError(WorkbenchError):
-    """A file changed on disk since it was loaded; the save was refused and nothing written."""
-
-    def __init__(self, root: Path | str, files: list[str]) -> None:
-        self.root = str(root)
-        self.files = list(files)
-        names = ", ".join(self.files)
-        super().__init__(
-            f"{names} changed on disk since the dataset was loaded (another tab or tool saved it); "
-            "nothing was saved. Reload the dataset to see the change, then edit again."
-        )
-
-
-class NothingToUndo(WorkbenchError):
-    """The journal holds no edit of this dataset that can still be undone."""
+from workbench.boxes import iou
+from workbench.errors import WorkbenchError
 
 
 @dataclass
@@ -64,19 +26,6 @@ class ClassChange:
 
     boxes: int = 0
     images: int = 0
-
-
-@dataclass
-class SaveResult:
-    """Files written (relative path -> new ``(size, mtime_ns)``, ``None`` if removed), the journal
-    entry id (``None`` when nothing changed) and the positions of the records saved."""
-
-    files: dict[str, Stat | None] = field(default_factory=dict)
-    entry: int | None = None
-    positions: list[int] = field(default_factory=list)
-
-
-# --- record edits -----------------------------------------------------------------------
 
 
 def _check_index(record: ImageRecord, index: int) -> None:
@@ -124,16 +73,6 @@ def delete_box(record: ImageRecord, index: int) -> None:
     record.remove_box(index)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def apply_drawn(
     record: ImageRecord,
     drawn: Sequence[tuple[Sequence[float], int]],
@@ -170,9 +109,8 @@ def apply_drawn(
                 pairs[n] = o
                 free_new.discard(n)
                 free_old.discard(o)
-        overlaps = sorted(
-            ((-_iou(new[n], old[o]), n, o) for n in free_new for o in free_old if _iou(new[n], old[o]) > 0),
-        )
+        overlap = iou(new, old)
+        overlaps = sorted((-overlap[n, o], n, o) for n in free_new for o in free_old if overlap[n, o] > 0)
         for _, n, o in overlaps:
             if n in free_new and o in free_old:
                 pairs[n] = o
@@ -218,9 +156,6 @@ def apply_drawn(
 def box_text(box: Iterable[float]) -> str:
     x1, y1, x2, y2 = (float(v) for v in box)
     return f"({x1:.4g}, {y1:.4g})-({x2:.4g}, {y2:.4g})"
-
-
-# --- dataset-wide class edits ---------------------------------------------------------------
 
 
 def class_usage(dataset: Dataset, class_id: int) -> ClassChange:
@@ -314,325 +249,3 @@ def copy_for_class_edit(dataset: Dataset) -> Dataset:
         extra=dataset.extra,
         skipped=dataset.skipped,
     )
-
-
-# --- the journal ---------------------------------------------------------------------------
-
-
-def _sha(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
-
-
-_JOURNAL_LOCK = threading.Lock()
-
-
-class Journal:
-    """An append-only JSON Lines file of saves. Each line: ``id``, ``time``, ``root``, ``format``,
-    ``message``, ``files`` (``path``, ``before`` and ``after`` as the SHA-256 of the file's
-    bytes, ``null`` when it did not exist) and, for an undo, ``undoes``.
-
-    The bytes themselves are kept once each in ``journal-blobs/<sha256>`` beside the journal
-    (a 5 MB COCO file edited 100 times must not make every page load read 500 MB of JSON);
-    a blob is written before the line that names it.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = Path(path) if path else paths.home() / "journal.jsonl"
-        self.blobs = self.path.parent / "journal-blobs"
-
-    def put(self, data: bytes) -> str:
-        """Keep ``data``; returns its SHA-256, the name to ``get`` it back by."""
-        sha = _sha(data)
-        target = self.blobs / sha
-        if not target.is_file():
-            atomic_write(target, data)
-        return sha
-
-    def get(self, sha: str) -> bytes:
-        try:
-            data = (self.blobs / sha).read_bytes()
-        except FileNotFoundError:
-            raise WorkbenchError(f"{self.blobs / sha}: the journal's copy of the file is missing") from None
-        if _sha(data) != sha:
-            raise WorkbenchError(f"{self.blobs / sha}: the journal's copy of the file is damaged")
-        return data
-
-    def entries(self, root: Path | str | None = None) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        out = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: ignore it, keep the rest
-                if root is None or entry.get("root") == str(root):
-                    out.append(entry)
-        return out
-
-    def append(self, entry: dict[str, Any]) -> int:
-        with _JOURNAL_LOCK:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            last = self.entries()
-            entry = {"id": (last[-1]["id"] + 1) if last else 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            return entry["id"]
-
-    def undoable(self, root: Path | str) -> list[dict[str, Any]]:
-        """Saves of ``root`` not yet undone, newest last."""
-        entries = self.entries(root)
-        undone = {e["undoes"] for e in entries if "undoes" in e}
-        return [e for e in entries if "undoes" not in e and e["id"] not in undone]
-
-
-# --- saving ----------------------------------------------------------------------------------
-
-
-def _render(dataset: Dataset, records: list[ImageRecord], class_files: bool) -> dict[str, bytes]:
-    """The files the format writes for ``records`` (and its class-list files when asked), as
-    ``relative path -> bytes``, rendered in a scratch folder: nothing under the root is touched."""
-    module = get_format(dataset.format)
-    scratch = Path(tempfile.mkdtemp(prefix="render-", dir=paths.home()))
-    try:
-        if class_files and dataset.format == "yolo":
-            module.save_names(dataset, scratch)
-        if class_files and dataset.format == "coco":
-            seen: set[str | None] = set()
-            for r in dataset.images:
-                if r.annotation not in seen:
-                    seen.add(r.annotation)
-                    module.save_record(dataset, r, scratch)
-        for r in records:
-            module.save_record(dataset, r, scratch)
-        out = {}
-        for dirpath, _, filenames in os.walk(scratch):
-            for name in filenames:
-                path = Path(dirpath) / name
-                out[relpath(path, scratch)] = path.read_bytes()
-        return out
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _commit(
-    root: Path,
-    rendered: dict[str, bytes | None],
-    expected: dict[str, Stat | None],
-    *,
-    journal: Journal | None,
-    fmt: str,
-    message: str,
-    undoes: int | None = None,
-    expect_sha: dict[str, str | None] | None = None,
-) -> SaveResult:
-    """Write the files whose bytes change (``None`` removes a file), after checking that none
-    changed on disk since ``expected`` (or, for an undo, since ``expect_sha``)."""
-    before: dict[str, bytes | None] = {}
-    changed: dict[str, bytes | None] = {}
-    conflicts = []
-    for rel, data in rendered.items():
-        path = root / rel
-        current = _read(path)
-        if expect_sha is not None:
-            if _sha(current) != expect_sha.get(rel):
-                conflicts.append(rel)
-        elif workspace.file_stat(path) != expected.get(rel):
-            if current != data:
-                conflicts.append(rel)
-            continue  # changed on disk, but already as we would write it
-        if current != data:
-            before[rel], changed[rel] = current, data
-    if conflicts:
-        raise ConflictError(root, conflicts)
-    if not changed:
-        return SaveResult()
-    written: list[str] = []
-    try:
-        for rel, data in changed.items():
-            path = root / rel
-            if data is None:
-                path.unlink(missing_ok=True)
-            else:
-                atomic_write(path, data)
-            written.append(rel)
-    except (WriteError, OSError) as e:
-        for rel in written:  # put back what was already written: all or nothing
-            if before[rel] is None:
-                (root / rel).unlink(missing_ok=True)
-            else:
-                atomic_write(root / rel, before[rel])
-        raise WriteError(f"{root}: save failed, nothing changed: {e}") from e
-    entry = None
-    if journal is not None:
-        record: dict[str, Any] = {"root": str(root), "format": fmt, "message": message}
-        if undoes is not None:
-            record["undoes"] = undoes
-        record["files"] = [
-            {
-                "path": rel,
-                "before": None if before[rel] is None else journal.put(before[rel]),
-                "after": _sha(data),
-            }
-            for rel, data in changed.items()
-        ]
-        entry = journal.append(record)
-    return SaveResult(files={rel: workspace.file_stat(root / rel) for rel in changed}, entry=entry)
-
-
-def files_of(dataset: Dataset, record: ImageRecord) -> list[str]:
-    """The annotation file(s) a save of ``record`` writes, relative to the root."""
-    if dataset.format == "coco":
-        return [record.annotation] if record.annotation else []
-    return [get_format(dataset.format).annotation_path(dataset, record)]
-
-
-def expected_state(opened: workspace.OpenDataset, files: Iterable[str]) -> dict[str, Stat | None]:
-    """The state the files had when ``opened`` was loaded (or last saved by this workbench):
-    what a save must find on disk to go ahead."""
-    return {rel: opened.stats.get(rel) for rel in files}
-
-
-def _class_files_changed(opened: workspace.OpenDataset, dataset: Dataset) -> bool:
-    return list(dataset.classes) != list(opened.classes_on_disk)
-
-
-def _finish(opened: workspace.OpenDataset, dataset: Dataset, result: SaveResult, positions: list[int]) -> None:
-    result.positions = positions
-    opened.dataset.classes[:] = dataset.classes
-    if result.files:
-        opened.revision += 1
-    workspace.update_index(opened, positions, result.files)
-
-
-def save_record(
-    opened: workspace.OpenDataset,
-    position: int,
-    record: ImageRecord,
-    *,
-    classes: list[str] | None = None,
-    expected: dict[str, Stat | None] | None = None,
-    journal: Journal | None = None,
-    message: str = "",
-) -> SaveResult:
-    """Save ``record`` as the dataset's image at ``position`` (with ``classes`` as the class list
-    when given, e.g. after a class was added). ``expected`` is the state of the record's files
-    when the user started editing it (default: when the dataset was loaded). Raises
-    ``ConflictError`` when a file changed on disk since; nothing is then written or changed."""
-    with opened.lock:
-        base = opened.dataset
-        if not 0 <= position < len(base.images) or base.images[position].path != record.path:
-            raise WorkbenchError(f"{record.path}: the dataset was reloaded since this image was opened; open it again")
-        dataset = Dataset(
-            root=base.root,
-            format=base.format,
-            classes=list(classes if classes is not None else base.classes),
-            images=list(base.images),
-            extra=base.extra,
-            skipped=base.skipped,
-        )
-        dataset.images[position] = record
-        class_files = _class_files_changed(opened, dataset) and dataset.format in ("yolo", "coco")
-        rendered = _render(dataset, [record], class_files)
-        wanted = {rel: opened.stats.get(rel) for rel in rendered}
-        wanted.update(expected or {})
-        result = _commit(
-            base.root,
-            dict(rendered),
-            wanted,
-            journal=journal,
-            fmt=dataset.format,
-            message=message or f"edit {record.path}",
-        )
-        base.images[position] = record
-        if class_files or dataset.format not in ("yolo", "coco"):
-            opened.classes_on_disk = list(dataset.classes)
-        _finish(opened, dataset, result, [position])
-        return result
-
-
-def save_class_change(
-    opened: workspace.OpenDataset,
-    changed: Dataset,
-    *,
-    journal: Journal | None = None,
-    message: str = "",
-) -> SaveResult:
-    """Save a dataset-wide class edit: ``changed`` is a ``copy_for_class_edit`` of the opened
-    dataset with the edit applied. Only files whose bytes change are written; a conflict on
-    any of them refuses the whole save."""
-    with opened.lock:
-        base = opened.dataset
-        if len(changed.images) != len(base.images):
-            raise WorkbenchError("the edited dataset does not match the opened one; reload it")
-        positions = []
-        for i, (old, new) in enumerate(zip(base.images, changed.images, strict=True)):
-            old_names = [base.class_name(int(c)) for c in old.class_ids]
-            new_names = [changed.class_name(int(c)) for c in new.class_ids]
-            if (
-                old_names != new_names
-                or not np.array_equal(old.class_ids, new.class_ids)
-                or old.boxes.shape != new.boxes.shape
-            ):
-                positions.append(i)
-        class_files = _class_files_changed(opened, changed)
-        rendered = _render(changed, [changed.images[i] for i in positions], class_files)
-        result = _commit(
-            base.root,
-            dict(rendered),
-            {rel: opened.stats.get(rel) for rel in rendered},
-            journal=journal,
-            fmt=changed.format,
-            message=message or "class edit",
-        )
-        for i in positions:
-            base.images[i] = changed.images[i]
-        opened.classes_on_disk = list(changed.classes)
-        _finish(opened, changed, result, positions)
-        return result
-
-
-def undo(root: Path | str, *, journal: Journal | None = None) -> dict[str, Any]:
-    """Undo the last save of the dataset in ``root`` not yet undone: every file it wrote gets
-    back its previous bytes (or is removed if it did not exist). Refused with ``ConflictError``
-    when a file changed since that save. Returns the journal entry undone. The caller reloads
-    the dataset (``workspace.open_dataset`` sees the changed files)."""
-    journal = journal or Journal()
-    root = Path(root)
-    undoable = journal.undoable(root)
-    if not undoable:
-        raise NothingToUndo(f"{root}: nothing to undo")
-    entry = undoable[-1]
-    rendered = {f["path"]: None if f["before"] is None else journal.get(f["before"]) for f in entry["files"]}
-    expect_sha = {f["path"]: f["after"] for f in entry["files"]}
-    result = _commit(
-        root,
-        rendered,
-        {},
-        journal=journal,
-        fmt=entry.get("format", ""),
-        message=f"undo: {entry.get('message', '')}",
-        undoes=entry["id"],
-        expect_sha=expect_sha,
-    )
-    if result.entry is None:  # the files already held their old bytes: still mark it undone
-        journal.append(
-            {
-                "root": str(root),
-                "format": entry.get("format", ""),
-                "message": "undo",
-                "undoes": entry["id"],
-                "files": [],
-            }
-        )
-    return entry

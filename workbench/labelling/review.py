@@ -16,8 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workbench.datasets import catalog as workspace
+from workbench.datasets.catalog import resolve_path
+from workbench.datasets.index import OpenDataset, open_dataset
+from workbench.evaluation import fiftyone_app as fa
+from workbench.evaluation.report import list_reports, load_report
 from workbench.labelling import suggestions
+from workbench.training.registry import latest_name, list_runs
 
 TIERS = ("unlabelled", "disagreement", "low confidence")
 
@@ -25,21 +29,18 @@ TIERS = ("unlabelled", "disagreement", "low confidence")
 def last_evaluation(root: Path | str) -> tuple[str, dict[str, tuple[int, int]]] | None:
     """``(run, {path: (fp, fn)})`` of the newest evaluation on the dataset in ``root`` of the
     latest run (else of any run), or ``None``."""
-    from workbench.evaluation.evaluate import list_reports, load_report
-    from workbench.training.registry import latest_name, list_runs
-
     try:
         runs = list_runs()
     except OSError:
         return None
     latest = latest_name()
     runs.sort(key=lambda r: r["run"] != latest)  # the latest run first, then newest first
-    resolved = workspace.resolve_path(root)
+    resolved = resolve_path(root)
     for run in runs:
         for out_dir in list_reports(Path(run["path"])):
             try:
                 report = load_report(out_dir)
-                same = workspace.resolve_path(report.dataset) == resolved
+                same = resolve_path(report.dataset) == resolved
             except Exception:  # an unreadable report is skipped, never fatal
                 continue
             if same:
@@ -50,8 +51,6 @@ def last_evaluation(root: Path | str) -> tuple[str, dict[str, tuple[int, int]]] 
 def fiftyone_mistakenness(root: Path | str) -> dict[str, float]:
     """``{path: mistakenness}`` from FiftyOne when its brain run exists (this starts FiftyOne's
     database: call it only when the user asked for FiftyOne); ``{}`` otherwise."""
-    from workbench.evaluation import fiftyone_app as fa
-
     fo = fa.fiftyone()
     name = fa.dataset_name(root)
     if not fo.dataset_exists(name):
@@ -64,7 +63,7 @@ def fiftyone_mistakenness(root: Path | str) -> dict[str, float]:
 
 
 def build_queue(
-    opened: workspace.OpenDataset,
+    opened: OpenDataset,
     *,
     pending: dict[str, list[dict[str, Any]]] | None = None,
     mistakenness: dict[str, float] | None = None,
@@ -106,4 +105,11 @@ def build_queue(
     return [e for _, e in entries]
 
 
-__all__ = ["TIERS", "build_queue", "fiftyone_mistakenness", "last_evaluation"]
+def queue_of(root: Path | str, fmt: str | None = None) -> list[dict[str, Any]]:
+    """The review queue of the dataset in ``root`` (format ``fmt``, default detected), its
+    disagreement tier from the last evaluation; what ``workbench review`` prints."""
+    opened = open_dataset(root, fmt)
+    return build_queue(opened, evaluation=last_evaluation(opened.root))
+
+
+__all__ = ["TIERS", "build_queue", "fiftyone_mistakenness", "last_evaluation", "queue_of"]

@@ -8,7 +8,7 @@ stores its boxes, one file per dataset folder, in ``<workspace>/suggestions/<fol
 
 The dataset's own files are never written by ``suggest`` or ``reject``. ``accept`` adds the
 chosen boxes (optionally edited first) to the image's record and saves it through
-``edits.save_record``: the dataset's own format, the conflict check, the journal (so ``undo``
+``saving.save_record``: the dataset's own format, the conflict check, the journal (so ``undo``
 takes it back). Boxes are the model's pixels ``x1, y1, x2, y2`` (x2/y2 exclusive) in the
 image's stored pixel grid; class names are the run's, mapped to the dataset's class list by
 name (a name the dataset lacks is added to it). No Streamlit here.
@@ -30,10 +30,13 @@ import numpy as np
 
 from workbench import paths
 from workbench.annotations import ImageRecord
-from workbench.datasets import catalog as workspace
+from workbench.boxes import iou as box_iou
+from workbench.datasets.catalog import resolve_path
+from workbench.datasets.index import OpenDataset, open_dataset
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
-from workbench.labelling import edits
+from workbench.inference.images import predict_records
+from workbench.labelling import edits, saving
 
 DEFAULT_SCORE = 0.5
 DUPLICATE_IOU = 0.7  # a suggestion overlapping a label of its class this much is that label
@@ -41,7 +44,7 @@ _LOCK = threading.Lock()
 
 
 def store_path(root: Path | str) -> Path:
-    resolved = str(workspace.resolve_path(root))
+    resolved = str(resolve_path(root))
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(resolved).name).strip("-") or "dataset"
     return paths.home() / "suggestions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}.json"
 
@@ -115,10 +118,10 @@ def suggest(
     ``only_unlabelled``; only ``paths`` when given) and store its boxes scoring at least ``score``
     as suggestions, replacing the images' earlier suggestions. A box that duplicates a label (same
     class, IoU >= ``DUPLICATE_IOU``) is not stored. The dataset's files are only read."""
-    from workbench.evaluation.evaluate import predict_records
+    # torch loads here, when a model runs: the Annotate page imports this module for the stored suggestions.
     from workbench.inference.predict import load_predictor
 
-    opened = workspace.open_dataset(root, fmt)
+    opened = open_dataset(root, fmt)
     dataset = opened.dataset
     records = list(dataset.images)
     if paths is not None:
@@ -166,12 +169,10 @@ def suggest(
 def duplicates(dataset: Any, record: ImageRecord, suggestion: dict[str, Any], iou: float = DUPLICATE_IOU) -> bool:
     """True when ``record`` already holds a box of the suggestion's class overlapping it at ``iou``:
     the label exists, there is nothing to suggest."""
-    from workbench.datasets.versions import iou_matrix
-
     same = [i for i, c in enumerate(record.class_ids) if dataset.class_name(int(c)) == suggestion["label"]]
     if not same:
         return False
-    overlap = iou_matrix(np.asarray([suggestion["box"]], dtype=np.float64), record.boxes[same])
+    overlap = box_iou(np.asarray([suggestion["box"]], dtype=np.float64), record.boxes[same])
     return bool((overlap >= iou).any())
 
 
@@ -222,7 +223,7 @@ def add_to_record(record: ImageRecord, classes: list[str], chosen: list[dict[str
 
 
 def accept(
-    opened: workspace.OpenDataset,
+    opened: OpenDataset,
     path: str,
     *,
     ids: Iterable[int] | None = None,
@@ -231,29 +232,29 @@ def accept(
     record: ImageRecord | None = None,
     classes: list[str] | None = None,
     expected: dict | None = None,
-    journal: edits.Journal | None = None,
+    journal: saving.Journal | None = None,
     message: str = "",
     notes: Iterable[str] = (),
-) -> edits.SaveResult:
+) -> saving.SaveResult:
     """Accept suggestions of image ``path``: those with ``ids``, or scoring at least ``min_score``
     (every pending one when neither is given). ``edited`` maps an id to a changed ``{"box",
     "label"}`` (edit, then accept). They are added to ``record`` (default: the image's record as
-    loaded; the Annotate page passes its working copy) and saved with ``edits.save_record``, which
+    loaded; the Annotate page passes its working copy) and saved with ``saving.save_record``, which
     writes the dataset's own format and the journal (``notes``: the record's other unsaved changes,
     for the journal's message). The accepted suggestions leave the store."""
-    journal = journal if journal is not None else edits.Journal()
+    journal = journal if journal is not None else saving.Journal()
     dataset = opened.dataset
     position = next((i for i, r in enumerate(dataset.images) if r.path == path), None)
     if position is None:
         raise WorkbenchError(f"{dataset.root}: no image {path!r}")
     chosen = select(pending(dataset.root, path), ids=ids, min_score=min_score)
     if not chosen:
-        return edits.SaveResult()
+        return saving.SaveResult()
     chosen = [{**s, **(edited or {}).get(s["id"], {})} for s in chosen]
     work = (record if record is not None else dataset.images[position]).copy()
     names = list(classes if classes is not None else dataset.classes)
     lines = add_to_record(work, names, chosen)
-    result = edits.save_record(
+    result = saving.save_record(
         opened,
         position,
         work,

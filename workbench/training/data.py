@@ -1,15 +1,9 @@
-"""From the internal model to torch: frozen class list, splits, a ``Dataset`` and box-aware augmentation.
+"""From the internal model to torch: a ``Dataset`` and box-aware augmentation for the torchvision engine.
 
-* ``freeze_classes`` fixes the run's class list; model label ``i + 1`` is class ``classes[i]``
-  (0 is torchvision's background). Ignore regions (``__ignore__`` boxes, COCO ``iscrowd``)
-  are not a class: training leaves them out, the COCO evaluation marks them ``iscrowd``.
-  A resumed run maps the dataset's classes onto the frozen list by name, so a relabel
-  or a reordered class list cannot shift class ids under a trained model.
-* ``split_records`` uses the dataset's own train/val splits when it has them, else a
-  reproducible split stratified by each image's rarest class.
-* ``DetectionDataset`` yields ``(image, target)`` as torchvision's detection models want them:
-  image ``(3, H, W)`` float32 in ``[0, 1]``; target ``boxes`` ``(N, 4)`` float32
-  ``x1, y1, x2, y2`` pixels, ``labels`` ``(N,)`` int64 (1-based), ``image_id`` int.
+``DetectionDataset`` yields ``(image, target)`` as torchvision's detection models want them:
+image ``(3, H, W)`` float32 in ``[0, 1]``; target ``boxes`` ``(N, 4)`` float32 ``x1, y1, x2, y2``
+pixels, ``labels`` ``(N,)`` int64 (1-based, through the run's ``splits.ClassMap``; 0 is the
+background), ``image_id`` int. The frozen class list and the splits are ``workbench.splits``'.
 """
 
 from __future__ import annotations

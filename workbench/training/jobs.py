@@ -29,9 +29,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from workbench.datasets.catalog import resolve_path
 from workbench.errors import WorkbenchError
 from workbench.paths import PROJECT_ROOT, home
 from workbench.training import registry
+from workbench.training.config import TrainConfig
+from workbench.training.engines import get_engine
 
 ACTIVE = ("queued", "running")
 DONE = ("finished", "failed", "cancelled", "interrupted")
@@ -68,9 +71,6 @@ def connect() -> sqlite3.Connection:
     return con
 
 
-# --------------------------------------------------------------------------- processes
-
-
 def process_token(pid: int) -> str | None:
     """A token that identifies process ``pid`` for its lifetime (its start time), or ``None`` if it is gone.
 
@@ -100,9 +100,6 @@ def is_alive(pid: int | None, token: str | None) -> bool:
         return False
     now = process_token(pid)
     return now is not None and (token is None or now == token)
-
-
-# --------------------------------------------------------------------------- rows
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -162,9 +159,6 @@ def list_jobs() -> list[dict[str, Any]]:
     return jobs
 
 
-# --------------------------------------------------------------------------- start, cancel, wait
-
-
 def _spawn(run: str, folder: Path) -> subprocess.Popen:
     """Start the detached worker process, its output appended to the run's ``train.log``."""
     env = dict(os.environ)
@@ -183,37 +177,15 @@ def _spawn(run: str, folder: Path) -> subprocess.Popen:
 
 
 def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
-    """Record a new job for ``config`` (see ``loop.TrainConfig``), start its worker, return the run name."""
-    from workbench.training.engines.torchvision import TrainConfig
-
+    """Record a new job for ``config`` (``TrainConfig`` fields; ``config.build_config`` makes them),
+    start its worker, return the run name. The engine checks the config first (``Engine.prepare``)."""
     reap()
     cfg = TrainConfig.from_dict(config)
-    if not Path(cfg.data).is_dir():
+    data = resolve_path(cfg.data)
+    if not data.is_dir():
         raise WorkbenchError(f"{cfg.data}: not a dataset folder")
-    cfg.data = str(Path(cfg.data).resolve())
-    if cfg.engine == "detectron2":
-        from workbench.training.engines.detectron2 import check_available, zoo_name
-
-        check_available()
-        cfg.model = zoo_name(cfg.model)
-        short = Path(cfg.model).stem
-    elif cfg.engine == "torchvision":
-        from workbench.training.engines.torchvision import default_model
-        from workbench.training.models import get_spec
-
-        cfg.model = get_spec(default_model(cfg.device) if cfg.model == "default" else cfg.model).name
-        short = cfg.model
-    elif cfg.engine == "two-stage":
-        from workbench.training.engines.two_stage import DETECTORS
-
-        if cfg.detector not in DETECTORS:
-            raise WorkbenchError(f"unknown face detector {cfg.detector!r}; choose one of {', '.join(DETECTORS)}")
-        if cfg.gpus > 1:
-            raise WorkbenchError("face-then-classify trains in one process; use --gpus 1")
-        cfg.model = f"{cfg.detector}+mobilenet_v2"
-        short = f"{cfg.detector}-mobilenet_v2"
-    else:
-        raise WorkbenchError(f"unknown engine {cfg.engine!r}; choose torchvision, detectron2 or two-stage")
+    cfg.data = str(data)
+    short = get_engine(cfg.engine).prepare(cfg)
     run = registry.check_run_name(run) if run else registry.new_run_name(cfg.recipe or short)
     folder = registry.run_dir(run)
     if folder.exists():
@@ -236,11 +208,9 @@ def resume_job(run: str, **overrides: Any) -> str:
     if job["state"] in ACTIVE:
         raise WorkbenchError(f"job {run} is {job['state']}; cancel it first or wait for it")
     config = {**job["config"], **{k: v for k, v in overrides.items() if v is not None}}
-    from workbench.training.engines.torchvision import TrainConfig
-
     TrainConfig.from_dict(config)
-    set_state(run, "queued", config=json.dumps(config), pid=None, start_token=None, ended=None, message=None,
-              cancel_requested=0)  # fmt: skip
+    fields = {"pid": None, "start_token": None, "ended": None, "message": None, "cancel_requested": 0}
+    set_state(run, "queued", config=json.dumps(config), **fields)
     _launch(run, Path(job["folder"]))
     return run
 
@@ -309,3 +279,22 @@ def other_running(run: str) -> list[str]:
     with closing(connect()) as con:
         rows = con.execute("SELECT run FROM jobs WHERE state = 'running' AND run != ?", (run,)).fetchall()
     return [r["run"] for r in rows]
+
+
+def eta_text(seconds: float | None) -> str:
+    """An ETA as ``H:MM:SS`` (``-`` when unknown), as the CLI and the Train page show it."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a job's ``train.log`` (read from its last 20 kB); ``""`` when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 20000))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""

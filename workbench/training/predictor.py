@@ -17,6 +17,7 @@ import torch
 
 from workbench.annotations import Detections
 from workbench.errors import WorkbenchError
+from workbench.training.models import set_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ class Predictor:
         """Detect objects in each ``(H, W, 3)`` uint8 RGB image (sizes may differ)."""
         if not len(images):
             return []
-        from workbench.training.models import set_postprocess
-
         set_postprocess(
             self.model, score_threshold=score_threshold, iou_threshold=iou_threshold, max_detections=max_detections
         )

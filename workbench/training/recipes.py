@@ -1,7 +1,7 @@
 """Named training recipes: the classic public face-mask pipelines as presets of train settings.
 
 ``workbench train --recipe NAME --data DATASET`` starts from ``recipe_config(NAME)``; any flag
-given explicitly overrides the recipe's value. Each recipe is a dict of ``loop.TrainConfig``
+given explicitly overrides the recipe's value (``config.build_config``). Each recipe is a dict of ``TrainConfig``
 fields for the CPU (``train``) and the changes for a GPU (``gpu``), so the Train page, the CLI
 and ``benchmarks/recipes.py`` read the same numbers. Every CPU recipe trains within 30 minutes
 (``time``: validation included, the learning rate decays over the budget); the GPU settings
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.training import optional
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Recipe:
         train: ``TrainConfig`` fields for a CPU run (``data`` excluded).
         gpu: the fields that change on a GPU (merged over ``train`` when the device is CUDA).
         notes: what differs from the original, and what the user should know.
+        fallback: the fields that replace the recipe's when ``fallback_needs``, an optional
+            package, is not installed (the detectron2 recipe's torchvision stand-in).
     """
 
     name: str
@@ -55,6 +58,8 @@ class Recipe:
     train: dict[str, Any]
     gpu: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    fallback: dict[str, Any] = field(default_factory=dict)
+    fallback_needs: str = ""
 
 
 RECIPES: dict[str, Recipe] = {
@@ -81,6 +86,8 @@ RECIPES: dict[str, Recipe] = {
             gpu={"device": "cuda", "imgsz": 1024, "batch": 8, "epochs": 12, "lr": 0.02, "time": None},
             notes=C4_NOTE.replace("detectron2 is not installed: trained", "Without detectron2 the recipe trains")
             + ". Both use detectron2's defaults otherwise (14x14 pooler, res5 head, SGD, warm-up).",
+            fallback={"engine": "torchvision", "model": C4_STANDIN},
+            fallback_needs="detectron2",
         ),
         Recipe(
             "ssd-mobilenet",
@@ -148,7 +155,7 @@ RECIPES: dict[str, Recipe] = {
             "two stages: a pretrained face detector, then a MobileNetV2 mask classifier on the crops",
             "a face detector that ships its weights + a MobileNetV2 (ImageNet) classifier on face crops, flip and "
             "rotation augmentation, optional gamma correction, confidence threshold",
-            train={  # two_stage.main reads these
+            train={  # engines.two_stage reads these
                 "engine": "two-stage",
                 "model": "retinaface+mobilenet_v2",
                 "detector": "retinaface",  # recall on masked faces: benchmarks/face_recall.py
@@ -216,16 +223,10 @@ def get_recipe(name: str) -> Recipe:
 
 def _wants_gpu(device: str | None) -> bool:
     if device is None or device == "auto":
-        import torch
+        import torch  # only to look for CUDA: the presets stay readable without torch
 
         return torch.cuda.is_available()
     return device.startswith("cuda")
-
-
-def detectron2_available() -> bool:
-    from workbench.training.engines.detectron2 import is_available
-
-    return is_available()
 
 
 def recipe_config(name: str, *, device: str | None = None) -> dict[str, Any]:
@@ -241,10 +242,9 @@ def recipe_config(name: str, *, device: str | None = None) -> dict[str, Any]:
         config.update(recipe.gpu)
     elif device:
         config["device"] = device
-    if config.get("engine") == "detectron2" and not detectron2_available():
+    if recipe.fallback and not optional.installed(recipe.fallback_needs):
         log.info("recipe %s: %s", name, C4_NOTE)
-        config["engine"] = "torchvision"
-        config["model"] = C4_STANDIN
+        config.update(recipe.fallback)
     config["recipe"] = name
     return config
 

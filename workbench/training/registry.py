@@ -76,11 +76,23 @@ def resolve_run(run: str | Path = LATEST) -> Path:
         path = models_dir() / text
     if not path.is_dir():
         raise WorkbenchError(f"no trained model {text!r}: {path} is not a folder")
-    if not (path / "model_best.pth").is_file() and not (path / "checkpoint.pth").is_file():
+    if not has_weights(path):
         raise WorkbenchError(
             f"{path}: no checkpoint (model_best.pth or checkpoint.pth); has the run finished an epoch?"
         )
     return path
+
+
+def weights_file(folder: Path) -> Path:
+    """The weights a predictor loads from run ``folder``: the best epoch's (``model_best.pth``),
+    else the last checkpoint's (an unfinished run)."""
+    best = Path(folder) / "model_best.pth"
+    return best if best.is_file() else Path(folder) / "checkpoint.pth"
+
+
+def has_weights(folder: Path) -> bool:
+    """True when run ``folder`` has finished an epoch (it has weights to predict with)."""
+    return weights_file(folder).is_file()
 
 
 def set_latest(run_folder: Path) -> None:
@@ -138,10 +150,10 @@ def base_card(
 ) -> dict[str, Any]:
     """The model card's fields every engine writes.
 
-    ``config`` is the run's ``config.json`` dict, ``prepared`` what ``loop.prepare_run`` returned
+    ``config`` is the run's ``config.json`` dict, ``prepared`` what ``run.prepare_run`` returned
     (dataset, splits, hash, version); ``extra`` keys are added (or override) as given.
     """
-    import torch
+    import torch  # for its version only: reading the registry stays torch-free
 
     card = {
         "run": folder.name,
@@ -208,7 +220,7 @@ def write_model_card(folder: Path, card: dict[str, Any]) -> None:
         "## Use",
         "",
         "```python",
-        "from workbench.training.predict import load_predictor",
+        "from workbench.inference.predict import load_predictor",
         f"predictor = load_predictor({card.get('run')!r})",
         "detections = predictor.predict(image_rgb_uint8)",
         "```",
@@ -236,3 +248,12 @@ def list_runs() -> list[dict[str, Any]]:
             }
         )
     return runs
+
+
+def runs_with_weights() -> list[str]:
+    """Names of the runs that can predict (``has_weights``), newest first; none when the
+    registry folder cannot be read."""
+    try:
+        return [run["run"] for run in list_runs() if has_weights(run["path"])]
+    except OSError:
+        return []

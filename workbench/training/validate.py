@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from workbench.annotations import Dataset, ImageRecord
-from workbench.metrics import coco_ground_truth, coco_stats
+from workbench.annotations import Dataset, Detections, ImageRecord
+from workbench.metrics import coco_ground_truth, coco_results, coco_stats
 from workbench.splits import ClassMap
 from workbench.training.data import DetectionDataset, collate, eval_transforms
 from workbench.training.models import set_postprocess
@@ -34,23 +33,16 @@ def evaluate(
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate, persistent_workers=False
     )
-    results: list[dict[str, Any]] = []
+    detections: list[Detections] = []
+    image_ids: list[int] = []
     for images, targets in loader:
         if should_stop and should_stop():
             break
         outputs = model([im.to(device) for im in images])
         for out, target in zip(outputs, targets, strict=True):
-            boxes = out["boxes"].float().cpu().numpy()
-            for (x1, y1, x2, y2), score, label in zip(
-                boxes, out["scores"].cpu().numpy(), out["labels"].cpu().numpy(), strict=True
-            ):
-                results.append(
-                    {
-                        "image_id": int(target["image_id"]),
-                        "category_id": int(label),
-                        "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                        "score": float(score),
-                    }
-                )
+            labels = out["labels"].cpu().numpy() - 1  # the model's label 0 is the background
+            detections.append(Detections(out["boxes"].float().cpu().numpy(), out["scores"].cpu().numpy(), labels))
+            image_ids.append(int(target["image_id"]))
     model.train(was_training)
+    results = coco_results(detections, image_ids)
     return coco_stats(coco_ground_truth(dataset, records, class_map), results)

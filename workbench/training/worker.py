@@ -17,8 +17,13 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
+
+import torch.distributed as dist
+
+from workbench.training import jobs, registry
+from workbench.training.engines import get_engine
+from workbench.training.run import Cancelled, setup_logging
 
 log = logging.getLogger("workbench.training")
 
@@ -36,10 +41,8 @@ def should_stop() -> bool:
 
 def _torchrun(run: str, gpus: int) -> int:
     """Run ``gpus`` DDP ranks on this machine; SIGTERM is forwarded to torchrun, which stops them."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-        "-m", "workbench.training.worker", "--rank", run,
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    command += ["-m", "workbench.training.worker", "--rank", run]
     log.info("DDP: %s", " ".join(command))
     proc = subprocess.Popen(command)
     forwarded = False
@@ -51,25 +54,11 @@ def _torchrun(run: str, gpus: int) -> int:
     return proc.returncode
 
 
-def train(config: dict, folder: Path, *, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Train run ``folder`` in this process with the engine ``config`` names; return its model card."""
-    engine = config.get("engine", "torchvision")
-    if engine == "detectron2":
-        from workbench.training.engines.detectron2 import main
-    elif engine == "two-stage":
-        from workbench.training.engines.two_stage import main
-    else:
-        from workbench.training.engines.torchvision import main
-    return main(config, folder, should_stop=should_stop)
-
-
 def run_job(run: str) -> int:
-    from workbench.training import jobs, registry
-    from workbench.training.engines.torchvision import Cancelled, setup_logging
-
+    """Wait for a turn, train job ``run`` and record how it ended; the process's exit code."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    setup_logging(None, 0)
+    setup_logging(0)
     job = jobs.get_job(run)
     folder = Path(job["folder"])
     while True:  # one job at a time
@@ -81,19 +70,20 @@ def run_job(run: str) -> int:
     if _stop:
         jobs.set_state(run, "cancelled", message="cancelled while queued")
         return 1
-    jobs.set_state(run, "running", pid=os.getpid(), start_token=jobs.process_token(os.getpid()), started=time.time(),
-                   message=None)  # fmt: skip
+    token = jobs.process_token(os.getpid())
+    jobs.set_state(run, "running", pid=os.getpid(), start_token=token, started=time.time(), message=None)
     log.info("job %s running (pid %d)", run, os.getpid())
     config = job["config"]
+    engine = get_engine(config.get("engine"))
     try:
-        if int(config.get("gpus") or 1) > 1 and config.get("engine", "torchvision") == "torchvision":
+        if int(config.get("gpus") or 1) > 1 and engine.distributed:
             code = _torchrun(run, int(config["gpus"]))
             if _stop:
                 raise Cancelled("cancelled")
             if code != 0:
                 raise RuntimeError(f"torchrun exited with code {code}; the ranks' tracebacks are above")
         else:
-            train(config, folder, should_stop=should_stop)
+            engine.train(config, folder, should_stop=should_stop)
     except Cancelled as e:
         log.info("job %s %s", run, e)
         jobs.set_state(run, "cancelled", message=str(e))
@@ -111,18 +101,13 @@ def run_job(run: str) -> int:
 
 def run_rank(run: str) -> int:
     """One torchrun rank: train the run's config with the others (rank 0 writes the files)."""
-    from workbench.training import jobs
-    from workbench.training.engines.torchvision import Cancelled, main
-
     signal.signal(signal.SIGTERM, _on_signal)
     job = jobs.get_job(run)
     try:
-        main(job["config"], Path(job["folder"]), should_stop=should_stop)
+        get_engine(job["config"].get("engine")).train(job["config"], Path(job["folder"]), should_stop=should_stop)
     except Cancelled:
         return 3
     finally:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

@@ -1,0 +1,182 @@
+"""The Annotate page's model suggestions (drawn dashed, accepted or rejected), its review queue
+and FiftyOne's relabel queue in the sidebar."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages.common.canvas import fitted
+from pages.common.work import label_list, start_work
+from workbench.annotations import ImageRecord
+from workbench.datasets.index import OpenDataset, get_open
+from workbench.errors import WorkbenchError
+from workbench.labelling import edits, review, saving, suggestions
+
+
+def after_save(opened: OpenDataset, work: dict) -> None:
+    """A saved image leaves FiftyOne's relabel queue (its ``fix`` tag is cleared) when it was in it."""
+    if work["path"] not in st.session_state.get("relabel_paths", set()):
+        return
+    try:
+        from workbench.evaluation import fiftyone_app
+
+        fiftyone_app.clear_tag(opened.root, [work["path"]])
+        st.session_state["relabel_paths"].discard(work["path"])
+        fiftyone_queue.clear()
+    except Exception as e:  # FiftyOne's database may be down: the save itself is done
+        st.session_state["flash"] = st.session_state.get("flash", "") + f" (FiftyOne tag not cleared: {e})"
+
+
+def accept_suggestions(opened: OpenDataset, work: dict, **chosen) -> None:
+    """Accept suggestions (``ids=``, ``min_score=``, ``edited=``) into the working copy and save it."""
+    try:
+        result = suggestions.accept(
+            opened,
+            work["path"],
+            record=work["record"],
+            classes=work["classes"],
+            expected=work["expected"],
+            journal=saving.Journal(),
+            notes=work["changes"],
+            **chosen,
+        )
+    except saving.ConflictError as e:
+        st.session_state["conflict"] = str(e)
+        return
+    except WorkbenchError as e:
+        st.error(f"Not accepted: {e}")
+        return
+    written = ", ".join(result.files) or "nothing"
+    st.session_state["flash"] = f"Accepted; saved {written} (Undo last save takes it back)."
+    after_save(opened, work)
+    start_work(opened, work["position"])
+    st.rerun()
+
+
+def suggestion_view(opened: OpenDataset, work: dict, items: list[dict]) -> None:
+    """The image with the working boxes solid and the suggestions dashed, with their scores."""
+    from workbench.evaluation.plots import draw_comparison
+
+    record: ImageRecord = work["record"]
+    names = label_list(work)
+    path = opened.root / record.path
+    try:
+        stat = path.stat()
+        shown, scale = fitted(str(path), stat.st_size, stat.st_mtime_ns)
+    except (WorkbenchError, OSError):
+        return
+    pred_names = list(names)
+    ids = []
+    for s in items:
+        if s["label"] not in pred_names:
+            pred_names.append(s["label"])
+        ids.append(pred_names.index(s["label"]))
+    drawn = draw_comparison(
+        shown,
+        gt_boxes=record.boxes / scale,
+        gt_class_ids=record.class_ids,
+        gt_names=names,
+        pred_boxes=np.asarray([s["box"] for s in items], dtype=np.float64).reshape(-1, 4) / scale,
+        pred_class_ids=np.asarray(ids, dtype=np.int64),
+        pred_scores=np.asarray([s["score"] for s in items]),
+        pred_names=pred_names,
+    )
+    st.image(drawn, caption="Accepted boxes solid, suggestions dashed with their score", width="stretch")
+
+
+def suggestion_panel(opened: OpenDataset, work: dict, items: list[dict]) -> None:
+    """Accept one / all above a score, reject, edit then accept the image's suggestions."""
+    st.markdown(f"**Suggestions** ({len(items)}) · A accept · X reject")
+    pick = st.selectbox(
+        "Suggestion",
+        range(len(items)),
+        format_func=lambda i: (
+            f"S{i + 1} {items[i]['label']} {items[i]['score']:.2f} " + edits.box_text(items[i]["box"])
+        ),
+        key=f"sugg_pick-{work['rev']}-{len(items)}",
+    )
+    chosen = items[pick]
+    c1, c2 = st.columns(2)
+    if c1.button("Accept", key="sugg_accept", type="primary", shortcut="A", width="stretch"):
+        accept_suggestions(opened, work, ids=[chosen["id"]])
+    if c2.button("Reject", key="sugg_reject", shortcut="X", width="stretch"):
+        suggestions.reject(opened.root, work["path"], [chosen["id"]])
+        st.rerun()
+    floor = st.slider("Accept all scoring at least", 0.0, 1.0, 0.5, 0.05, key="sugg_floor")
+    above = [s for s in items if s["score"] >= floor]
+    c1, c2 = st.columns(2)
+    if c1.button(f"Accept {len(above)} ≥ {floor:.2f}", key="sugg_accept_all", disabled=not above, width="stretch"):
+        accept_suggestions(opened, work, min_score=floor)
+    if c2.button("Reject all", key="sugg_reject_all", width="stretch"):
+        suggestions.reject(opened.root, work["path"])
+        st.rerun()
+    with st.expander("Edit, then accept"):
+        names = label_list(work)
+        known = names if chosen["label"] in names else [*names, chosen["label"]]
+        label = st.selectbox("Class", known, index=known.index(chosen["label"]), key=f"sugg_class-{chosen['id']}")
+        c = st.columns(4)
+        box = [
+            c[k].number_input(n, value=float(chosen["box"][k]), step=1.0, format="%g", key=f"sugg_{n}-{chosen['id']}")
+            for k, n in enumerate(("x1", "y1", "x2", "y2"))
+        ]
+        if st.button("Accept edited", key="sugg_accept_edited", width="stretch"):
+            accept_suggestions(opened, work, ids=[chosen["id"]], edited={chosen["id"]: {"box": box, "label": label}})
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def fiftyone_queue(root: str) -> list[dict]:
+    from workbench.evaluation import fiftyone_app
+
+    return fiftyone_app.relabel_queue(root)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def fiftyone_mistakenness(root: str) -> dict[str, float]:
+    return review.fiftyone_mistakenness(root)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def review_queue(root: str, fmt: str, revision: int, store_mtime: float, use_fiftyone: bool) -> list[dict]:
+    opened = get_open(root, fmt)
+    mistakenness = None
+    if use_fiftyone:
+        try:
+            mistakenness = fiftyone_mistakenness(root)
+        except Exception:
+            mistakenness = None
+    evaluation = None if mistakenness else review.last_evaluation(root)
+    return review.build_queue(opened, mistakenness=mistakenness, evaluation=evaluation)
+
+
+def open_button(path: str, text: str, key: str, current: str) -> None:
+    if st.sidebar.button(text, key=key, width="stretch", disabled=path == current, help=path):
+        st.session_state["image"] = path
+        st.rerun()
+
+
+def sidebar(opened: OpenDataset, work: dict) -> None:
+    """The review queue (unlabelled, disagreement, low confidence) and FiftyOne's relabel queue."""
+    root = str(opened.root)
+    use_fiftyone = st.sidebar.toggle("Relabel queue (FiftyOne)", key="relabel_toggle")
+    if st.sidebar.toggle("Review queue", key="review_toggle"):
+        store = suggestions.store_path(root)
+        mtime = store.stat().st_mtime if store.is_file() else 0.0
+        queue = review_queue(root, opened.dataset.format, opened.revision, mtime, use_fiftyone)
+        st.sidebar.caption(f"{len(queue)} image(s): unlabelled first, then model disagreement, then low confidence.")
+        for n, item in enumerate(queue[:30]):
+            name = item["path"].rsplit("/", 1)[-1]
+            open_button(item["path"], f"{name} · {item['tier']}", f"review-{n}", work["path"])
+            st.sidebar.caption("; ".join(item["reasons"]))
+    if use_fiftyone:
+        try:
+            queue = fiftyone_queue(root)
+        except Exception as e:  # the database may not start: say so, keep the page
+            st.sidebar.error(f"FiftyOne could not be read: {e}")
+            return
+        st.session_state["relabel_paths"] = {item["path"] for item in queue}
+        if not queue:
+            st.sidebar.info("No image is tagged `fix` in FiftyOne.")
+        for n, item in enumerate(queue):
+            open_button(item["path"], item["path"].rsplit("/", 1)[-1], f"relabel-{n}", work["path"])
+            st.sidebar.caption("; ".join(item["reasons"]))

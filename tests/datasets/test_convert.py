@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from tests.conftest import copy_voc_subset
+from workbench.datasets.convert import convert
+from workbench.formats import FORMATS, load_dataset
+
+WORKBENCH = str(Path(sys.executable).parent / "workbench")
+STEMS = ["maksssksksss0", "maksssksksss1", "maksssksksss231", "maksssksksss12"]
+FLOAT_FORMATS = {"coco", "labelme", "yolo"}  # VOC stores what it is given too, but YOLO rounds
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([WORKBENCH, *args], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _boxes_by_image(ds) -> dict[str, list[tuple[str, tuple[float, ...]]]]:
+    return {r.path: [(ds.class_name(int(c)), tuple(b)) for b, c in zip(r.boxes, r.class_ids)] for r in ds.images}
+
+
+def _assert_same(a, b, atol: float) -> None:
+    left, right = _boxes_by_image(a), _boxes_by_image(b)
+    assert left.keys() == right.keys()
+    for path in left:
+        assert [n for n, _ in left[path]] == [n for n, _ in right[path]], path
+        np.testing.assert_allclose(
+            np.array([b for _, b in left[path]]).reshape(-1, 4),
+            np.array([b for _, b in right[path]]).reshape(-1, 4),
+            atol=atol,
+            rtol=0,
+        )
+
+
+@pytest.fixture(scope="module")
+def source(shared, tmp_path_factory) -> Path:
+    root = copy_voc_subset(shared, tmp_path_factory.mktemp("src"), STEMS)
+    # A float box, so that the formats that store floats must keep it.
+    xml = root / "annotations" / "maksssksksss0.xml"
+    xml.write_text(xml.read_text().replace("<xmin>79</xmin>", "<xmin>79.25</xmin>"))
+    return root
+
+
+@pytest.mark.parametrize(("first", "second"), list(itertools.product(sorted(FORMATS), repeat=2)))
+def test_any_to_any(source, tmp_path, first, second):
+    original = load_dataset(source)
+    convert(source, tmp_path / "a", first)
+    convert(tmp_path / "a", tmp_path / "b", second)
+    for folder, fmt in ((tmp_path / "a", first), (tmp_path / "b", second)):
+        ds = load_dataset(folder)  # detection finds exactly the written format
+        assert ds.format == fmt
+    exact = not ({first, second} & {"yolo"})
+    _assert_same(original, load_dataset(tmp_path / "b"), atol=0.0 if exact else 1e-3)
+
+
+def test_convert_cli_to_coco_validates_in_pycocotools(source, tmp_path):
+    result = run("convert", str(source), "--to", "coco", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "wrote coco" in result.stdout and result.stderr == ""  # no progress bar off a terminal
+    doc = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    for image in doc["images"]:
+        assert (tmp_path / "out" / image["file_name"]).is_file()
+    ids = [a["id"] for a in doc["annotations"]]
+    assert len(ids) == len(set(ids)) and all({"area", "iscrowd"} <= set(a) for a in doc["annotations"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api = COCO(str(tmp_path / "out" / "annotations.json"))
+    assert len(api.getAnnIds()) == load_dataset(source).num_boxes
+
+
+def test_convert_with_splits_writes_one_file_per_split(shared, tmp_path):
+    result = run("convert", str(shared / "roboflow-coco"), "--to", "coco", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 703 and summary["boxes"] == 3215
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["test.json", "train.json", "valid.json"]
+    for split, count in (("train", 520), ("valid", 110), ("test", 73)):
+        doc = json.loads((tmp_path / f"{split}.json").read_text())
+        assert len(doc["images"]) == count
+        assert all((tmp_path / i["file_name"]).is_file() for i in doc["images"])
+
+
+def test_bad_files_fail_the_conversion_and_skip_bad_converts_the_rest(source, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    (broken / "annotations" / "maksssksksss1.xml").write_text("<annotation><object>")
+    (broken / "annotations" / "maksssksksss12.xml").write_text(
+        "<annotation><object><name>x</name></object></annotation>"
+    )
+    result = run("convert", str(broken), "--to", "yolo", "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "annotations/maksssksksss1.xml: malformed XML" in result.stderr
+    assert "annotations/maksssksksss12.xml: object 1: missing <bndbox>" in result.stderr
+    assert "--skip-bad" in result.stderr
+    assert not (tmp_path / "out" / "labels").exists()
+
+    result = run("convert", str(broken), "--to", "yolo", "--out", str(tmp_path / "out"), "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 bad file(s)" in result.stderr
+    written = sorted(p.name for p in (tmp_path / "out" / "labels").glob("*.txt"))
+    assert written == ["maksssksksss0.txt", "maksssksksss231.txt"]
+
+
+def test_progress_bar_on_a_terminal_only(source, tmp_path):
+    """On a terminal the conversion shows a progress bar; with --json it stays quiet."""
+
+    def on_tty(*args: str) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([WORKBENCH, *args], stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=120)
+        os.close(leader)
+        return b"".join(chunks).decode(errors="replace")
+
+    shown = on_tty("convert", str(source), "--to", "coco", "--out", str(tmp_path / "a"))
+    assert "read" in shown and "file/s" in shown  # tqdm's bar
+    quiet = on_tty("convert", str(source), "--to", "coco", "--out", str(tmp_path / "b"), "--json")
+    assert "file/s" not in quiet and json.loads(quiet)["boxes"] == load_dataset(source).num_boxes
+
+
+def test_unknown_folder_is_a_clear_error(tmp_path):
+    result = run("convert", str(tmp_path), "--to", "coco", "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "annotations found; choose the format by hand" in result.stderr
+    assert all(
+        name in result.stderr.split("annotations found")[0] for name in ("LabelMe", "YOLO", "Pascal VOC", "COCO")
+    )
+    result = run("check", str(tmp_path / "missing"))
+    assert result.returncode == 1 and "not a folder" in result.stderr

@@ -1,0 +1,117 @@
+"""The index cache: used while no file changed, re-read one changed file, filters over an open dataset."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.app.conftest import copy_voc, copy_yolo
+from workbench.datasets import health, index
+from workbench.formats import voc, yolo
+
+
+@pytest.fixture
+def voc_copy(tmp_path) -> Path:
+    return copy_voc(tmp_path / "voc", 6, must_have="mask_weared_incorrect")
+
+
+def test_index_cache_is_used_and_invalidated_by_a_changed_file(voc_copy):
+    cold = index.open_dataset(voc_copy)
+    assert not cold.from_cache
+    warm = index.open_dataset(voc_copy)
+    assert warm.from_cache
+    assert [r.path for r in warm.dataset.images] == [r.path for r in cold.dataset.images]
+    assert all(a.same_boxes(b) for a, b in zip(warm.dataset.images, cold.dataset.images, strict=True))
+    assert warm.dataset.classes == cold.dataset.classes
+    xml = voc_copy / cold.dataset.images[0].annotation
+    xml.write_text(xml.read_text().replace("<name>with_mask</name>", "<name>other</name>", 1))
+    st = xml.stat()
+    os.utime(xml, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed = index.open_dataset(voc_copy)
+    assert not changed.from_cache
+    assert "other" in changed.dataset.classes
+    assert index.open_dataset(voc_copy).from_cache
+
+
+def test_an_added_file_invalidates_the_cache(voc_copy):
+    index.open_dataset(voc_copy)
+    (voc_copy / "images" / "extra.png").write_bytes((voc_copy / "images").glob("*.png").__next__().read_bytes())
+    again = index.open_dataset(voc_copy)
+    assert not again.from_cache and any(r.path == "images/extra.png" for r in again.dataset.images)
+
+
+def test_broken_files_are_listed(voc_copy):
+    (voc_copy / "annotations" / "broken.xml").write_text("<annotation><object>")
+    opened = index.open_dataset(voc_copy)
+    assert [e.file for e in opened.dataset.skipped] == ["annotations/broken.xml"]
+    assert [e.file for e in index.open_dataset(voc_copy).dataset.skipped] == ["annotations/broken.xml"]
+
+
+def test_filters(voc_copy):
+    dataset = index.open_dataset(voc_copy).dataset
+    everything = index.filter_images(dataset)
+    assert everything == list(range(len(dataset)))
+    rare = index.filter_images(dataset, classes=["mask_weared_incorrect"])
+    assert len(rare) == 1 and "mask_weared_incorrect" in [
+        dataset.class_name(int(c)) for c in dataset.images[rare[0]].class_ids
+    ]
+    name = dataset.images[3].path.rsplit("/", 1)[-1]
+    assert index.filter_images(dataset, search=name.upper()) == [3]
+    assert index.filter_images(dataset, empty=True) == []
+    report = health.report(index.get_open(voc_copy))
+    tiny = index.filter_images(dataset, kinds=["tiny"], report=report)
+    assert tiny == sorted(
+        {[r.path for r in dataset.images].index(f.image) for f in report.findings if f.kind == "tiny"}
+    )
+
+
+def _bump_mtime(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def _same(a, b) -> None:
+    assert a.classes == b.classes
+    assert [r.path for r in a.images] == [r.path for r in b.images]
+    for x, y in zip(a.images, b.images, strict=True):
+        assert x.same_boxes(y), x.path
+        assert x.annotation == y.annotation and x.box_extra == y.box_extra and x.extra == y.extra
+
+
+def test_a_changed_annotation_file_alone_is_reread(voc_copy):
+    index.open_dataset(voc_copy)
+    xml = sorted((voc_copy / "annotations").glob("*.xml"))[2]
+    xml.write_text(xml.read_text().replace("<xmin>", "<xmin>1", 1))
+    _bump_mtime(xml)
+    again = index.open_dataset(voc_copy)
+    assert again.from_cache  # re-read one file, not the dataset
+    _same(again.dataset, voc.load(voc_copy))
+    assert index.open_dataset(voc_copy).from_cache  # and the cache now holds the new state
+    _same(index.open_dataset(voc_copy).dataset, voc.load(voc_copy))
+
+
+def test_a_changed_yolo_label_alone_is_reread(tmp_path):
+    data = copy_yolo(tmp_path / "yolo", 4)
+    index.open_dataset(data)
+    label = sorted((data / "labels").glob("*.txt"))[1]
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join(["1" + lines[0][1:], *lines[1:]]) + "\n")
+    _bump_mtime(label)
+    again = index.open_dataset(data)
+    assert again.from_cache
+    _same(again.dataset, yolo.load(data))
+
+
+def test_a_class_order_change_forces_a_full_reload(voc_copy):
+    first = index.open_dataset(voc_copy).dataset
+    xml = voc_copy / first.images[0].annotation
+    last = first.classes[-1]
+    xml.write_text(re.sub(r"<name>[^<]*</name>", f"<name>{last}</name>", xml.read_text(), count=1))
+    _bump_mtime(xml)
+    again = index.open_dataset(voc_copy)
+    assert not again.from_cache
+    assert again.dataset.classes[0] == last
+    _same(again.dataset, voc.load(voc_copy))

