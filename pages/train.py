@@ -15,6 +15,7 @@ import streamlit as st
 
 from workbench.datasets import catalog, index, versions
 from workbench.errors import WorkbenchError
+from workbench.fileio import tail_lines
 from workbench.paths import SAMPLE_DATASET
 from workbench.training import jobs, registry
 from workbench.training.config import build_config
@@ -224,7 +225,7 @@ def live(all_jobs: list[dict]) -> None:
             st.markdown("**Classifier loss (face crops)**")
             st.line_chart(frame[[c for c in ("train_loss", "val_loss") if c in frame]], height=220)
     with st.expander("Log", expanded=state in ("running", "failed")):
-        st.code(jobs.log_tail(folder / "train.log", LOG_LINES) or "(empty)", language=None)
+        st.code(tail_lines(folder / "train.log", LOG_LINES) or "(empty)", language=None)
 
 
 def edits_since_latest() -> None:

@@ -15,6 +15,7 @@ import torch
 
 from tests.training.conftest import TINY
 from workbench.cli.main import main
+from workbench.fileio import tail_lines
 from workbench.paths import models_dir
 from workbench.training import jobs
 
@@ -192,5 +193,5 @@ def test_eta_text_and_log_tail(tmp_path):
     assert jobs.eta_text(None) == "-" and jobs.eta_text(3725.9) == "1:02:05" and jobs.eta_text(59) == "0:00:59"
     log = tmp_path / "train.log"
     log.write_text("".join(f"line {i}\n" for i in range(5000)))
-    assert jobs.log_tail(log, 3) == "line 4997\nline 4998\nline 4999"
-    assert jobs.log_tail(tmp_path / "missing.log") == ""
+    assert tail_lines(log, 3) == "line 4997\nline 4998\nline 4999"
+    assert tail_lines(tmp_path / "missing.log") == ""

@@ -79,7 +79,9 @@ def test_detectron2_recipe_falls_back_to_the_torchvision_c4_build(monkeypatch):
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
 def test_recipe_trains_one_iteration_and_predicts(name, six_voc, monkeypatch):
     if name == "detectron2-r50-c4" and get_engine("detectron2").available():
-        pytest.importorskip("detectron2")  # the real engine: tests/training/test_detectron2.py covers it
+        pytest.skip(
+            "detectron2 is installed: the recipe runs the real engine (tests/training/engines/test_detectron2.py)"
+        )
     config = {**recipes.recipe_config(name, device="cpu"), **TINY, "data": str(six_voc)}
     if config["model"] == "fasterrcnn_resnet50_c4":  # every proposal runs through res5: keep few in a test
         spec = models.MODELS["fasterrcnn_resnet50_c4"]
