@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -61,9 +62,24 @@ def test_every_store_follows_a_tilde_workspace(tmp_path):
 def test_installed_from_a_wheel_uses_the_user_data_folder(tmp_path):
     """Built as a wheel and installed into a fresh virtual environment (not editable), the default workspace and
     registry are in the user's data folder, not inside site-packages; the environment still overrides them."""
+    source = tmp_path / "source"  # built from a copy, so that no build/ folder lands in the checkout
+    shutil.copytree(ROOT / "workbench", source / "workbench", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
         check=True,
         capture_output=True,
     )
