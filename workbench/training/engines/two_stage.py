@@ -199,6 +199,45 @@ def save_classifier_plot(folder: Path) -> None:
     plt.close(fig)
 
 
+def augmentation(config: TrainConfig) -> T.Transform:
+    """The crop augmentation of the classifier's training: flip, rotation, brightness and contrast."""
+    flip = [T.RandomHorizontalFlip()] if config.hflip else []
+    jitter = T.ColorJitter(brightness=config.color, contrast=config.color)
+    return T.Compose([*flip, T.RandomRotation(config.rotation), jitter])
+
+
+def optimiser(
+    model: nn.Module, config: TrainConfig, *, iters_per_epoch: int, budget: TimeBudget
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over the trainable parameters, with the warm-up and cosine decay every engine uses (``run.lr_lambda``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup, total_iters = min(config.warmup_iters, iters_per_epoch), iters_per_epoch * config.epochs
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_iters, budget))
+
+
+def resume(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    *,
+    checkpoint: dict[str, Any] | None,
+    folder: Path,
+) -> int:
+    """Load a resumed run's classifier, optimiser and schedule (the schedule's function is kept: it
+    follows this run's budget); returns the epoch to start at."""
+    if not checkpoint:
+        return 0
+    lambdas = scheduler.lr_lambdas
+    load_matching(model, checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scheduler.lr_lambdas = lambdas
+    start_epoch = int(checkpoint["epoch"]) + 1
+    log.info("resumed from %s: continuing at epoch %d", folder / "checkpoint.pth", start_epoch + 1)
+    return start_epoch
+
+
 def balanced_loss(labels: list[int], num_classes: int) -> nn.CrossEntropyLoss:
     """Cross-entropy weighted by inverse class frequency of the training crops: the rare class counts as much."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
@@ -284,30 +323,17 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
         return torch.stack(x), torch.tensor([c for _, c in batch])
 
     # stage 2: the classifier on ground-truth crops
-    flip = [T.RandomHorizontalFlip()] if config.hflip else []
-    jitter = T.ColorJitter(brightness=config.color, contrast=config.color)
-    augment = T.Compose([*flip, T.RandomRotation(config.rotation), jitter])
+    augment = augmentation(config)
     wanted = checkpoint["weights"]["kind"] if checkpoint else config.weights
     model, weights = build_classifier(len(classes), weights=wanted)
     model.to(device)
     log.info("classifier weights: %s from %s", weights["kind"], weights["source"])
     iters_per_epoch = -(-len(samples) // config.batch)
-    iters_per_epoch = min(iters_per_epoch, config.max_iters or iters_per_epoch)
-    progress.iters_per_epoch = iters_per_epoch
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup, total_iters = min(config.warmup_iters, iters_per_epoch), iters_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_iters, budget))
+    progress.iters_per_epoch = min(iters_per_epoch, config.max_iters or iters_per_epoch)
+    optimizer, scheduler = optimiser(model, config, iters_per_epoch=progress.iters_per_epoch, budget=budget)
     loss_fn = balanced_loss([c for _, c in samples], len(classes)).to(device)
     val_x, val_y = tensors(val_samples, None) if val_samples else (None, None)
-
-    start_epoch = int(checkpoint["epoch"]) + 1 if checkpoint else 0
-    if checkpoint:
-        load_matching(model, checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scheduler.lr_lambdas = [lr_lambda(warmup, total_iters, budget)]
-        log.info("resumed from %s: continuing at epoch %d", folder / "checkpoint.pth", start_epoch + 1)
+    start_epoch = resume(model, optimizer, scheduler, checkpoint=checkpoint, folder=folder)
     truncate_logs(folder, start_epoch)
     progress.start_epoch, progress.t0 = start_epoch, time.monotonic()
     iteration_log = IterationLog(folder / "losses.jsonl", None)
