@@ -53,6 +53,19 @@ def test_imports_inside_functions_count():
         assert graph.direct_import_exists(importer="workbench.training.engines", imported=module)
 
 
+def test_no_import_cycle_between_any_two_modules():
+    """Stricter than the acyclic_siblings contract, which leaves a package and its own modules out: no module
+    reaches back, directly or through others, to a module that imports it (imports inside functions count)."""
+    graph = grimp.build_graph("workbench", cache_dir=None)
+    cycles = {
+        tuple(sorted((module, imported)))
+        for module in graph.modules
+        for imported in graph.find_modules_directly_imported_by(module)
+        if graph.find_shortest_chain(importer=imported, imported=module)
+    }
+    assert not cycles, sorted(cycles)
+
+
 def test_floor_formats_and_datasets_load_without_torch():
     modules = [f"workbench.{m}" for m in FLOOR] + ["workbench.formats", "workbench.datasets.catalog"]
     code = (

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,9 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from workbench.errors import WorkbenchError
-from workbench.training import registry
+from workbench.training import optional, registry
 from workbench.training.budget import TimeBudget
 from workbench.training.config import TrainConfig
-from workbench.training.engines import get_engine
 from workbench.training.engines.d2_detector import D2Detector
 from workbench.training.models import load_matching
 from workbench.training.predictor import Predictor, load_checkpoint
@@ -236,11 +235,60 @@ def train_step(model: nn.Module, data: list[dict], *, optimizer: Any, scheduler:
     return value, {k: v.item() for k, v in loss_dict.items()}
 
 
+def train_one_epoch(
+    model: nn.Module,
+    data: Iterator[list[dict]],
+    *,
+    epoch: int,
+    iters_per_epoch: int,
+    storage: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    device: torch.device,
+    budget: TimeBudget,
+    progress: Progress,
+    iteration_log: IterationLog,
+    stop: Callable[[], bool],
+) -> None:
+    """One epoch of ``iters_per_epoch`` training steps on ``data``, logged per iteration; ends early
+    when the time budget is spent, raises ``Cancelled`` when ``stop()`` turns true."""
+    model.train()
+    for it in range(iters_per_epoch):
+        if stop():
+            raise Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
+        if budget.over():
+            log.info("time budget: training stops at epoch %d, iteration %d", epoch + 1, it)
+            return
+        storage.iter = index = epoch * iters_per_epoch + it
+        try:
+            value, parts = train_step(
+                model, next(data), optimizer=optimizer, scheduler=scheduler, scaler=scaler, device=device
+            )
+        except FloatingPointError as e:
+            raise WorkbenchError(f"{e} at epoch {epoch + 1}, iteration {it}") from e
+        lr = optimizer.param_groups[0]["lr"]
+        iteration_log(epoch=epoch, step=index, lr=lr, loss=value, parts=parts)
+        progress.step(epoch=epoch, iteration=it, loss=value, lr=lr)
+
+
+def write_card(
+    folder: Path, config: TrainConfig, run: dict[str, Any], *, best: Best, budget: TimeBudget, **fields: Any
+) -> dict[str, Any]:
+    """``model_card.json`` and ``MODEL_CARD.md`` of a detectron2 run (``fields``: weights, device, epochs_done)."""
+    if budget.seconds:
+        fields["stopped_by_time"] = budget.hit
+    fields.update(device=str(fields["device"]), seconds=round(budget.elapsed(), 1))
+    card = registry.base_card(folder, config.to_dict(), run, engine="detectron2", best_metrics=best.metrics, **fields)
+    registry.write_model_card(folder, card)
+    return card
+
+
 def main(
     config: TrainConfig | dict[str, Any], folder: Path, *, should_stop: Callable[[], bool] | None = None
 ) -> dict[str, Any]:
     """Train run ``folder`` with detectron2 (created, or resumed from ``checkpoint.pth``); return the card."""
-    get_engine("detectron2").check()
+    optional.require("detectron2", user="the detectron2 engine")
     # detectron2 is an optional package: imported once it is known to be there
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetMapper, build_detection_train_loader
@@ -305,28 +353,21 @@ def main(
     try:
         with EventStorage(start_epoch * iters_per_epoch) as storage:
             for epoch in range(start_epoch, cfg_run.epochs):
-                model.train()
-                for it in range(iters_per_epoch):
-                    if stop():
-                        raise Cancelled(f"cancelled at epoch {epoch + 1}, iteration {it}")
-                    if budget.over():
-                        log.info("time budget: training stops at epoch %d, iteration %d", epoch + 1, it)
-                        break
-                    storage.iter = step = epoch * iters_per_epoch + it
-                    try:
-                        value, parts = train_step(
-                            model,
-                            next(data_iter),
-                            optimizer=optimizer,
-                            scheduler=scheduler,
-                            scaler=scaler,
-                            device=device,
-                        )
-                    except FloatingPointError as e:
-                        raise WorkbenchError(f"{e} at epoch {epoch + 1}, iteration {it}") from e
-                    lr = optimizer.param_groups[0]["lr"]
-                    iteration_log(epoch=epoch, step=step, lr=lr, loss=value, parts=parts)
-                    progress.step(epoch=epoch, iteration=it, loss=value, lr=lr)
+                train_one_epoch(
+                    model,
+                    data_iter,
+                    epoch=epoch,
+                    iters_per_epoch=iters_per_epoch,
+                    storage=storage,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    device=device,
+                    budget=budget,
+                    progress=progress,
+                    iteration_log=iteration_log,
+                    stop=stop,
+                )
                 saved = {"model": model.state_dict(), "config": cfg_run.to_dict(), "epoch": epoch}
                 saved.update(classes=cfg_run.classes, d2_config=cfg.dump())
                 state = {**saved, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
@@ -341,19 +382,8 @@ def main(
         writer.close()
         iteration_log.close()
 
-    timed = {"stopped_by_time": budget.hit} if budget.seconds else {}
-    card = registry.base_card(
-        folder,
-        cfg_run.to_dict(),
-        run,
-        engine="detectron2",
-        weights=weights,
-        device=str(device),
-        epochs_done=epochs_done,
-        best_metrics=ending.best.metrics,
-        seconds=round(budget.elapsed(), 1),
-        **timed,
+    card = write_card(
+        folder, cfg_run, run, weights=weights, device=device, epochs_done=epochs_done, best=ending.best, budget=budget
     )
-    registry.write_model_card(folder, card)
     progress.done_with(ending.best.metrics, epochs_done=cfg_run.epochs)
     return card
