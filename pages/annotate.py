@@ -94,7 +94,7 @@ def box_editor(work: dict) -> None:
 
 
 def save_panel(opened: OpenDataset, work: dict) -> None:
-    journal = saving.Journal()
+    journal = ui.journal()
     changes = work["changes"]
     if changes:
         st.warning(f"{len(changes)} unsaved change(s):\n" + "\n".join(f"- {c}" for c in changes))
@@ -130,12 +130,12 @@ def save_panel(opened: OpenDataset, work: dict) -> None:
             fresh = get_open(opened.root, opened.dataset.format, reload=True)
             start_work(fresh, min(work["position"], len(fresh.dataset) - 1))
             st.rerun()
-    undoable = journal.undoable(opened.root)
+    undoable = journal.undoable(opened.root, author=journal.author)  # my saves, not someone else's
     if undoable:
         last = undoable[-1]
         if st.button("Undo last save", key="undo", help=last.get("message", ""), width="stretch"):
             try:
-                saving.undo(opened.root, journal=journal)
+                saving.undo(opened.root, entry=last["id"], journal=journal)
             except WorkbenchError as e:
                 st.error(f"Cannot undo: {e}")
             else:
@@ -144,7 +144,7 @@ def save_panel(opened: OpenDataset, work: dict) -> None:
                 position = next((i for i, r in enumerate(fresh.dataset.images) if r.path == work["path"]), 0)
                 start_work(fresh, position)
                 st.rerun()
-        st.caption(f"Last save: {last.get('message', '')[:120]}")
+        st.caption(f"My last save: {last.get('message', '')[:120]}")
 
 
 def labelme_action(opened: OpenDataset, work: dict) -> None:
@@ -201,7 +201,7 @@ def class_tools(opened: OpenDataset) -> None:
                     edits.merge_classes(changed, class_id, target)
                 else:
                     edits.delete_class(changed, class_id)
-                result = saving.save_class_change(opened, changed, journal=saving.Journal(), message=verb)
+                result = saving.save_class_change(opened, changed, journal=ui.journal(), message=verb)
             except WorkbenchError as e:
                 st.error(f"Not saved: {e}")
             else:

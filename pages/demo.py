@@ -2,24 +2,41 @@
 
 The demo is its own process (``workbench demo``, see ``workbench.demo.server``): it keeps serving
 when this page or Streamlit closes, and this page finds it again through the workspace's
-``demo.json``. Gradio is not imported here.
+``demo.json``. Gradio is not imported here. The model offered first is the latest run trained on
+the current dataset; a run whose classes differ from the dataset's is refused unless the user ticks
+"Use a model whose classes differ".
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
+from pages.common.ui import current_entry
+from workbench.datasets.catalog import DatasetEntry
 from workbench.demo import server
 from workbench.errors import WorkbenchError
 from workbench.fileio import tail_lines
 from workbench.training import registry
 
 LOG_LINES = 30
+ANY_CLASSES = "Use a model whose classes differ from the dataset's"
 
 
-def run_choices() -> list[str]:
-    """``latest`` first, then every run with weights, newest first."""
-    return ["latest", *registry.runs_with_weights()]
+def run_choices(entry: DatasetEntry | None) -> list[str]:
+    """The latest run trained on the current dataset (``latest:<folder>``) first when there is one,
+    else ``latest`` first; then every run with weights, newest first."""
+    if entry is None:
+        return ["latest", *registry.runs_with_weights()]
+    own = f"{registry.LATEST_OF}{registry.dataset_key(entry.path)}"
+    first = [own, "latest"] if registry.latest_of(entry.path) else ["latest", own]
+    return [*first, *registry.runs_with_weights()]
+
+
+def choice_label(choice: str, entry: DatasetEntry | None) -> str:
+    if entry is None or not choice.startswith(registry.LATEST_OF):
+        return choice
+    run = registry.latest_of(entry.path)
+    return f"latest on {entry.name} ({run or 'none yet'})"
 
 
 def show_running(state: dict) -> None:
@@ -59,13 +76,21 @@ def show_running(state: dict) -> None:
 
 def show_start_form(latest: str | None) -> None:
     st.info("The demo is not running.")
+    entry = current_entry()
     if latest is None:
         st.warning(
             "There is no trained model yet: the demo will start and say so. Train one on the **Train** page "
             "(or `workbench train --data datasets/facemask-sample --wait`); the running demo picks it up."
         )
     with st.form("demo_start"):
-        model = st.selectbox("Model", run_choices(), help="`latest` follows each new successful run")
+        model = st.selectbox(
+            "Model",
+            run_choices(entry),
+            format_func=lambda choice: choice_label(choice, entry),
+            key="demo_model",
+            help="`latest` follows each new successful run; `latest on` each one trained on the current dataset",
+        )
+        any_classes = st.checkbox(ANY_CLASSES, key="demo_any_classes")
         port = st.number_input("Port", min_value=1024, max_value=65535, value=server.DEFAULT_PORT, step=1)
         share = st.checkbox("Public share link (needs internet; anyone with the link can use the demo)")
         login = st.checkbox("Require a login")
@@ -77,9 +102,25 @@ def show_start_form(latest: str | None) -> None:
         if login and not (user and password):
             st.error("A login needs a user and a password.")
             return
+        try:
+            if entry is not None:
+                override = f"tick “{ANY_CLASSES}”"
+                model = registry.model_for(
+                    entry.path, fmt=entry.format, run=model, any_classes=any_classes, override=override
+                )
+        except WorkbenchError as e:
+            st.error(str(e))
+            return
         with st.spinner("Starting the demo (loading Gradio and the model)..."):
             try:
-                server.start(model=model, port=int(port), share=share, auth=auth)
+                server.start(
+                    model=model,
+                    port=int(port),
+                    share=share,
+                    auth=auth,
+                    data=entry.path if entry else None,
+                    any_classes=any_classes,
+                )
             except WorkbenchError as e:
                 st.error(str(e))
                 return

@@ -35,7 +35,7 @@ from workbench.evaluation.report import (
     read_detections,
 )
 from workbench.paths import models_dir
-from workbench.training.registry import latest_name, runs_with_weights
+from workbench.training.registry import latest_name, latest_of, runs_with_weights
 
 WORST = 12  # images in the grid
 COLUMNS = 4
@@ -65,13 +65,14 @@ def reports_of(run_dir: Path) -> tuple[list[Path], list[EvalReport]]:
     return found, [cached_report(str(p), (p / METRICS_JSON).stat().st_mtime) for p in found]
 
 
-def pick_run() -> Path | None:
+def pick_run(entry: DatasetEntry) -> Path | None:
+    """The run to look at: the latest one trained on the current dataset first, else the newest."""
     root = models_dir()
     names = runs(str(root))
     if not names:
         st.info("No trained model yet: train one on the Train page (or `workbench train --data DATASET`).")
         return None
-    latest = latest_name()
+    latest = latest_of(entry.path) or latest_name()
     index = names.index(latest) if latest in names else 0
     name = st.selectbox(
         "Run", names, index=index, key="errors_run", format_func=lambda n: f"{n} (latest)" if n == latest else n
@@ -348,7 +349,7 @@ def main() -> None:
     if found is None:
         return
     entry, opened = found
-    run_dir = pick_run()
+    run_dir = pick_run(entry)
     if run_dir is None:
         return
     evaluate_form(run_dir, entry, opened.dataset)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from pages.common import ui
 from pages.common.canvas import fitted
 from pages.common.work import label_list, start_work
 from workbench.annotations import ImageRecord
@@ -37,7 +38,7 @@ def accept_suggestions(opened: OpenDataset, work: dict, **chosen) -> None:
             record=work["record"],
             classes=work["classes"],
             expected=work["expected"],
-            journal=saving.Journal(),
+            journal=ui.journal(),
             notes=work["changes"],
             **chosen,
         )
@@ -85,6 +86,23 @@ def suggestion_view(opened: OpenDataset, work: dict, items: list[dict]) -> None:
     st.image(drawn, caption="Accepted boxes solid, suggestions dashed with their score", width="stretch")
 
 
+def new_classes_choice(opened: OpenDataset, work: dict, items: list[dict]) -> bool:
+    """Whether accepting may add the suggestions' class names that the dataset lacks: a checkbox,
+    shown only when there are such names, ticked when the suggestions were made with
+    ``--any-classes`` (or for a dataset without classes)."""
+    names = label_list(work)
+    foreign = sorted({s["label"] for s in items if s["label"] not in names})
+    allowed = bool(suggestions.load(opened.root).get("new_classes", True))
+    if not foreign:
+        return allowed
+    return st.checkbox(
+        f"Add the model's class(es) {', '.join(foreign)} to this dataset",
+        value=allowed,
+        key="sugg_new_classes",
+        help="The model was trained on other classes; unticked, its boxes of these classes are refused",
+    )
+
+
 def suggestion_panel(opened: OpenDataset, work: dict, items: list[dict]) -> None:
     """Accept one / all above a score, reject, edit then accept the image's suggestions."""
     st.markdown(f"**Suggestions** ({len(items)}) · A accept · X reject")
@@ -97,9 +115,10 @@ def suggestion_panel(opened: OpenDataset, work: dict, items: list[dict]) -> None
         key=f"sugg_pick-{work['rev']}-{len(items)}",
     )
     chosen = items[pick]
+    add_classes = new_classes_choice(opened, work, items)
     c1, c2 = st.columns(2)
     if c1.button("Accept", key="sugg_accept", type="primary", shortcut="A", width="stretch"):
-        accept_suggestions(opened, work, ids=[chosen["id"]])
+        accept_suggestions(opened, work, ids=[chosen["id"]], add_classes=add_classes)
     if c2.button("Reject", key="sugg_reject", shortcut="X", width="stretch"):
         suggestions.reject(opened.root, work["path"], [chosen["id"]])
         st.rerun()
@@ -107,7 +126,7 @@ def suggestion_panel(opened: OpenDataset, work: dict, items: list[dict]) -> None
     above = [s for s in items if s["score"] >= floor]
     c1, c2 = st.columns(2)
     if c1.button(f"Accept {len(above)} ≥ {floor:.2f}", key="sugg_accept_all", disabled=not above, width="stretch"):
-        accept_suggestions(opened, work, min_score=floor)
+        accept_suggestions(opened, work, min_score=floor, add_classes=add_classes)
     if c2.button("Reject all", key="sugg_reject_all", width="stretch"):
         suggestions.reject(opened.root, work["path"])
         st.rerun()
@@ -121,7 +140,8 @@ def suggestion_panel(opened: OpenDataset, work: dict, items: list[dict]) -> None
             for k, n in enumerate(("x1", "y1", "x2", "y2"))
         ]
         if st.button("Accept edited", key="sugg_accept_edited", width="stretch"):
-            accept_suggestions(opened, work, ids=[chosen["id"]], edited={chosen["id"]: {"box": box, "label": label}})
+            edited = {chosen["id"]: {"box": box, "label": label}}
+            accept_suggestions(opened, work, ids=[chosen["id"]], edited=edited, add_classes=add_classes)
 
 
 @st.cache_data(ttl=30, show_spinner=False)

@@ -13,6 +13,7 @@ import streamlit as st
 from workbench.datasets.catalog import DatasetEntry, current_dataset, find_dataset
 from workbench.datasets.index import OpenDataset, get_open
 from workbench.errors import WorkbenchError
+from workbench.labelling import saving
 
 NO_DATASET = "No dataset yet: add one on the Datasets page."
 
@@ -26,6 +27,23 @@ def through_app() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+def current_user() -> str | None:
+    """The signed-in user's e-mail (or name) when Streamlit's login is on, else ``None``: the
+    journal then names the OS user. ``st.user`` is Streamlit's public API for the login."""
+    try:
+        user = st.user
+        if not user.get("is_logged_in"):
+            return None
+        return user.get("email") or user.get("name")
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+
+
+def journal() -> saving.Journal:
+    """The edit journal, writing this session's user on each save."""
+    return saving.Journal(author=current_user())
 
 
 def current_entry() -> DatasetEntry | None:

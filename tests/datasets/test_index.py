@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
+import sqlite3
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
 from tests.app.conftest import copy_voc, copy_yolo
+from workbench import locks
 from workbench.datasets import health, index
 from workbench.formats import voc, yolo
 
@@ -115,3 +120,87 @@ def test_a_class_order_change_forces_a_full_reload(voc_copy):
     assert not again.from_cache
     assert again.dataset.classes[0] == last
     _same(again.dataset, voc.load(voc_copy))
+
+
+class _RunsCode:
+    """What an attacker would store: unpickling it calls ``Path.touch`` on the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _tamper(column: str, value, *, where: str = "") -> None:
+    db = sqlite3.connect(Path(os.environ["WORKBENCH_HOME"]) / "index.sqlite")
+    with db:
+        db.execute(f"UPDATE {column} {where}", (value,))
+    db.close()
+
+
+def _evil(marker: Path) -> bytes:
+    payload = pickle.dumps(_RunsCode(marker))
+    pickle.loads(payload)  # the payload is live: unpickling it does create the marker
+    assert marker.exists()
+    marker.unlink()
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("table", "where"),
+    [("records SET record = ?", "WHERE pos = 1"), ("meta SET files = ?", ""), ("meta SET dataset = ?", "")],
+)
+@pytest.mark.parametrize("kind", ["pickle", "garbage", "wrong shape", "empty"])
+def test_a_tampered_row_is_a_cache_miss_never_code_that_runs(voc_copy, tmp_path, table, where, kind):
+    cold = index.open_dataset(voc_copy)
+    marker = tmp_path / "code-ran"
+    value = {
+        "pickle": _evil(marker),
+        "garbage": b"\x80\x04\x95garbage\xff",
+        "wrong shape": '["images/x.png",1,1,[1,2,3],[0],[null],[{}],null,null,{}]',
+        "empty": "",
+    }[kind]
+    _tamper(table, value, where=where)
+    again = index.open_dataset(voc_copy)
+    assert not again.from_cache  # the dataset was read again from its files
+    assert not marker.exists()
+    _same(again.dataset, cold.dataset)
+    assert index.open_dataset(voc_copy).from_cache  # and the cache was rebuilt
+
+
+def test_old_pickled_rows_are_ignored(voc_copy):
+    """Rows of INDEX_VERSION 2 were pickles: they are never read, the dataset is read again."""
+    index.open_dataset(voc_copy)
+    _tamper("meta SET version = ?", 2)
+    assert not index.open_dataset(voc_copy).from_cache
+    assert index.open_dataset(voc_copy).from_cache
+
+
+def test_no_pickle_in_the_index(voc_copy):
+    index.open_dataset(voc_copy)
+    db = sqlite3.connect(Path(os.environ["WORKBENCH_HOME"]) / "index.sqlite")
+    values = [v for row in db.execute("SELECT files, dataset FROM meta") for v in row]
+    values += [v for (v,) in db.execute("SELECT record FROM records")]
+    db.close()
+    assert values and all(isinstance(v, str) for v in values)
+    json.loads(values[0])
+
+
+def test_a_value_the_rows_cannot_hold_leaves_the_dataset_uncached(voc_copy):
+    opened = index.open_dataset(voc_copy)
+    opened.dataset.images[0].extra["odd"] = {1, 2}  # a set: JSON has none
+    index.store_index(opened)
+    assert not index.open_dataset(voc_copy).from_cache  # not cached inexactly
+
+
+@pytest.mark.parametrize(("fstype", "mode"), [("ext4", "wal"), ("nfs4", "delete")])
+def test_no_wal_on_a_network_file_system(voc_copy, monkeypatch, fstype, mode):
+    Partition = namedtuple("Partition", "device mountpoint fstype opts")
+    monkeypatch.setattr(locks.psutil, "disk_partitions", lambda all=True: [Partition("d", "/", fstype, "")])
+    monkeypatch.setattr(index, "_JOURNAL_MODES", {})
+    index.open_dataset(voc_copy)
+    assert index.open_dataset(voc_copy).from_cache
+    db = sqlite3.connect(Path(os.environ["WORKBENCH_HOME"]) / "index.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == mode
+    db.close()

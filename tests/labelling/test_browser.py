@@ -1,20 +1,24 @@
 """The suggestion review in a real browser (Debian's Chromium through Playwright): suggestions are
 drawn beside the accepted boxes; the keyboard rejects (X), accepts (A), goes to the next (N) and
-the previous (P) image; accepting writes the VOC file, rejecting writes nothing."""
+the previous (P) image; accepting writes the VOC file, rejecting writes nothing. Two sessions
+saving one VOC file (the second is refused, naming who saved) and different images of one COCO
+file (both land)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.app.conftest import SHARED
 from tests.app.test_browser import CHROMIUM, served_page
 from workbench.datasets import index
-from workbench.formats import voc
+from workbench.formats import get_format, voc
 from workbench.labelling import suggestions
 
 SHOTS = os.environ.get("WORKBENCH_SCREENSHOTS")
@@ -78,3 +82,61 @@ def test_review_suggestions_with_the_keyboard(voc8, tmp_path):
         page.keyboard.press("p")
         page.get_by_text("Suggestions (1)").wait_for()
         shot(page, tmp_path, "suggest-4-back")
+
+
+def annotate_page(page, url: str):
+    page.goto(url)
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Annotate").click()
+    page.get_by_role("button", name="Delete box").wait_for()
+    return page
+
+
+def delete_boxes_and_save(page, count: int = 1) -> None:
+    for n in range(1, count + 1):
+        page.get_by_role("button", name="Delete box").click()
+        page.get_by_text(f"{n} unsaved change").wait_for()
+    page.get_by_role("button", name="Save", exact=True).click()
+
+
+def two_sessions(data: Path, tmp_path: Path):
+    """Two browser sessions (separate contexts: separate Streamlit sessions) on one server."""
+    return served_page(data, tmp_path, width=1500, height=1100)
+
+
+def test_two_sessions_edit_the_same_voc_file_and_the_second_is_refused(voc8, tmp_path):
+    first = index.open_dataset(voc8).dataset.images[0]
+    with two_sessions(voc8, tmp_path) as (alice, url):
+        bob = alice.context.browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        bob.set_default_timeout(30_000)
+        annotate_page(alice, url)
+        annotate_page(bob, url)
+        delete_boxes_and_save(alice)
+        alice.get_by_text(re.compile(r"^Saved \w")).wait_for()
+        delete_boxes_and_save(bob, 2)  # not Alice's edit (the same bytes would just be "saved nothing")
+        refusal = bob.get_by_text("changed on disk since the dataset was loaded")
+        refusal.wait_for()
+        assert "saved by" in refusal.inner_text()
+        shot(bob, tmp_path, "two-sessions-voc-refused")
+    assert len(voc.load(voc8).record(first.path)) == len(first) - 1  # Alice's edit, not both
+
+
+def test_two_sessions_edit_different_images_of_one_coco_file_and_both_land(tmp_path):
+    data = tmp_path / "coco" / "valid"
+    shutil.copytree(SHARED / "roboflow-coco" / "valid", data, copy_function=shutil.copyfile)
+    root = data.parent
+    images = index.open_dataset(root, "coco").dataset.images
+    assert len(images[0]) and len(images[1])
+    with two_sessions(root, tmp_path) as (alice, url):
+        bob = alice.context.browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        bob.set_default_timeout(30_000)
+        annotate_page(alice, url)
+        annotate_page(bob, url)
+        bob.get_by_role("button", name="Next ▶").click()
+        bob.get_by_text(images[1].path).first.wait_for()
+        delete_boxes_and_save(alice)
+        alice.get_by_text(re.compile(r"^Saved \w")).wait_for()
+        delete_boxes_and_save(bob)
+        bob.get_by_text(re.compile(r"^Saved \w")).wait_for()
+        shot(bob, tmp_path, "two-sessions-coco-merged")
+    after = get_format("coco").load(root).images
+    assert [len(r) for r in after[:2]] == [len(images[0]) - 1, len(images[1]) - 1]

@@ -48,7 +48,10 @@ def test_save_writes_only_the_record_file_and_undo_restores_bytes(voc_copy):
         k: v for k, v in objects0[0].items() if k != "name"
     }
     # the journal line holds the old bytes; undo works from a fresh Journal (a restart)
-    line = json.loads(journal.path.read_text().splitlines()[-1])
+    # (the entry is written before the file, marked pending, and a "done" line follows the write)
+    line, done = (json.loads(text) for text in journal.path.read_text().splitlines())
+    assert line["pending"] and done == {"done": line["id"]}
+    assert line["author"] and line["process"]["pid"] > 0
     assert line["files"][0]["path"] == record.annotation
     assert journal.get(line["files"][0]["before"]) == original
     entry = saving.undo(voc_copy, journal=saving.Journal())
@@ -190,3 +193,43 @@ def test_save_to_a_position_holding_another_image_is_refused(voc_copy):
     record = opened.dataset.images[0].copy()
     with pytest.raises(WorkbenchError, match="reloaded"):
         saving.save_record(opened, 1, record)
+
+
+def test_undo_undoes_exactly_the_entry_it_names_and_by_default_my_last(voc_copy):
+    opened = index.open_dataset(voc_copy)
+    files = [voc_copy / r.annotation for r in opened.dataset.images[:3]]
+    old = [f.read_bytes() for f in files]
+    ids = {}
+    for position, author in enumerate(("alice", "bob", "alice")):
+        record = opened.dataset.images[position].copy()
+        edits.delete_box(record, 0)
+        ids[position] = saving.save_record(opened, position, record, journal=saving.Journal(author=author)).entry
+    bob = saving.Journal(author="bob")
+    assert [e["id"] for e in bob.undoable(voc_copy, author="bob")] == [ids[1]]
+    assert saving.undo(voc_copy, journal=bob)["id"] == ids[1]  # bob's last, not alice's newer one
+    assert [f.read_bytes() == o for f, o in zip(files, old, strict=True)] == [False, True, False]
+    assert saving.undo(voc_copy, entry=ids[0], journal=bob)["author"] == "alice"  # named: exactly that one
+    assert [f.read_bytes() == o for f, o in zip(files, old, strict=True)] == [True, True, False]
+    with pytest.raises(saving.NothingToUndo, match=str(ids[0])):
+        saving.undo(voc_copy, entry=ids[0])
+    with pytest.raises(saving.NothingToUndo):
+        saving.undo(voc_copy, journal=bob)
+
+
+def test_journal_append_reads_only_the_tail(tmp_path, monkeypatch):
+    journal = saving.Journal(tmp_path / "journal.jsonl")
+    lines = [{"id": k, "root": "/r", "message": "x" * 500, "files": []} for k in range(1, 3001)]  # 1.5 MB
+    journal.path.write_text("".join(json.dumps(line) + "\n" for line in lines) + json.dumps({"done": 2999}) + "\n")
+    reads = []
+    real_open = open
+
+    def counting_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if "b" in mode and Path(path) == journal.path:
+            real_read = handle.read
+            handle.read = lambda n=-1: reads.append(n) or real_read(n)
+        return handle
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert journal.append({"root": "/r", "message": "new", "files": []}) == 3001
+    assert 0 < sum(reads) <= 64 * 1024  # the last 64 KB, not the 1.5 MB

@@ -1,18 +1,25 @@
 """Suggestions of a tiny trained model: stored in the workspace, never in the dataset's files until
-accepted; accept-all above a score writes exactly those boxes; undo gives the file back."""
+accepted; accept-all above a score writes exactly those boxes; undo gives the file back. A model
+of other classes is refused unless asked for; processes storing at once lose no update."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from tests.conftest import copy_run
+from workbench.annotations import Detections
 from workbench.cli import main as cli
 from workbench.datasets import catalog, index, versions
+from workbench.errors import WorkbenchError
 from workbench.formats import voc
 from workbench.labelling import edits, review, saving, suggestions
+from workbench.training import registry
 
 
 def hashes(root: Path) -> dict[str, str]:
@@ -159,3 +166,87 @@ def test_errors_page_compares_two_runs_with_their_versions(tiny_run, voc8, tmp_p
     assert table["class"].iloc[-1] == "all (AP)"
     captions = "\n".join(c.value for c in at.caption)
     assert "dataset version v1" in captions and "dataset version v7" in captions
+
+
+def relabel(root: Path, old: str, new: str) -> None:
+    """Rename class ``old`` to ``new`` in every VOC file of ``root``: a dataset of other classes."""
+    for xml in (root / "annotations").glob("*.xml"):
+        xml.write_text(xml.read_text().replace(f"<name>{old}</name>", f"<name>{new}</name>"))
+
+
+def test_training_records_the_run_as_its_datasets_latest(tiny_model, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_model.models))
+    assert registry.latest_of(tiny_model.data) == "tiny" and registry.latest_name() == "tiny"
+
+
+def test_suggest_refuses_a_model_of_other_classes_unless_asked(tiny_model, voc8, tmp_path, capsys):
+    copy_run(tiny_model, registry.models_dir())
+    relabel(voc8, "mask_weared_incorrect", "helmet")
+    before = hashes(voc8)
+    assert cli.main(["suggest", "--data", str(voc8), "--score", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "was not trained on the classes" in err
+    assert "only the model has mask_weared_incorrect" in err and "only the dataset has helmet" in err
+    assert "--any-classes" in err
+    assert not suggestions.store_path(voc8).exists() and hashes(voc8) == before
+
+    argv = ["suggest", "--data", str(voc8), "--model", "latest", "--any-classes", "--score", "0.01", "--json"]
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["run"] == "tiny"
+    stored = suggestions.load(voc8)
+    assert stored["new_classes"] is True and stored["images"]
+    path, items = next(iter(stored["images"].items()))
+    first = items[0]
+    edited = {first["id"]: {"label": "mask_weared_incorrect"}}  # a class only the model has
+    opened = index.open_dataset(voc8)
+    with pytest.raises(WorkbenchError, match="not a class of this dataset"):
+        suggestions.accept(opened, path, ids=[first["id"]], edited=edited, add_classes=False)
+    assert hashes(voc8) == before and suggestions.pending(voc8, path) == items
+    suggestions.accept(opened, path, ids=[first["id"]], edited=edited)  # --any-classes asked for it
+    assert "mask_weared_incorrect" in voc.load(voc8).classes
+
+
+def test_a_matching_model_is_used_without_asking(tiny_model, voc8):
+    copy_run(tiny_model, registry.models_dir())
+    result = suggestions.suggest(voc8, score=0.01, paths=[index.open_dataset(voc8).dataset.images[0].path])
+    assert result.run == "tiny" and suggestions.load(voc8)["new_classes"] is False
+
+
+class ConstantPredictor:
+    """One box of the dataset's first class per image: a stand-in model for the store tests."""
+
+    def __init__(self, classes: list[str]) -> None:
+        self.run_dir, self.classes, self.card = Path("constant"), classes, {}
+
+    def predict_batch(self, images, **_):
+        return [Detections(boxes=[[1, 1, 3, 3]], scores=[0.9], class_ids=[0]) for _ in images]
+
+
+def _suggest_in_child(root: str, paths: list[str], rounds: int, barrier) -> None:
+    opened = index.open_dataset(root)
+    predictor = ConstantPredictor(list(opened.dataset.classes))
+    barrier.wait(60)
+    for _ in range(rounds):
+        for path in paths:
+            suggestions.suggest(root, paths=[path], predictor=predictor, score=0.5)
+
+
+def test_processes_storing_suggestions_at_once_lose_none(voc8):
+    images = [r.path for r in index.open_dataset(voc8).dataset.images]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    rounds = 10
+    children = [
+        ctx.Process(target=_suggest_in_child, args=(str(voc8), images[k::4], rounds, barrier)) for k in range(4)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(180)
+    assert [child.exitcode for child in children] == [0, 0, 0, 0]
+    stored = suggestions.load(voc8)
+    assert sorted(stored["images"]) == sorted(images)  # every image's suggestion is there, once
+    assert all(len(items) == 1 for items in stored["images"].values())
+    ids = [s["id"] for items in stored["images"].values() for s in items]
+    assert len(set(ids)) == len(ids)
+    assert stored["next_id"] == rounds * len(images)  # no read-modify-write was lost

@@ -48,7 +48,7 @@ def test_data_is_resolved_like_the_datasets_page_does(tiny_voc, monkeypatch):
 
 def from_cli(monkeypatch, args: list[str]) -> dict:
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
     monkeypatch.setattr(jobs, "get_job", lambda run: {"folder": "/nowhere"})
     assert main(["train", *args]) == 0
     return started[0]
@@ -56,7 +56,7 @@ def from_cli(monkeypatch, args: list[str]) -> dict:
 
 def from_page(monkeypatch, *, recipe: str | None = None, data: str, **fields) -> dict:
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
     at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
     if recipe:
         at.selectbox(key="train_recipe").select(recipe).run()

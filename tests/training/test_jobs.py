@@ -17,7 +17,7 @@ from tests.training.conftest import TINY
 from workbench.cli.main import main
 from workbench.fileio import tail_lines
 from workbench.paths import models_dir
-from workbench.training import jobs
+from workbench.training import jobs, processes
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,7 @@ def test_cancel_stops_the_job(tiny_voc, capsys):
     capsys.readouterr()
     assert main(["cancel", "cancel-me", "--timeout", "60"]) == 0
     assert "cancel-me: cancelled" in capsys.readouterr().out
-    assert not jobs.is_alive(job["pid"], job["start_token"])
+    assert not processes.is_alive(job["pid"], job["start_token"])
     assert jobs.get_job("cancel-me")["state"] == "cancelled"
     assert not (models_dir() / "latest").exists()
     assert main(["cancel", "cancel-me"]) == 1  # nothing left to cancel
@@ -130,7 +130,7 @@ def test_cancel_stops_the_job(tiny_voc, capsys):
 def test_killed_job_is_marked_interrupted(tiny_voc, capsys):
     job = start_slow_job(tiny_voc, "kill-me")
     os.killpg(job["pid"], signal.SIGKILL)  # like a machine restart: no chance to record anything
-    wait_for(lambda: not jobs.is_alive(job["pid"], job["start_token"]), what="the worker to die")
+    wait_for(lambda: not processes.is_alive(job["pid"], job["start_token"]), what="the worker to die")
     rows = {j["run"]: j for j in cli_json(capsys, "jobs")}
     assert rows["kill-me"]["state"] == "interrupted"
     assert "vanished" in rows["kill-me"]["message"]
@@ -138,9 +138,9 @@ def test_killed_job_is_marked_interrupted(tiny_voc, capsys):
 
 def test_pid_reuse_is_not_mistaken_for_the_job():
     me = os.getpid()
-    assert jobs.is_alive(me, jobs.process_token(me))
-    assert not jobs.is_alive(me, "12345")  # same pid, another start time: another process
-    assert jobs.process_token(2**22 + 7) is None
+    assert processes.is_alive(me, processes.token(me))
+    assert not processes.is_alive(me, "12345")  # same pid, another start time: another process
+    assert processes.token(2**22 + 7) is None
 
 
 def test_resume_continues_from_the_saved_epoch(trained_env, capsys):

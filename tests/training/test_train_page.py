@@ -43,7 +43,7 @@ def test_page_shows_a_run_with_its_charts_and_starts_a_job(tiny_voc, monkeypatch
             (json.dumps({"data": str(tiny_voc), "model": "fasterrcnn_mobilenet_v2", "epochs": 1}), str(folder)),
         )
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
     at = page().run()
     assert not at.exception, at.exception
     assert {m.label: m.value for m in at.metric}["Best val AP"] == "0.250"
@@ -69,7 +69,7 @@ def test_other_folder_accepts_a_home_relative_path(shared, tmp_path, monkeypatch
     data = copy_voc_subset(shared, home / "voc", ["maksssksksss0", "maksssksksss1"])
     monkeypatch.setenv("HOME", str(home))
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
     at = page().run()
     at.selectbox(key="train_dataset").select("Other folder...")
     at.text_input(key="train_other").input("~/voc")

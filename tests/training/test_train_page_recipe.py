@@ -23,7 +23,7 @@ def run_recipe(at: AppTest, recipe: str, folder: str, **changes: int) -> None:
 
 def test_recipe_selector_starts_a_job_with_the_recipe_settings(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda config, run=None: started.append(config) or "new-run")
+    monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
     at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="train_recipe").options == ["(none)", *RECIPES]

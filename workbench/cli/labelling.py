@@ -19,6 +19,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     result = suggestions.suggest(
         args.data,
         run=args.model,
+        any_classes=args.any_classes,
         fmt=args.src_format,
         only_unlabelled=args.only_unlabelled,
         score=args.score,
@@ -119,7 +120,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     formats = sorted(FORMATS)
 
     p = sub.add_parser("suggest", help="pre-annotate: store a model's boxes as suggestions to review")
-    p.add_argument("--model", default="latest", help="run name, run folder or 'latest' (default)")
+    p.add_argument(
+        "--model",
+        help="run name, run folder, 'latest' or 'latest:DATASET' (default: the latest run trained on --data, else 'latest')",
+    )
+    p.add_argument("--any-classes", action="store_true", help="use a model whose classes differ from the dataset's")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--from", dest="src_format", choices=formats, help="format (default: detected)")
     p.add_argument("--only-unlabelled", action="store_true", help="only images with no box yet")

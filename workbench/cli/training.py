@@ -44,7 +44,7 @@ OPTIONS = (
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         changes = {key: getattr(args, key) for key in ("epochs", "batch", "device", "workers", "max_iters", "gpus")}
-        run = jobs.resume_job(args.resume, time=args.time, **changes)
+        run = jobs.resume_job(args.resume, time=args.time, max_jobs=args.max_jobs, **changes)
         print(f"resuming {run}")
     else:
         if not args.data:
@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.src_format:
             overrides["format"] = args.src_format
         config = build_config(args.recipe, args.device, overrides)
-        run = jobs.start_job(config, run=args.name)
+        run = jobs.start_job(config, run=args.name, max_jobs=args.max_jobs)
         print(f"started {run}")
     job = jobs.get_job(run)
     print(f"  log:     {job['folder']}/train.log")
@@ -177,6 +177,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run name (default <recipe or model>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 when it finished")
+    p.add_argument(
+        "--max-jobs",
+        type=int,
+        metavar="N",
+        help=f"start only while fewer than N jobs run (default ${jobs.MAX_JOBS_ENV}, else one per GPU, "
+        "one without GPUs); jobs start in the order queued",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("jobs", help="list training jobs")

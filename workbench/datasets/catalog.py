@@ -7,6 +7,10 @@ repository's own files. The other things the workspace holds are described where
 kept: the index cache (``datasets.index``), thumbnails (``datasets.thumbnails``), versions
 (``datasets.versions``) and the edit journal (``labelling.saving``).
 
+Every change of ``datasets.json`` (add, remove, set current, the first run's sample) reads,
+changes and writes it under ``locks.locked`` of the file, so two workbench processes (the app,
+the CLI, the demo) never lose each other's update; the write is ``fileio.atomic_write``.
+
 No Streamlit here: the pages call these functions and cache what they return.
 """
 
@@ -16,7 +20,8 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from workbench.annotations import Dataset
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write, is_image
 from workbench.formats import FORMATS, capabilities, detect_format, get_format, labels
+from workbench.locks import locked
 from workbench.paths import SAMPLE_DATASET, home
 
 
@@ -53,8 +59,15 @@ def _read_list() -> dict:
     return data
 
 
-def _write_list(data: dict) -> None:
-    atomic_write(_list_file(), json.dumps(data, indent=2) + "\n")
+@contextmanager
+def _changing_list() -> Iterator[dict]:
+    """The dataset list, read under its inter-process lock and written back when the block ends
+    without an error; no other process reads or writes the list in between."""
+    path = _list_file()
+    with locked(path):
+        data = _read_list()
+        yield data
+        atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def is_fresh() -> bool:
@@ -89,27 +102,24 @@ def add_dataset(path: str | os.PathLike, fmt: str | None = None, *, name: str | 
         raise WorkbenchError(f"{root}: not a folder")
     fmt = get_format(fmt).NAME if fmt else detect_format(root)
     entry = DatasetEntry(name=name or root.name, path=str(root), format=fmt)
-    data = _read_list()
-    data["datasets"] = [d for d in data["datasets"] if d.get("path") != entry.path]
-    data["datasets"].append({"name": entry.name, "path": entry.path, "format": entry.format})
-    data["current"] = entry.path
-    _write_list(data)
+    with _changing_list() as data:
+        data["datasets"] = [d for d in data["datasets"] if d.get("path") != entry.path]
+        data["datasets"].append({"name": entry.name, "path": entry.path, "format": entry.format})
+        data["current"] = entry.path
     return entry
 
 
 def remove_dataset(path: str | os.PathLike) -> None:
     """Forget a dataset (its files are not touched)."""
-    data = _read_list()
-    data["datasets"] = [d for d in data["datasets"] if d.get("path") != str(path)]
-    if data.get("current") == str(path):
-        data["current"] = data["datasets"][-1]["path"] if data["datasets"] else None
-    _write_list(data)
+    with _changing_list() as data:
+        data["datasets"] = [d for d in data["datasets"] if d.get("path") != str(path)]
+        if data.get("current") == str(path):
+            data["current"] = data["datasets"][-1]["path"] if data["datasets"] else None
 
 
 def set_current(path: str | os.PathLike) -> None:
-    data = _read_list()
-    data["current"] = str(path)
-    _write_list(data)
+    with _changing_list() as data:
+        data["current"] = str(path)
 
 
 def current_dataset() -> DatasetEntry | None:
@@ -126,15 +136,18 @@ def find_dataset(path: str | os.PathLike) -> DatasetEntry | None:
 def ensure_sample() -> DatasetEntry | None:
     """On first run, copy the bundled sample into the workspace and add it, so that edits
     never modify the repository's own files. Returns the entry, or ``None`` when the
-    workspace already had a dataset list."""
-    if not is_fresh() or not SAMPLE_DATASET.is_dir():
-        if is_fresh():
-            _write_list({"datasets": [], "current": None})
-        return None
-    target = home() / "samples" / SAMPLE_DATASET.name
-    if not target.exists():
-        shutil.copytree(SAMPLE_DATASET, target)
-    return add_dataset(target, "voc", name=SAMPLE_DATASET.name)
+    workspace already had a dataset list. Under the list's lock: two processes starting at once
+    copy and add the sample once."""
+    with locked(_list_file()):
+        if not is_fresh() or not SAMPLE_DATASET.is_dir():
+            if is_fresh():
+                with _changing_list():
+                    pass  # an empty list: the workspace is no longer fresh
+            return None
+        target = home() / "samples" / SAMPLE_DATASET.name
+        if not target.exists():
+            shutil.copytree(SAMPLE_DATASET, target)
+        return add_dataset(target, "voc", name=SAMPLE_DATASET.name)
 
 
 def cannot_add_images(fmt: str) -> str:
@@ -156,7 +169,8 @@ def image_folder(dataset: Dataset) -> str:
 def add_images(dataset: Dataset, files: dict[str, bytes] | Iterable[Path]) -> list[str]:
     """Copy new images into ``dataset``'s image folder (``image_folder``): ``files`` is
     ``{file name: bytes}`` (an upload) or image paths (a folder's files). A name already taken
-    gets a ``-2``, ``-3`` ... suffix; a non-image is skipped. Returns the relative paths written.
+    gets a ``-2``, ``-3`` ... suffix (under the folder's lock: never an image overwritten by
+    another process's upload); a non-image is skipped. Returns the relative paths written.
 
     The new images have no annotation file yet: the next open lists them as unlabelled records,
     which the review queue puts first. Only a format whose ``Capabilities.add_images`` holds
@@ -173,11 +187,12 @@ def add_images(dataset: Dataset, files: dict[str, bytes] | Iterable[Path]) -> li
         if not is_image(name):
             continue
         stem, dot, ext = name.rpartition(".")
-        out, n = target / name, 1
-        while out.exists():
-            n += 1
-            out = target / f"{stem}-{n}{dot}{ext}"
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        atomic_write(out, data)
+        with locked(target):  # another process adding the same name picks the next free one
+            out, n = target / name, 1
+            while out.exists():
+                n += 1
+                out = target / f"{stem}-{n}{dot}{ext}"
+            atomic_write(out, data)
         written.append(f"{folder}/{out.name}" if folder else out.name)
     return written

@@ -1,20 +1,29 @@
 """The index cache: datasets loaded once, kept in SQLite, re-read only where a file changed.
 
 ``<workspace>/index.sqlite`` holds, per dataset root, its records (labels and image sizes, never
-pixels) pickled one row each, and the ``(size, mtime_ns)`` of every file under the root when
-they were read. The cache is valid while every file keeps its path, size and mtime; when only
-annotation files changed, and the format can re-read one file (``Capabilities.reread_one_file``),
-just those are re-read; anything else makes the next open load the dataset again.
+pixels) one row each, and the ``(size, mtime_ns)`` of every file under the root when they were
+read. The cache is valid while every file keeps its path, size and mtime; when only annotation
+files changed, and the format can re-read one file (``Capabilities.reread_one_file``), just
+those are re-read; anything else makes the next open load the dataset again.
+
+Rows are plain JSON (``datasets.index_rows``), never pickles: whoever can write the workspace
+must not be able to run code in the processes that open it. A row that does not decode is a
+cache miss: the dataset is read again from its files.
 
 ``get_open`` keeps one ``OpenDataset`` per dataset in this process, shared by every page and
 session, so a save shows everywhere at once. No Streamlit here.
+
+Several processes share the database: every read and every write is one SQLite transaction
+(a write takes the write lock first, ``BEGIN IMMEDIATE``), a busy database is waited for
+(``BUSY_TIMEOUT``), and the journal mode is WAL on a local disk and the rollback journal on a
+network file system (``locks.sqlite_journal_mode``).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
-import pickle
 import sqlite3
 import threading
 import time
@@ -24,12 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.annotations import Dataset
+from workbench.datasets import index_rows
 from workbench.datasets.catalog import resolve_path
 from workbench.errors import ReadError
 from workbench.formats import capabilities, detect_format, get_format
+from workbench.locks import sqlite_journal_mode
 from workbench.paths import home
 
-INDEX_VERSION = 2  # bump when the pickled record layout changes: old rows are then ignored
+INDEX_VERSION = 3  # bump when the row layout changes: old rows (version 2 were pickles) are then ignored
+BUSY_TIMEOUT = 60.0  # seconds another process may hold the database's write lock
 
 Stat = tuple[int, int]  # (size in bytes, mtime in ns)
 
@@ -94,57 +106,90 @@ class OpenDataset:
         return self.dataset.root
 
 
+_JOURNAL_MODES: dict[str, str] = {}  # by database path: the file system does not change under a process
+
+
 def _connect() -> sqlite3.Connection:
-    db = sqlite3.connect(home() / "index.sqlite", timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(
-        """
-        CREATE TABLE IF NOT EXISTS meta (
-            root TEXT PRIMARY KEY, version INTEGER, format TEXT, files BLOB, dataset BLOB);
-        CREATE TABLE IF NOT EXISTS records (
-            root TEXT, pos INTEGER, record BLOB, PRIMARY KEY (root, pos));
-        """
-    )
+    """A connection in autocommit mode (``_db`` opens the transactions), the tables created."""
+    path = home() / "index.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _JOURNAL_MODES.get(str(path))
+    if mode is None:
+        mode = _JOURNAL_MODES[str(path)] = sqlite_journal_mode(path)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        db.execute(f"PRAGMA journal_mode = {mode}")
+        db.execute("PRAGMA synchronous = NORMAL" if mode == "WAL" else "PRAGMA synchronous = FULL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS meta"
+            " (root TEXT PRIMARY KEY, version INTEGER, format TEXT, files BLOB, dataset BLOB)"
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS records (root TEXT, pos INTEGER, record BLOB, PRIMARY KEY (root, pos))")
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
-_DB_LOCK = threading.Lock()
-
-
 @contextmanager
-def _db() -> Iterator[sqlite3.Connection]:
-    """One connection, one transaction (committed on success), closed afterwards."""
-    with _DB_LOCK:
-        db = _connect()
+def _db(*, write: bool) -> Iterator[sqlite3.Connection]:
+    """One connection and one transaction: committed on success, rolled back on an error.
+
+    A write starts with ``BEGIN IMMEDIATE`` (the write lock at once, waited for up to
+    ``BUSY_TIMEOUT``), so two processes never both read, then both write; a read sees one
+    snapshot, so the meta row and the records rows always belong together."""
+    db = _connect()
+    try:
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            with db:
-                yield db
-        finally:
-            db.close()
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.close()
 
 
-def _dataset_header(dataset: Dataset) -> bytes:
-    """The dataset without its records (classes, extra, skipped), pickled."""
-    # ReadError does not pickle (its __init__ takes more than the message): keep its parts.
+def _dataset_header(dataset: Dataset) -> str:
+    """The dataset without its records (format, classes, extra, skipped, record count), as JSON."""
+    # ReadError's __init__ takes its parts, not the message: keep the parts.
     skipped = [
-        (e.file, e.reason, e.record) if isinstance(e, ReadError) else (str(e), str(e), None) for e in dataset.skipped
+        [e.file, e.reason, e.record] if isinstance(e, ReadError) else [str(e), str(e), None] for e in dataset.skipped
     ]
-    shell = Dataset(root=dataset.root, format=dataset.format, classes=list(dataset.classes), extra=dataset.extra)
-    return pickle.dumps((shell, skipped), protocol=pickle.HIGHEST_PROTOCOL)
+    return index_rows.dumps(
+        {
+            "format": dataset.format,
+            "classes": list(dataset.classes),
+            "extra": dataset.extra,
+            "skipped": skipped,
+            "images": len(dataset.images),
+        }
+    )
+
+
+def _files(stats: dict[str, Stat]) -> str:
+    return json.dumps(stats, separators=(",", ":"), ensure_ascii=False)
 
 
 def store_index(opened: OpenDataset) -> None:
-    """Write the whole index of ``opened`` to the cache."""
+    """Write the whole index of ``opened`` to the cache; a dataset holding a value the rows cannot
+    hold exactly (``index_rows.Unencodable``) is not cached, and its old rows are dropped."""
     dataset = opened.dataset
     key = str(dataset.root)
-    rows = [(key, i, pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL)) for i, r in enumerate(dataset.images)]
-    with _db() as db:
+    try:
+        rows = [(key, i, index_rows.dump_record(r)) for i, r in enumerate(dataset.images)]
+        header = _dataset_header(dataset)
+    except index_rows.Unencodable:
+        forget_index(key)
+        return
+    with _db(write=True) as db:
         db.execute("DELETE FROM records WHERE root = ?", (key,))
         db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
-            (key, INDEX_VERSION, dataset.format, pickle.dumps(opened.stats), _dataset_header(dataset)),
+            (key, INDEX_VERSION, dataset.format, _files(opened.stats), header),
         )
 
 
@@ -158,24 +203,26 @@ def update_index(opened: OpenDataset, positions: Iterable[int], files: dict[str,
             opened.stats.pop(rel, None)
         else:
             opened.stats[rel] = st
-    rows = [(key, i, pickle.dumps(dataset.images[i], protocol=pickle.HIGHEST_PROTOCOL)) for i in positions]
-    with _db() as db:
+    try:
+        rows = [(key, i, index_rows.dump_record(dataset.images[i])) for i in positions]
+        header = _dataset_header(dataset)
+    except index_rows.Unencodable:
+        forget_index(key)
+        return
+    with _db(write=True) as db:
         db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
-        db.execute(
-            "UPDATE meta SET files = ?, dataset = ? WHERE root = ?",
-            (pickle.dumps(opened.stats), _dataset_header(dataset), key),
-        )
+        db.execute("UPDATE meta SET files = ?, dataset = ? WHERE root = ?", (_files(opened.stats), header, key))
 
 
 def forget_index(root: Path | str) -> None:
-    with _db() as db:
+    with _db(write=True) as db:
         db.execute("DELETE FROM records WHERE root = ?", (str(root),))
         db.execute("DELETE FROM meta WHERE root = ?", (str(root),))
 
 
 @contextmanager
 def _no_gc() -> Iterator[None]:
-    """Unpickling 10,000 records allocates ~1M objects; the cyclic GC would walk them again and
+    """Decoding 10,000 records allocates ~1M objects; the cyclic GC would walk them again and
     again (it doubles the time) although none of them can be garbage yet."""
     enabled = gc.isenabled()
     gc.disable()
@@ -188,22 +235,33 @@ def _no_gc() -> Iterator[None]:
 
 def _cached(root: Path, fmt: str | None) -> tuple[Dataset, dict[str, Stat]] | None:
     """The cached dataset of ``root`` (in format ``fmt``, when given) and the state of its files
-    when it was cached, or ``None``."""
+    when it was cached, or ``None``: also when any row cannot be read (a damaged or tampered
+    cache is a miss, never fatal and never code that runs)."""
     key = str(root)
-    with _db() as db:
-        row = db.execute("SELECT version, format, files, dataset FROM meta WHERE root = ?", (key,)).fetchone()
-        if row is None or row[0] != INDEX_VERSION or (fmt and row[1] != fmt):
-            return None
-        blobs = db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,)).fetchall()
+    try:
+        with _db(write=False) as db:
+            row = db.execute("SELECT version, format, files, dataset FROM meta WHERE root = ?", (key,)).fetchone()
+            if row is None or row[0] != INDEX_VERSION or (fmt and row[1] != fmt):
+                return None
+            blobs = [b for (b,) in db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,))]
+    except sqlite3.DatabaseError:
+        return None
     try:
         with _no_gc():
-            stats = pickle.loads(row[2])
-            dataset, skipped = pickle.loads(row[3])
-            dataset.images = [pickle.loads(b) for (b,) in blobs]
+            if type(row[2]) is not str:
+                raise TypeError("files: not JSON text")
+            stats = {rel: (int(size), int(mtime)) for rel, (size, mtime) in json.loads(row[2]).items()}
+            header = index_rows.loads(row[3])
+            images = index_rows.load_records(blobs)
+            if len(images) != header["images"]:
+                raise ValueError("records missing")
+            dataset = Dataset(
+                root=root, format=str(header["format"]), classes=list(header["classes"]), extra=header["extra"]
+            )
+            dataset.images = images
+            dataset.skipped = [ReadError(file, reason, record) for file, reason, record in header["skipped"]]
     except Exception:  # a cache that cannot be read is rebuilt, never fatal
         return None
-    dataset.root = root
-    dataset.skipped = [ReadError(file, reason, record) for file, reason, record in skipped]
     return dataset, stats
 
 

@@ -16,7 +16,11 @@ a run's card therefore names its version by hash, and the run folder gets
 ``diff`` matches boxes per image: identical boxes first (same class, same coordinates within
 ``SAME_PX``), then the same place with another class (relabelled), then the same class and
 overlapping (IoU >= ``MOVED_IOU``: moved), then any overlap (moved and relabelled); what is left
-is removed (old) or added (new). No Streamlit here.
+is removed (old) or added (new).
+
+Taking a version reads, changes and writes ``versions.json`` under ``locks.locked`` of that file
+(and writes the snapshot under it too), so versions taken by several processes at once (two
+training runs, the CLI and the app) are all recorded, each name given once. No Streamlit here.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from workbench.datasets.catalog import resolve_path
 from workbench.datasets.index import open_dataset
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
+from workbench.locks import locked
 
 SAME_PX = 0.5  # boxes closer than this (px, every side) are the same box
 MOVED_IOU = 0.3  # an old and a new box of one image overlapping at least this much are one box moved
@@ -72,9 +77,13 @@ def store_dir(root: Path | str) -> Path:
     return paths.home() / "versions" / f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
+def _list_file(root: Path | str) -> Path:
+    return store_dir(root) / "versions.json"
+
+
 def list_versions(root: Path | str) -> list[dict[str, Any]]:
     """The versions of the dataset in ``root``, oldest first."""
-    path = store_dir(root) / "versions.json"
+    path = _list_file(root)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -83,7 +92,7 @@ def list_versions(root: Path | str) -> list[dict[str, Any]]:
 
 
 def _write_list(root: Path | str, versions: list[dict[str, Any]]) -> None:
-    atomic_write(store_dir(root) / "versions.json", json.dumps(versions, indent=1) + "\n")
+    atomic_write(_list_file(root), json.dumps(versions, indent=1) + "\n")
 
 
 def _next_name(versions: list[dict[str, Any]]) -> str:
@@ -100,33 +109,34 @@ def take_version(
     ``run`` added to its runs (and renamed when ``name`` is given)."""
     root = dataset.root
     digest = content_hash(dataset)
-    versions = list_versions(root)
     if name is not None:
         name = name.strip()
         if not name or name == CURRENT:
             raise WorkbenchError(f"bad version name {name!r}")
-        if any(v["name"] == name and v["hash"] != digest for v in versions):
+    with locked(_list_file(root)):
+        versions = list_versions(root)
+        if name is not None and any(v["name"] == name and v["hash"] != digest for v in versions):
             raise WorkbenchError(f"{root}: a version named {name!r} exists already with other labels")
-    blob = store_dir(root) / f"{digest}.json.gz"
-    if not blob.is_file():
-        atomic_write(blob, gzip.compress(json.dumps(snapshot(dataset)).encode(), compresslevel=5))
-    entry = next((v for v in versions if v["hash"] == digest), None)
-    if entry is None:
-        entry = {
-            "name": name or _next_name(versions),
-            "hash": digest,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "reason": reason,
-            "images": len(dataset.images),
-            "boxes": dataset.num_boxes,
-            "runs": [],
-        }
-        versions.append(entry)
-    elif name:
-        entry["name"] = name
-    if run and run not in entry["runs"]:
-        entry["runs"].append(run)
-    _write_list(root, versions)
+        blob = store_dir(root) / f"{digest}.json.gz"
+        if not blob.is_file():
+            atomic_write(blob, gzip.compress(json.dumps(snapshot(dataset)).encode(), compresslevel=5))
+        entry = next((v for v in versions if v["hash"] == digest), None)
+        if entry is None:
+            entry = {
+                "name": name or _next_name(versions),
+                "hash": digest,
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "reason": reason,
+                "images": len(dataset.images),
+                "boxes": dataset.num_boxes,
+                "runs": [],
+            }
+            versions.append(entry)
+        elif name:
+            entry["name"] = name
+        if run and run not in entry["runs"]:
+            entry["runs"].append(run)
+        _write_list(root, versions)
     return entry
 
 

@@ -90,7 +90,7 @@ class NoModel(WorkbenchError):
 
 
 class ModelSource:
-    """The predictor of ``run`` (``"latest"`` or a run name), reloaded when the run changes.
+    """The predictor of ``run`` (``"latest"``, ``"latest:<dataset folder>"`` or a run name), reloaded when the run changes.
 
     ``get()`` resolves the run on every call (a symlink read and a few ``stat`` calls) and loads
     the model again only when the folder or its checkpoint changed, so a new ``models/latest``

@@ -6,8 +6,10 @@ Gradio is imported only when the server starts, so the Streamlit Demo page can u
 
 A running demo (started here or from a terminal) writes ``<workspace>/demo.json``: its pid,
 port, local URL, public URL or why there is none, and the model asked for. The file is
-removed when the server exits; a file whose pid is gone is stale and ignored. The server's
-output goes to ``<workspace>/demo.log`` when started by ``start``.
+removed when the server exits. The file also keeps the process's start time (``pid_started``):
+a file whose pid is gone, or now belongs to a process that started at another time (a reused
+pid), is stale and removed, and Stop never signals that process (``training.processes``). The
+server's output goes to ``<workspace>/demo.log`` when started by ``start``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.fileio import atomic_write
 from workbench.paths import home
+from workbench.training import processes
 
 STATE_FILE = "demo.json"
 LOG_FILE = "demo.log"
@@ -47,19 +51,6 @@ def state_path() -> Path:
     return home() / STATE_FILE
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child (started by this process, not yet reaped) is not serving
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def read_state() -> dict[str, Any] | None:
     """The running demo's state, or ``None`` when none runs (a stale file is removed)."""
     path = state_path()
@@ -68,17 +59,17 @@ def read_state() -> dict[str, Any] | None:
         pid = int(state["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _alive(pid):
+    if not processes.is_alive(pid, state.get("pid_started")):
         path.unlink(missing_ok=True)
         return None
     return state
 
 
 def _write_state(state: dict[str, Any]) -> None:
-    path = state_path()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``demo.json`` with the start time of ``state["pid"]`` (unless given): its identity."""
+    state = {**state}
+    state.setdefault("pid_started", processes.token(int(state["pid"])))
+    atomic_write(state_path(), json.dumps(state, indent=2) + "\n")
 
 
 def _clear_state(pid: int) -> None:
@@ -109,6 +100,8 @@ def start(
     auth: str | None = None,
     host: str = "127.0.0.1",
     timeout: float = 90.0,
+    data: str | None = None,
+    any_classes: bool = False,
 ) -> dict[str, Any]:
     """Start ``workbench demo`` in the background and wait until it serves; returns its state.
 
@@ -122,6 +115,10 @@ def start(
     command = [sys.executable, "-m", "workbench.cli", "demo", "--model", model, "--port", str(port), "--host", host]
     if share:
         command.append("--share")
+    if data:  # the dataset the model must fit (``registry.model_for``)
+        command += ["--data", data]
+    if any_classes:  # the user chose a model whose classes differ from the dataset's
+        command.append("--any-classes")
     env = dict(os.environ)
     if auth:
         parse_auth(auth)
@@ -139,27 +136,15 @@ def start(
             break
         time.sleep(0.3)
     if process.poll() is None:
-        stop_pid(process.pid)
+        stop_pid(process.pid, processes.token(process.pid))
     tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
     raise WorkbenchError(f"the demo did not start (log {log_path}):\n{tail}")
 
 
-def stop_pid(pid: int, timeout: float = 10.0) -> bool:
-    """SIGTERM ``pid``, then SIGKILL after ``timeout`` s; True when it is gone."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.2)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return not _alive(pid)
+def stop_pid(pid: int, started: str | None, timeout: float = 10.0) -> bool:
+    """SIGTERM ``pid`` if it is still the process that started at ``started`` (``processes.token``),
+    SIGKILL after ``timeout`` s; True when it is gone. A reused pid is never signalled."""
+    return processes.stop(pid, started, timeout=timeout)
 
 
 def stop() -> bool:
@@ -168,7 +153,7 @@ def stop() -> bool:
     if not state:
         return False
     pid = int(state["pid"])
-    stop_pid(pid)
+    stop_pid(pid, state.get("pid_started"))
     _clear_state(pid)
     return True
 

@@ -5,7 +5,7 @@ Order (``build_queue``):
 1. unlabelled images (no box), with how many suggestions wait on each;
 2. images where the model disagrees most with the labels: FiftyOne's mistakenness when it has
    run (passed in as ``mistakenness``), else false positives plus false negatives of the last
-   evaluation of the latest run on this dataset (``last_evaluation``);
+   evaluation of the latest run trained on this dataset (else of ``latest``) on it (``last_evaluation``);
 3. images with pending suggestions, least confident first (mean suggestion score).
 
 Every entry is ``{"path", "tier", "reasons": [str, ...]}``. No Streamlit here.
@@ -21,20 +21,20 @@ from workbench.datasets.index import OpenDataset, open_dataset
 from workbench.evaluation import fiftyone_app as fa
 from workbench.evaluation.report import list_reports, load_report
 from workbench.labelling import suggestions
-from workbench.training.registry import latest_name, list_runs
+from workbench.training.registry import latest_name, latest_of, list_runs
 
 TIERS = ("unlabelled", "disagreement", "low confidence")
 
 
 def last_evaluation(root: Path | str) -> tuple[str, dict[str, tuple[int, int]]] | None:
     """``(run, {path: (fp, fn)})`` of the newest evaluation on the dataset in ``root`` of the
-    latest run (else of any run), or ``None``."""
+    latest run trained on it (else of ``latest``, else of any run), or ``None``."""
     try:
         runs = list_runs()
     except OSError:
         return None
-    latest = latest_name()
-    runs.sort(key=lambda r: r["run"] != latest)  # the latest run first, then newest first
+    latest = latest_of(root) or latest_name()
+    runs.sort(key=lambda r: r["run"] != latest)  # the dataset's latest run first, then newest first
     resolved = resolve_path(root)
     for run in runs:
         for out_dir in list_reports(Path(run["path"])):

@@ -1,17 +1,26 @@
 """Model suggestions: a trained model's boxes kept in the workspace until a person accepts them.
 
-``suggest`` runs a run's model (``training.predict.load_predictor``) over a dataset's images and
+``suggest`` runs a run's model (``inference.predict.load_predictor``) over a dataset's images and
 stores its boxes, one file per dataset folder, in ``<workspace>/suggestions/<folder>-<8 hex>.json``::
 
     {"root", "run", "run_hash" (the dataset hash the run trained on), "created", "score",
+     "new_classes" (may accepting add class names the dataset lacks?),
      "images": {path: [{"id", "box": [x1, y1, x2, y2], "score", "label"}, ...]}}
+
+The run is the latest one trained on the dataset unless named (``registry.choose_run``); a run
+whose classes differ from the dataset's is refused unless ``any_classes``. Every change of the
+store is a read-modify-write under the file's inter-process lock (``locks.locked``), written
+with ``atomic_write``: processes suggesting, rejecting and accepting at once lose no update.
 
 The dataset's own files are never written by ``suggest`` or ``reject``. ``accept`` adds the
 chosen boxes (optionally edited first) to the image's record and saves it through
 ``saving.save_record``: the dataset's own format, the conflict check, the journal (so ``undo``
 takes it back). Boxes are the model's pixels ``x1, y1, x2, y2`` (x2/y2 exclusive) in the
 image's stored pixel grid; class names are the run's, mapped to the dataset's class list by
-name (a name the dataset lacks is added to it). No Streamlit here.
+name. A name the dataset lacks is refused on accept unless the user asked for new classes
+(``add_classes``, by default the store's ``new_classes``: set by ``any_classes``, or when the
+dataset had no class yet; a store written without it, by hand or by an older workbench, keeps
+the old rule and adds them). No Streamlit here.
 """
 
 from __future__ import annotations
@@ -19,9 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +46,11 @@ from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
 from workbench.inference.images import predict_records
 from workbench.labelling import edits, saving
+from workbench.locks import locked
+from workbench.training.registry import choose_run
 
 DEFAULT_SCORE = 0.5
 DUPLICATE_IOU = 0.7  # a suggestion overlapping a label of its class this much is that label
-_LOCK = threading.Lock()
 
 
 def store_path(root: Path | str) -> Path:
@@ -60,7 +70,20 @@ def load(root: Path | str) -> dict[str, Any]:
 
 
 def save(root: Path | str, data: dict[str, Any]) -> None:
+    """Write the whole store (atomically); callers that read it first do so inside ``changing``."""
     atomic_write(store_path(root), json.dumps(data, separators=(",", ":")) + "\n")
+
+
+@contextmanager
+def changing(root: Path | str) -> Iterator[dict[str, Any]]:
+    """``with changing(root) as data:`` the store, read and written back under its inter-process
+    lock, so two processes changing it at once both land."""
+    path = store_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        data = load(root)
+        yield data
+        save(root, data)
 
 
 def pending(root: Path | str, path: str | None = None) -> dict[str, list[dict[str, Any]]] | list[dict[str, Any]]:
@@ -104,7 +127,8 @@ def to_json(det: Any, classes: list[str], start_id: int = 0) -> list[dict[str, A
 def suggest(
     root: Path | str,
     *,
-    run: str | Path = "latest",
+    run: str | Path | None = None,
+    any_classes: bool = False,
     fmt: str | None = None,
     only_unlabelled: bool = False,
     score: float = DEFAULT_SCORE,
@@ -117,7 +141,11 @@ def suggest(
     """Run model ``run`` over the images of the dataset in ``root`` (only those with no box when
     ``only_unlabelled``; only ``paths`` when given) and store its boxes scoring at least ``score``
     as suggestions, replacing the images' earlier suggestions. A box that duplicates a label (same
-    class, IoU >= ``DUPLICATE_IOU``) is not stored. The dataset's files are only read."""
+    class, IoU >= ``DUPLICATE_IOU``) is not stored. The dataset's files are only read.
+
+    ``run`` defaults to the latest run trained on this dataset (``registry.choose_run``); a run
+    whose classes differ is refused (``ClassMismatch``) unless ``any_classes``, which also lets
+    accepting add the run's class names to the dataset. A given ``predictor`` is used as it is."""
     # torch loads here, when a model runs: the Annotate page imports this module for the stored suggestions.
     from workbench.inference.predict import load_predictor
 
@@ -132,15 +160,16 @@ def suggest(
         labelled = [r for r in records if len(r)]
         result.skipped_labelled = len(labelled)
         records = [r for r in records if not len(r)]
-    predictor = predictor or load_predictor(run, device=device)
+    if predictor is None:
+        chosen = choose_run(dataset.root, dataset.classes, run=run, any_classes=any_classes)
+        predictor = load_predictor(chosen, device=device)
     result.run = predictor.run_dir.name
     t0 = time.perf_counter()
     detections = predict_records(
         predictor, dataset.root, records, score_threshold=score, batch=batch, on_progress=on_progress
     )
     t1 = time.perf_counter()
-    with _LOCK:
-        data = load(dataset.root)
+    with changing(dataset.root) as data:
         data.update(
             {
                 "root": str(dataset.root),
@@ -148,6 +177,7 @@ def suggest(
                 "run_hash": (predictor.card or {}).get("dataset_hash"),
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "score": score,
+                "new_classes": bool(any_classes or not dataset.classes),
             }
         )
         next_id = int(data.get("next_id", 0))
@@ -158,7 +188,6 @@ def suggest(
             result.per_image[r.path] = len(items)
         data["next_id"] = next_id
         data["images"] = {k: v for k, v in data["images"].items() if v}
-        save(dataset.root, data)
     result.store_seconds = time.perf_counter() - t1
     result.predict_seconds = t1 - t0
     result.images = len(records)
@@ -177,16 +206,14 @@ def duplicates(dataset: Any, record: ImageRecord, suggestion: dict[str, Any], io
 
 
 def _remove(root: Path | str, path: str, ids: set[int]) -> int:
-    with _LOCK:
-        data = load(root)
+    with changing(root) as data:
         items = data["images"].get(path, [])
         kept = [s for s in items if s["id"] not in ids]
         if kept:
             data["images"][path] = kept
         else:
             data["images"].pop(path, None)
-        save(root, data)
-        return len(items) - len(kept)
+    return len(items) - len(kept)
 
 
 def reject(root: Path | str, path: str, ids: Iterable[int] | None = None) -> int:
@@ -206,10 +233,19 @@ def select(items: list[dict[str, Any]], *, ids: Iterable[int] | None = None, min
     return list(items)
 
 
-def add_to_record(record: ImageRecord, classes: list[str], chosen: list[dict[str, Any]]) -> list[str]:
-    """Append the chosen suggestions to ``record`` (``classes`` gains a name it lacks); returns
-    one line per box added. Boxes are clipped to the image; the suggestion's score rides along in
-    nothing written (formats keep no scores)."""
+def add_to_record(
+    record: ImageRecord, classes: list[str], chosen: list[dict[str, Any]], *, add_classes: bool = True
+) -> list[str]:
+    """Append the chosen suggestions to ``record`` (``classes`` gains a name it lacks, when
+    ``add_classes``; else such a suggestion raises ``WorkbenchError`` before anything is added);
+    returns one line per box added. Boxes are clipped to the image; the suggestion's score rides
+    along in nothing written (formats keep no scores)."""
+    foreign = sorted({s["label"] for s in chosen if s["label"] not in classes})
+    if foreign and not add_classes:
+        raise WorkbenchError(
+            f"{record.path}: the suggestion's class {', '.join(foreign)} is not a class of this dataset "
+            f"({', '.join(classes)}); pick one of its classes (edit, then accept), or allow new classes"
+        )
     lines = []
     for s in chosen:
         x1, y1, x2, y2 = (float(v) for v in s["box"])
@@ -235,25 +271,29 @@ def accept(
     journal: saving.Journal | None = None,
     message: str = "",
     notes: Iterable[str] = (),
+    add_classes: bool | None = None,
 ) -> saving.SaveResult:
     """Accept suggestions of image ``path``: those with ``ids``, or scoring at least ``min_score``
     (every pending one when neither is given). ``edited`` maps an id to a changed ``{"box",
     "label"}`` (edit, then accept). They are added to ``record`` (default: the image's record as
     loaded; the Annotate page passes its working copy) and saved with ``saving.save_record``, which
     writes the dataset's own format and the journal (``notes``: the record's other unsaved changes,
-    for the journal's message). The accepted suggestions leave the store."""
+    for the journal's message). The accepted suggestions leave the store. A class name the
+    dataset lacks is refused unless ``add_classes`` (default: the store's ``new_classes``)."""
     journal = journal if journal is not None else saving.Journal()
     dataset = opened.dataset
     position = next((i for i, r in enumerate(dataset.images) if r.path == path), None)
     if position is None:
         raise WorkbenchError(f"{dataset.root}: no image {path!r}")
-    chosen = select(pending(dataset.root, path), ids=ids, min_score=min_score)
+    stored = load(dataset.root)
+    chosen = select(list(stored["images"].get(path, [])), ids=ids, min_score=min_score)
     if not chosen:
         return saving.SaveResult()
     chosen = [{**s, **(edited or {}).get(s["id"], {})} for s in chosen]
     work = (record if record is not None else dataset.images[position]).copy()
     names = list(classes if classes is not None else dataset.classes)
-    lines = add_to_record(work, names, chosen)
+    allowed = bool(stored.get("new_classes", True)) if add_classes is None else add_classes
+    lines = add_to_record(work, names, chosen, add_classes=allowed)
     result = saving.save_record(
         opened,
         position,
@@ -277,6 +317,7 @@ __all__ = [
     "SuggestResult",
     "accept",
     "add_to_record",
+    "changing",
     "counts",
     "load",
     "pending",

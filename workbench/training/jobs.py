@@ -7,10 +7,15 @@ the terminal does not stop it). Its states::
     queued -> running -> finished | failed | cancelled
                       -> interrupted   (the process vanished: kill -9, machine restart)
 
-A job waits in ``queued`` while another job is running (one job at a time per workspace).
+A job waits in ``queued`` until it is its turn (``scheduler``): first in, first out, fewer
+than ``scheduler.max_jobs()`` jobs running (``$WORKBENCH_MAX_JOBS``; default one per GPU, one on
+a CPU-only machine), and the GPUs it asks for free. ``scheduler.claim`` takes the turn in one
+SQLite transaction, so two queued workers can never both start past the limit; ``enqueue``
+reads the queue time under the same writer lock, so the order is the order of the commits.
+
 ``reap()`` runs at every listing and start: a queued/running job whose process is gone is
-marked ``interrupted``. Liveness is the pid plus its start time (``/proc/<pid>/stat``
-field 22), so a new process that reuses the pid is not mistaken for the job.
+marked ``interrupted``. Liveness is the pid plus its start time (``processes``), so a new
+process that reuses the pid is neither taken for the job nor signalled by ``cancel_job``.
 ``failed``, ``cancelled`` and ``interrupted`` jobs can be resumed from their last checkpoint.
 """
 
@@ -18,27 +23,29 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from workbench.datasets.catalog import resolve_path
 from workbench.errors import WorkbenchError
+from workbench.locks import sqlite_journal_mode
 from workbench.paths import PROJECT_ROOT, home
-from workbench.training import registry
+from workbench.training import processes, registry
 from workbench.training.config import TrainConfig
 from workbench.training.engines import get_engine
 
 ACTIVE = ("queued", "running")
 DONE = ("finished", "failed", "cancelled", "interrupted")
 RESUMABLE = ("failed", "cancelled", "interrupted", "finished")
+MAX_JOBS_ENV = "WORKBENCH_MAX_JOBS"
+BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,53 +60,71 @@ CREATE TABLE IF NOT EXISTS jobs (
     folder TEXT NOT NULL,
     message TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    queued REAL,
+    devices TEXT
 )
 """
+# columns added after the first release, added to an older database on first use
+ADDED_COLUMNS = {"queued": "REAL", "devices": "TEXT"}
+
+_ready: set[str] = set()
 
 
 def db_path() -> Path:
     return home() / "jobs.sqlite"
 
 
-def connect() -> sqlite3.Connection:
-    """A connection to the job database (created on first use); rows behave like dicts."""
-    con = sqlite3.connect(db_path(), timeout=30, isolation_level=None)  # autocommit; each statement atomic
-    con.row_factory = sqlite3.Row
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute(SCHEMA)
-    return con
-
-
-def process_token(pid: int) -> str | None:
-    """A token that identifies process ``pid`` for its lifetime (its start time), or ``None`` if it is gone.
-
-    A zombie (exited, not yet reaped by its parent) counts as gone.
-    """
+@contextmanager
+def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: the writer lock is taken first, so what is read inside
+    cannot change before the transaction's own writes (rolled back on an exception)."""
+    con.execute("BEGIN IMMEDIATE")
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            stat = f.read()
-    except OSError:
-        if sys.platform.startswith("linux"):
-            return None
-        try:  # no /proc (macOS): liveness only
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "alive"
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]  # field 22 of the line: start time in clock ticks after boot
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
-def is_alive(pid: int | None, token: str | None) -> bool:
-    if not pid:
-        return False
-    now = process_token(pid)
-    return now is not None and (token is None or now == token)
+def _set_journal_mode(con: sqlite3.Connection, mode: str) -> None:
+    """Switch the database to ``mode`` unless it is in it already.
+
+    The switch needs the database to itself and SQLite does not wait for it (no busy handler),
+    so two processes opening a new database at once retry here until ``BUSY_TIMEOUT``.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while con.execute("PRAGMA journal_mode").fetchone()[0].upper() != mode:
+        try:
+            con.execute(f"PRAGMA journal_mode = {mode}")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def connect() -> sqlite3.Connection:
+    """A connection to the job database (created on first use); rows behave like dicts.
+
+    Autocommit: each statement is its own transaction, ``transaction`` groups several. WAL on a
+    local disk, the rollback journal on a network file system (``locks.sqlite_journal_mode``).
+    """
+    path = db_path()
+    fresh = str(path) not in _ready or not path.exists()
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    con.row_factory = sqlite3.Row
+    con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+    if fresh:
+        _set_journal_mode(con, sqlite_journal_mode(path))
+        with transaction(con):  # two processes opening a new or older database at once: one migrates
+            con.execute(SCHEMA)
+            have = {row["name"] for row in con.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        _ready.add(str(path))
+    return con
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -130,18 +155,25 @@ def set_state(run: str, state: str, **fields: Any) -> None:
 def reap() -> list[str]:
     """Mark queued/running jobs whose process is gone as ``interrupted``; return their runs."""
     gone = []
+    message = "the job's process vanished (killed, or the machine restarted); resume it"
     with closing(connect()) as con:
-        rows = con.execute("SELECT run, pid, start_token, created FROM jobs WHERE state IN ('queued', 'running')")
-        for row in rows.fetchall():
-            if row["pid"] is None and time.time() - row["created"] < 60:
+        rows = con.execute(
+            "SELECT run, pid, start_token, COALESCE(queued, created) AS since FROM jobs "
+            "WHERE state IN ('queued', 'running')"
+        ).fetchall()
+        for row in rows:
+            if row["pid"] is None and time.time() - row["since"] < 60:
                 continue  # being started right now
-            if not is_alive(row["pid"], row["start_token"]):
+            if processes.is_alive(row["pid"], row["start_token"]):
+                continue
+            # only if the row still names the process found dead (it may have been claimed since)
+            changed = con.execute(
+                "UPDATE jobs SET state = 'interrupted', ended = ?, message = ? "
+                "WHERE run = ? AND state IN ('queued', 'running') AND pid IS ? AND start_token IS ?",
+                (time.time(), message, row["run"], row["pid"], row["start_token"]),
+            ).rowcount
+            if changed:
                 gone.append(row["run"])
-        for run in gone:
-            con.execute(
-                "UPDATE jobs SET state = 'interrupted', ended = ?, message = ? WHERE run = ? AND state IN ('queued', 'running')",
-                (time.time(), "the job's process vanished (killed, or the machine restarted); resume it", run),
-            )
     return gone
 
 
@@ -159,9 +191,16 @@ def list_jobs() -> list[dict[str, Any]]:
     return jobs
 
 
-def _spawn(run: str, folder: Path) -> subprocess.Popen:
-    """Start the detached worker process, its output appended to the run's ``train.log``."""
+def _spawn(run: str, folder: Path, *, max_jobs: int | None = None) -> subprocess.Popen:
+    """Start the detached worker process, its output appended to the run's ``train.log``.
+
+    ``max_jobs`` (else ``$WORKBENCH_MAX_JOBS``, else one per GPU) is the limit its claim obeys.
+    """
     env = dict(os.environ)
+    if max_jobs is not None:
+        if max_jobs < 1:
+            raise WorkbenchError(f"max_jobs {max_jobs}: at least 1 job must be able to run")
+        env[MAX_JOBS_ENV] = str(max_jobs)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(PROJECT_ROOT), env.get("PYTHONPATH", "")] if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     with open(folder / "train.log", "ab") as log:
@@ -176,9 +215,31 @@ def _spawn(run: str, folder: Path) -> subprocess.Popen:
         )
 
 
-def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
+def enqueue(run: str, *, config: dict[str, Any], folder: Path | str) -> bool:
+    """Queue ``run`` at the back: a new row, or an ended one queued again (``resume_job``);
+    False, changing nothing, when it is queued or running already.
+
+    The queue time is read under the writer lock, so queue times follow the commit order across
+    processes: a job whose row commits later never sorts before one committed earlier.
+    """
+    with closing(connect()) as con, transaction(con):
+        now = time.time()
+        return (
+            0
+            < con.execute(
+                "INSERT INTO jobs (run, state, created, queued, config, folder) VALUES (?, 'queued', ?, ?, ?, ?) "
+                "ON CONFLICT (run) DO UPDATE SET state = 'queued', queued = excluded.queued, config = excluded.config, "
+                "pid = NULL, start_token = NULL, ended = NULL, message = NULL, cancel_requested = 0, devices = NULL "
+                "WHERE state NOT IN ('queued', 'running')",
+                (run, now, now, json.dumps(config), str(folder)),
+            ).rowcount
+        )
+
+
+def start_job(config: dict[str, Any], *, run: str | None = None, max_jobs: int | None = None) -> str:
     """Record a new job for ``config`` (``TrainConfig`` fields; ``config.build_config`` makes them),
-    start its worker, return the run name. The engine checks the config first (``Engine.prepare``)."""
+    start its worker, return the run name. The engine checks the config first (``Engine.prepare``).
+    ``max_jobs``: it starts only while fewer jobs run (default ``$WORKBENCH_MAX_JOBS`` or one per GPU)."""
     reap()
     cfg = TrainConfig.from_dict(config)
     data = resolve_path(cfg.data)
@@ -192,16 +253,12 @@ def start_job(config: dict[str, Any], *, run: str | None = None) -> str:
         raise WorkbenchError(f"run {run!r} exists already: {folder}")
     folder.mkdir(parents=True)
     registry.write_json(folder / "config.json", {**cfg.to_dict(), "run": run})
-    with closing(connect()) as con:
-        con.execute(
-            "INSERT INTO jobs (run, state, created, config, folder) VALUES (?, 'queued', ?, ?, ?)",
-            (run, time.time(), json.dumps(cfg.to_dict()), str(folder)),
-        )
-    _launch(run, folder)
+    enqueue(run, config=cfg.to_dict(), folder=folder)
+    _launch(run, folder, max_jobs=max_jobs)
     return run
 
 
-def resume_job(run: str, **overrides: Any) -> str:
+def resume_job(run: str, *, max_jobs: int | None = None, **overrides: Any) -> str:
     """Continue ``run`` from its last checkpoint (``overrides`` such as ``epochs`` change the config)."""
     reap()
     job = get_job(run)
@@ -209,17 +266,17 @@ def resume_job(run: str, **overrides: Any) -> str:
         raise WorkbenchError(f"job {run} is {job['state']}; cancel it first or wait for it")
     config = {**job["config"], **{k: v for k, v in overrides.items() if v is not None}}
     TrainConfig.from_dict(config)
-    fields = {"pid": None, "start_token": None, "ended": None, "message": None, "cancel_requested": 0}
-    set_state(run, "queued", config=json.dumps(config), **fields)
-    _launch(run, Path(job["folder"]))
+    if not enqueue(run, config=config, folder=job["folder"]):
+        raise WorkbenchError(f"job {run} was queued again by another process meanwhile")
+    _launch(run, Path(job["folder"]), max_jobs=max_jobs)
     return run
 
 
-def _launch(run: str, folder: Path) -> None:
+def _launch(run: str, folder: Path, *, max_jobs: int | None = None) -> None:
     with open(folder / "train.log", "a", encoding="utf-8") as log:
         log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} job {run} queued\n")
-    proc = _spawn(run, folder)
-    token = process_token(proc.pid)
+    proc = _spawn(run, folder, max_jobs=max_jobs)
+    token = processes.token(proc.pid)
     with closing(connect()) as con:  # the worker writes the same; whoever is first wins nothing
         con.execute(
             "UPDATE jobs SET pid = ?, start_token = ?, attempts = attempts + 1 WHERE run = ?",
@@ -239,17 +296,9 @@ def cancel_job(run: str, *, timeout: float = 60.0) -> str:
     if job["state"] not in ACTIVE:
         return job["state"]
     set_state(run, job["state"], cancel_requested=1)
-    pid, token = job["pid"], job["start_token"]
-    if is_alive(pid, token):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and is_alive(pid, token):
-            time.sleep(0.2)
-        if is_alive(pid, token):
-            try:
-                os.killpg(pid, signal.SIGKILL)  # the worker leads its own session: takes loaders and ranks too
-            except ProcessLookupError:
-                pass
+    # the pid is signalled only while it is still the job's process (same start time); SIGKILL goes
+    # to the worker's process group (it leads its own session): its loaders and ranks too
+    processes.stop(job["pid"], job["start_token"], timeout=timeout, group=True)
     job = get_job(run)
     if job["state"] in ACTIVE:
         set_state(run, "cancelled", message="cancelled")
@@ -271,14 +320,6 @@ def wait_job(
         if timeout is not None and time.monotonic() - start > timeout:
             raise TimeoutError(f"job {run} still {job['state']} after {timeout:.0f} s")
         time.sleep(poll)
-
-
-def other_running(run: str) -> list[str]:
-    """Runs other than ``run`` that are running now (the queue waits for them)."""
-    reap()
-    with closing(connect()) as con:
-        rows = con.execute("SELECT run FROM jobs WHERE state = 'running' AND run != ?", (run,)).fetchall()
-    return [r["run"] for r in rows]
 
 
 def eta_text(seconds: float | None) -> str:

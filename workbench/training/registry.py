@@ -16,6 +16,11 @@ A run folder ``models/<run>/`` holds::
 
 ``models/latest`` is a symbolic link to the newest run that finished successfully; only a
 finished run moves it (``set_latest``), atomically (a new link renamed over the old one).
+``set_latest`` also records the run as the latest of the dataset it trained on, in
+``models/latest.json`` (``{resolved dataset folder: run name}``, changed under the file's
+inter-process lock): ``latest:<dataset folder>`` names that run, and ``choose_run`` picks it
+for the demo and suggestions, refusing a run whose classes differ from the dataset's unless asked.
+An interrupted or cancelled run never calls ``set_latest``, so it moves neither pointer.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.datasets.index import open_dataset
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
+from workbench.locks import locked
 from workbench.paths import models_dir
 
 LATEST = "latest"
+LATEST_OF = "latest:"  # ``latest:<dataset folder>``: the newest finished run trained on that dataset
+LATEST_JSON = "latest.json"
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 
@@ -63,7 +72,15 @@ def resolve_run(run: str | Path = LATEST) -> Path:
     Raises ``WorkbenchError`` naming what was looked for when there is no such trained model.
     """
     text = str(run)
-    if text == LATEST:
+    if text.startswith(LATEST_OF):
+        dataset = text[len(LATEST_OF) :]
+        name = latest_of(dataset)
+        if name is None:
+            raise WorkbenchError(
+                f"no model trained on {dataset_key(dataset)} yet (train one with `workbench train --data {dataset}`)"
+            )
+        path = models_dir() / name
+    elif text == LATEST:
         link = models_dir() / LATEST
         if not link.exists():
             raise WorkbenchError(
@@ -96,18 +113,129 @@ def has_weights(folder: Path) -> bool:
 
 
 def set_latest(run_folder: Path) -> None:
-    """Point ``models/latest`` at ``run_folder`` (a relative symlink, replaced atomically)."""
+    """Point ``models/latest`` at ``run_folder`` (a relative symlink, replaced atomically) and
+    record it as the latest run of the dataset it trained on (``models/latest.json``)."""
     root = models_dir()
     tmp = root / f".latest.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
     target = os.path.relpath(Path(run_folder).resolve(), root.resolve())
     os.symlink(target, tmp)
     os.replace(tmp, root / LATEST)
+    dataset = run_dataset(run_folder)
+    if dataset is not None:
+        store = root / LATEST_JSON
+        with locked(store):
+            latest = read_json(store, {})
+            latest = latest if isinstance(latest, dict) else {}
+            latest[dataset] = Path(run_folder).resolve().name
+            write_json(store, latest)
+
+
+def dataset_key(dataset: str | Path) -> str:
+    """How ``latest.json`` names a dataset: its folder with ``~`` expanded, absolute, symlinks resolved."""
+    return str(Path(str(dataset).strip()).expanduser().resolve())
+
+
+def run_dataset(run_folder: Path) -> str | None:
+    """The resolved folder of the dataset run ``run_folder`` trained on (its card, else its config)."""
+    card = read_json(Path(run_folder) / CARD_JSON) or {}
+    config = read_json(Path(run_folder) / "config.json") or {}
+    data = card.get("dataset") or config.get("data")
+    return dataset_key(data) if data else None
+
+
+def latest_of(dataset: str | Path) -> str | None:
+    """The name of the newest finished run trained on ``dataset``, ``None`` when there is none
+    (or its folder is gone)."""
+    latest = read_json(models_dir() / LATEST_JSON, {})
+    name = latest.get(dataset_key(dataset)) if isinstance(latest, dict) else None
+    return name if name and (models_dir() / name).is_dir() else None
+
+
+def run_classes(run_folder: Path) -> list[str]:
+    """The class list a run predicts (its card's, else its config's)."""
+    card = read_json(Path(run_folder) / CARD_JSON) or {}
+    config = read_json(Path(run_folder) / "config.json") or {}
+    return list(card.get("classes") or config.get("classes") or [])
+
+
+class ClassMismatch(WorkbenchError):
+    """A run whose classes are not the dataset's; the message says which differ and how to override."""
+
+
+def class_difference(run_classes: list[str], dataset_classes: list[str]) -> tuple[list[str], list[str]]:
+    """``(only the run's, only the dataset's)`` class names; both empty when they match. A dataset
+    with no class yet matches any run (its first labels come from the model)."""
+    if not dataset_classes:
+        return [], []
+    run_only = [c for c in run_classes if c not in dataset_classes]
+    dataset_only = [c for c in dataset_classes if c not in run_classes]
+    return run_only, dataset_only
+
+
+def choose_run(
+    dataset: str | Path,
+    classes: list[str],
+    *,
+    run: str | Path | None = None,
+    any_classes: bool = False,
+    override: str = "--model RUN --any-classes",
+) -> str:
+    """The run to use on ``dataset`` (class list ``classes``): ``run`` when given, else the
+    latest run trained on it (``latest:<folder>``), else ``latest``. Raises ``ClassMismatch``
+    when the run's classes differ from ``classes``, unless ``any_classes``; ``override`` is how
+    the caller's user asks for it (named in the message)."""
+    if run is None:
+        run = f"{LATEST_OF}{dataset_key(dataset)}" if latest_of(dataset) else LATEST
+    spec = str(run)
+    folder = resolve_run(spec)
+    run_only, dataset_only = class_difference(run_classes(folder), list(classes))
+    if (run_only or dataset_only) and not any_classes:
+        parts = [
+            f"only the model has {', '.join(run_only)}" if run_only else "",
+            f"only the dataset has {', '.join(dataset_only)}" if dataset_only else "",
+        ]
+        raise ClassMismatch(
+            f"model {folder.name} was not trained on the classes of {dataset_key(dataset)}: "
+            f"{'; '.join(p for p in parts if p)}. Train a model on this dataset, or use this one anyway "
+            f"with {override}"
+        )
+    return spec
 
 
 def latest_name() -> str | None:
     link = models_dir() / LATEST
     return link.resolve().name if link.exists() else None
+
+
+def model_for(
+    data: str | Path | None,
+    *,
+    fmt: str | None = None,
+    run: str | None = None,
+    any_classes: bool = False,
+    override: str = "--model RUN --any-classes",
+) -> str:
+    """The run spec the demo serves for dataset ``data`` (format ``fmt``): ``run`` when given,
+    else the latest run trained on ``data`` (``latest:<folder>``, which the demo follows as new
+    runs finish), else ``latest``. Its classes must be the dataset's (``ClassMismatch``
+    otherwise, unless ``any_classes``; ``override`` says how the user asks for it). No dataset:
+    ``run`` or ``latest``, unchecked. No model yet: the spec unchecked (the demo starts, says
+    so, and serves the first run trained on ``data``)."""
+    if data is None:
+        return run or LATEST
+    if run is None and latest_of(data) is None:
+        try:
+            resolve_run(LATEST)
+        except WorkbenchError:
+            return f"{LATEST_OF}{dataset_key(data)}"
+    elif run is not None:
+        try:
+            resolve_run(run)
+        except WorkbenchError:
+            return run  # the caller loads it and says what is missing
+    classes = open_dataset(data, fmt).dataset.classes
+    return choose_run(data, classes, run=run, any_classes=any_classes, override=override)
 
 
 def write_json(path: Path, data: Any) -> None:

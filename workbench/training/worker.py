@@ -1,7 +1,8 @@
 """The process behind one background job: ``python -m workbench.training.worker RUN``.
 
 Started detached by ``jobs.start_job``; its stdout and stderr are the run's ``train.log``.
-It waits while another job runs, marks the job running, trains (in-process, or through
+It waits for its turn (``scheduler.claim``: first in, first out, at most ``scheduler.max_jobs()`` at
+once, the GPUs it needs free), sees only its GPUs (``CUDA_VISIBLE_DEVICES``), trains (in-process, or through
 ``torchrun`` for ``gpus > 1``), and records the outcome: finished (and ``models/latest``
 moves here), cancelled (SIGTERM), or failed (the traceback is in the log).
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from workbench.training import jobs, registry
+from workbench.training import jobs, registry, scheduler
 from workbench.training.engines import get_engine
 from workbench.training.run import Cancelled, setup_logging
 
@@ -54,6 +55,26 @@ def _torchrun(run: str, gpus: int) -> int:
     return proc.returncode
 
 
+def _wait_for_turn(run: str, *, poll: float = 0.5) -> list[str] | None:
+    """Poll ``scheduler.claim`` until this job runs; the GPUs it holds, ``None`` when stopped first
+    or when the job left the queue otherwise (another worker took it)."""
+    waiting = ""
+    while not _stop:
+        jobs.reap()  # a dead job ahead in the queue must not hold it up
+        devices = scheduler.claim(run, pid=os.getpid())
+        if devices is not None:
+            return devices
+        if jobs.get_job(run)["state"] != "queued":
+            return None
+        ahead, running = scheduler.queue_position(run)
+        text = f"waiting: {ahead} queued ahead" + (f", running: {', '.join(running)}" if running else "")
+        if text != waiting:
+            jobs.set_state(run, "queued", message=text)
+            waiting = text
+        time.sleep(poll)
+    return None
+
+
 def run_job(run: str) -> int:
     """Wait for a turn, train job ``run`` and record how it ended; the process's exit code."""
     signal.signal(signal.SIGTERM, _on_signal)
@@ -61,18 +82,14 @@ def run_job(run: str) -> int:
     setup_logging(0)
     job = jobs.get_job(run)
     folder = Path(job["folder"])
-    while True:  # one job at a time
-        busy = jobs.other_running(run)
-        if not busy or _stop:
-            break
-        jobs.set_state(run, "queued", message=f"waiting for {', '.join(busy)}")
-        time.sleep(2.0)
-    if _stop:
-        jobs.set_state(run, "cancelled", message="cancelled while queued")
+    devices = _wait_for_turn(run)
+    if devices is None:
+        if jobs.get_job(run)["state"] == "queued":
+            jobs.set_state(run, "cancelled", message="cancelled while queued")
         return 1
-    token = jobs.process_token(os.getpid())
-    jobs.set_state(run, "running", pid=os.getpid(), start_token=token, started=time.time(), message=None)
-    log.info("job %s running (pid %d)", run, os.getpid())
+    if devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # before CUDA starts: torchrun's ranks inherit it
+    log.info("job %s running (pid %d%s)", run, os.getpid(), f", GPUs {','.join(devices)}" if devices else "")
     config = job["config"]
     engine = get_engine(config.get("engine"))
     try:
