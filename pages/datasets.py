@@ -18,6 +18,7 @@ from workbench.drawing import colour_map
 from workbench.errors import WorkbenchError
 from workbench.fileio import is_image
 from workbench.formats import FORMATS, capabilities, detect_format, label
+from workbench.labelling import suggestions
 
 FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
 
@@ -192,13 +193,11 @@ def add_images_form(opened: OpenDataset) -> None:
             st.rerun()
         unlabelled = sum(1 for r in opened.dataset.images if not len(r))
         if st.button(
-            f"Suggest boxes for the {unlabelled} unlabelled image(s) with the latest model",
+            f"Suggest boxes for the {unlabelled} unlabelled image(s) with this dataset's latest model",
             key="suggest_unlabelled",
             disabled=not unlabelled,
-            help="`workbench suggest --model latest --only-unlabelled`: boxes wait in Annotate until accepted",
+            help="`workbench suggest --only-unlabelled`: the newest run trained on this dataset; boxes wait in Annotate until accepted",
         ):
-            from workbench.labelling import suggestions
-
             with st.spinner("Running the model …"):
                 try:
                     result = suggestions.suggest(opened.root, fmt=opened.dataset.format, only_unlabelled=True)
