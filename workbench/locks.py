@@ -9,13 +9,18 @@ which also works across machines on NFS with a lock daemon).
 
 SQLite's WAL mode needs shared memory that a network file system does not give:
 ``sqlite_journal_mode(path)`` says ``WAL`` on a local disk and ``DELETE`` (the rollback
-journal, safe on NFS with working locks) on a network one.
+journal, safe on NFS with working locks) on a network one. ``connect_sqlite`` opens a database
+shared by processes that way, and ``transaction`` groups statements with the write lock first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
@@ -104,3 +109,55 @@ def is_network(path: Path | str) -> bool:
 def sqlite_journal_mode(path: Path | str) -> str:
     """``WAL`` for a database on a local disk, ``DELETE`` on a network file system (no shared memory there)."""
     return "DELETE" if is_network(Path(path).parent) else "WAL"
+
+
+_MODES_SET: set[str] = set()  # databases whose journal mode this process has already set
+
+
+def connect_sqlite(path: Path | str, *, busy_timeout: float) -> sqlite3.Connection:
+    """An autocommit connection to a database several processes share: statements wait up to
+    ``busy_timeout`` seconds for another process's transaction, and the journal mode is
+    ``sqlite_journal_mode(path)`` (set once per process and database)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    con = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        con.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if not existed or str(path) not in _MODES_SET:
+            _set_journal_mode(con, sqlite_journal_mode(path), timeout=busy_timeout)
+            _MODES_SET.add(str(path))
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _set_journal_mode(con: sqlite3.Connection, mode: str, *, timeout: float) -> None:
+    """Switch the database to ``mode`` unless it is in it already.
+
+    The switch needs the database to itself and SQLite does not wait for it (no busy handler),
+    so two processes opening a new database at once retry here until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while con.execute("PRAGMA journal_mode").fetchone()[0].upper() != mode:
+        try:
+            con.execute(f"PRAGMA journal_mode = {mode}")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextmanager
+def transaction(con: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    """One transaction on an autocommit connection, rolled back on an exception. A write starts
+    with ``BEGIN IMMEDIATE``: the write lock is taken first, so what is read inside cannot change
+    before the transaction's own writes; a read (``BEGIN``) sees one snapshot."""
+    con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

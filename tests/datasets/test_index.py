@@ -198,7 +198,7 @@ def test_a_value_the_rows_cannot_hold_leaves_the_dataset_uncached(voc_copy):
 def test_no_wal_on_a_network_file_system(voc_copy, monkeypatch, fstype, mode):
     Partition = namedtuple("Partition", "device mountpoint fstype opts")
     monkeypatch.setattr(locks.psutil, "disk_partitions", lambda all=True: [Partition("d", "/", fstype, "")])
-    monkeypatch.setattr(index, "_JOURNAL_MODES", {})
+    monkeypatch.setattr(locks, "_MODES_SET", set())
     index.open_dataset(voc_copy)
     assert index.open_dataset(voc_copy).from_cache
     db = sqlite3.connect(Path(os.environ["WORKBENCH_HOME"]) / "index.sqlite")

@@ -37,7 +37,7 @@ from workbench.datasets import index_rows
 from workbench.datasets.catalog import resolve_path
 from workbench.errors import ReadError
 from workbench.formats import capabilities, detect_format, get_format
-from workbench.locks import sqlite_journal_mode
+from workbench.locks import connect_sqlite, transaction
 from workbench.paths import home
 
 INDEX_VERSION = 3  # bump when the row layout changes: old rows (version 2 were pickles) are then ignored
@@ -106,21 +106,15 @@ class OpenDataset:
         return self.dataset.root
 
 
-_JOURNAL_MODES: dict[str, str] = {}  # by database path: the file system does not change under a process
 
 
 def _connect() -> sqlite3.Connection:
     """A connection in autocommit mode (``_db`` opens the transactions), the tables created."""
     path = home() / "index.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _JOURNAL_MODES.get(str(path))
-    if mode is None:
-        mode = _JOURNAL_MODES[str(path)] = sqlite_journal_mode(path)
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    db = connect_sqlite(path, busy_timeout=BUSY_TIMEOUT)
     try:
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        db.execute(f"PRAGMA journal_mode = {mode}")
-        db.execute("PRAGMA synchronous = NORMAL" if mode == "WAL" else "PRAGMA synchronous = FULL")
+        wal = db.execute("PRAGMA journal_mode").fetchone()[0].upper() == "WAL"
+        db.execute("PRAGMA synchronous = NORMAL" if wal else "PRAGMA synchronous = FULL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS meta"
             " (root TEXT PRIMARY KEY, version INTEGER, format TEXT, files BLOB, dataset BLOB)"
@@ -141,13 +135,8 @@ def _db(*, write: bool) -> Iterator[sqlite3.Connection]:
     snapshot, so the meta row and the records rows always belong together."""
     db = _connect()
     try:
-        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
+        with transaction(db, write=write):
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
     finally:
         db.close()
 

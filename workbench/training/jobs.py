@@ -28,14 +28,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from workbench.datasets.catalog import resolve_path
 from workbench.errors import WorkbenchError
-from workbench.locks import sqlite_journal_mode
+from workbench.locks import connect_sqlite, transaction
 from workbench.paths import PROJECT_ROOT, home
 from workbench.training import processes, registry
 from workbench.training.config import TrainConfig
@@ -75,35 +75,6 @@ def db_path() -> Path:
     return home() / "jobs.sqlite"
 
 
-@contextmanager
-def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``: the writer lock is taken first, so what is read inside
-    cannot change before the transaction's own writes (rolled back on an exception)."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        yield con
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
-
-
-def _set_journal_mode(con: sqlite3.Connection, mode: str) -> None:
-    """Switch the database to ``mode`` unless it is in it already.
-
-    The switch needs the database to itself and SQLite does not wait for it (no busy handler),
-    so two processes opening a new database at once retry here until ``BUSY_TIMEOUT``.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while con.execute("PRAGMA journal_mode").fetchone()[0].upper() != mode:
-        try:
-            con.execute(f"PRAGMA journal_mode = {mode}")
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def connect() -> sqlite3.Connection:
     """A connection to the job database (created on first use); rows behave like dicts.
 
@@ -112,11 +83,9 @@ def connect() -> sqlite3.Connection:
     """
     path = db_path()
     fresh = str(path) not in _ready or not path.exists()
-    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    con = connect_sqlite(path, busy_timeout=BUSY_TIMEOUT)
     con.row_factory = sqlite3.Row
-    con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
     if fresh:
-        _set_journal_mode(con, sqlite_journal_mode(path))
         with transaction(con):  # two processes opening a new or older database at once: one migrates
             con.execute(SCHEMA)
             have = {row["name"] for row in con.execute("PRAGMA table_info(jobs)")}
