@@ -3,12 +3,15 @@ add a class, step through the images of the current filter, save back to the dat
 format, undo the last save; dataset-wide rename, merge and delete of a class. A model's
 suggestions (``workbench suggest``) are drawn dashed beside the accepted boxes and can be
 accepted (one, or all above a score), rejected, or edited then accepted; the sidebar holds the
-review queue and FiftyOne's relabel queue. Shortcuts: A accept, X reject, N next, P previous.
+review queue and FiftyOne's relabel queue. Keys on the canvas: 1-9 class, Delete, Ctrl+Z and
+Ctrl+Shift+Z, wheel and +/- zoom, space-drag pan, A accept, X reject, N next, P previous (N, P,
+A and X also work as the buttons' shortcuts when the canvas has no focus).
 
-Edits go to a working copy of the record held in the session (``pages.common.work``); Save
-writes it through ``workbench.labelling.saving.save_record`` (conflict check, atomic write,
-journal). The canvas is in ``pages.common.canvas``, the suggestions and queues in
-``pages.common.suggestions``."""
+Edits go to a working copy of the record held in the session (``pages.common.work``); every
+canvas change reaches it at once. Save writes it through ``saving.save_record`` (conflict
+check, atomic write, journal); moving to another image with unsaved changes saves them
+(the Autosave toggle, on by default) or asks first. The canvas is in ``pages.common.canvas``,
+the suggestions and queues in ``pages.common.suggestions``."""
 
 from __future__ import annotations
 
@@ -20,13 +23,12 @@ import numpy as np
 import streamlit as st
 
 from pages.common import ui
-from pages.common.canvas import canvas
-from pages.common.suggestions import after_save, sidebar, suggestion_panel, suggestion_view
+from pages.common.canvas import canvas, warm
+from pages.common.suggestions import after_save, sidebar, suggestion_command, suggestion_panel
 from pages.common.work import bump, filtered, label_list, start_work
 from workbench.annotations import ImageRecord
 from workbench.datasets import health
 from workbench.datasets.index import OpenDataset, get_open
-from workbench.drawing import colour_map
 from workbench.errors import WorkbenchError
 from workbench.formats import labelme_file
 from workbench.labelling import edits, saving, suggestions
@@ -36,7 +38,8 @@ def box_editor(work: dict) -> None:
     """Relabel, move (by numbers) or delete one box; add a class."""
     record: ImageRecord = work["record"]
     names = label_list(work)
-    rev = work["rev"]
+    seq = work.get("seq", 0)  # the canvas's own edits: the numbers below must follow them too
+    rev = f"{work['rev']}.{seq}" if seq else work["rev"]
     st.markdown(f"**Boxes** ({len(record)})")
     if len(record):
         start = min(int(st.session_state.get("box_index", 0)), len(record) - 1)
@@ -93,31 +96,73 @@ def box_editor(work: dict) -> None:
                 st.error(str(e))
 
 
+def save_work(opened: OpenDataset, work: dict, *, why: str = "") -> bool:
+    """Save the working copy through ``saving.save_record``; ``False`` (and the reason shown)
+    when it was refused: a conflict keeps the changes and offers to reload."""
+    try:
+        result = saving.save_record(
+            opened,
+            work["position"],
+            work["record"],
+            classes=work["classes"],
+            expected=work["expected"],
+            journal=ui.journal(),
+            message=f"{work['path']}: " + "; ".join(work["changes"]),
+        )
+    except saving.ConflictError as e:
+        st.session_state["conflict"] = str(e)
+        return False
+    except WorkbenchError as e:
+        st.session_state["save_error"] = f"Not saved: {e}"
+        return False
+    written = ", ".join(result.files) or "nothing (no byte changed)"
+    st.session_state["flash"] = f"Saved {written}{why}."
+    after_save(opened, work)
+    return True
+
+
+def move_on(opened: OpenDataset, work: dict, target: str) -> bool:
+    """Whether the page may leave the working copy for ``target``: nothing unsaved, or saved
+    now (autosave on). With autosave off the guard asks first; nothing is ever dropped."""
+    if not work["changes"]:
+        return True
+    if st.session_state.get("autosave", True):
+        return save_work(opened, work, why=" (autosaved on moving on)")
+    st.session_state["leave_to"] = target
+    return False
+
+
+def guard(opened: OpenDataset, work: dict, target: str) -> None:
+    """Autosave off and unsaved changes: save, discard or stay before opening ``target``."""
+    with st.container(border=True):
+        st.warning(f"{len(work['changes'])} unsaved change(s) on {work['path']}: save them before opening {target}?")
+        c1, c2, c3 = st.columns(3)
+        if c1.button("Save and go", key="leave_save", type="primary", width="stretch"):
+            if save_work(opened, work):
+                start_work(opened, work["position"])
+                st.session_state["image"] = target
+            st.session_state.pop("leave_to", None)
+            st.rerun()
+        if c2.button("Discard and go", key="leave_discard", width="stretch"):
+            start_work(opened, work["position"])
+            st.session_state["image"] = target
+            st.session_state.pop("leave_to", None)
+            st.rerun()
+        if c3.button("Stay", key="leave_stay", width="stretch"):
+            st.session_state.pop("leave_to", None)
+            st.rerun()
+
+
 def save_panel(opened: OpenDataset, work: dict) -> None:
     journal = ui.journal()
     changes = work["changes"]
+    if error := st.session_state.pop("save_error", None):
+        st.error(error)
     if changes:
         st.warning(f"{len(changes)} unsaved change(s):\n" + "\n".join(f"- {c}" for c in changes))
     c1, c2 = st.columns(2)
     if c1.button("Save", type="primary", disabled=not changes, key="save", width="stretch"):
-        try:
-            result = saving.save_record(
-                opened,
-                work["position"],
-                work["record"],
-                classes=work["classes"],
-                expected=work["expected"],
-                journal=journal,
-                message=f"{work['path']}: " + "; ".join(changes),
-            )
-        except saving.ConflictError as e:
-            st.session_state["conflict"] = str(e)
-        except WorkbenchError as e:
-            st.error(f"Not saved: {e}")
-        else:
-            written = ", ".join(result.files) or "nothing (no byte changed)"
-            st.session_state["flash"] = f"Saved {written}."
-            after_save(opened, work)
+        if save_work(opened, work):
             start_work(opened, work["position"])
             st.rerun()
     if c2.button("Discard", disabled=not changes, key="discard", width="stretch"):
@@ -210,6 +255,24 @@ def class_tools(opened: OpenDataset) -> None:
                 st.rerun()
 
 
+def go(path: str) -> None:
+    st.session_state["image"] = path
+
+
+def current_work(opened: OpenDataset, by_path: dict[str, int], wanted: str) -> dict:
+    """The working copy: the session's one while it is of this dataset and image, else the
+    image ``wanted``; leaving an image with unsaved changes goes through ``move_on``."""
+    work = st.session_state.get("work")
+    if not work or work["root"] != str(opened.root) or work["path"] not in by_path:
+        return start_work(opened, by_path[wanted])
+    work["position"] = by_path[work["path"]]  # a reload (undo, another tab) may have moved it
+    if work["path"] != wanted:
+        if move_on(opened, work, wanted):
+            return start_work(opened, by_path[wanted])
+        st.session_state["image"] = work["path"]
+    return work
+
+
 def main() -> None:
     ui.through_app()
     found = ui.open_current()
@@ -222,22 +285,29 @@ def main() -> None:
         return
     positions = filtered(opened) or list(range(len(dataset)))
     by_path = {dataset.images[i].path: i for i in range(len(dataset))}
-    wanted = st.session_state.get("image")
-    if wanted not in by_path:
-        wanted = dataset.images[positions[0]].path
-        st.session_state["image"] = wanted
+    if st.session_state.get("image") not in by_path:
+        st.session_state["image"] = dataset.images[positions[0]].path
+    command = st.session_state.pop("canvas_command", None) or {}
+    action = command.get("action")
     work = st.session_state.get("work")
-    if not work or work["root"] != str(opened.root) or work["path"] != wanted:
-        work = start_work(opened, by_path[wanted])
-    work["position"] = by_path[wanted]  # a reload (undo, another tab) may have moved it
+    if action in ("next", "previous") and work and work["path"] in by_path:
+        at = by_path[work["path"]]
+        here = positions.index(at) if at in positions else None
+        step = 1 if action == "next" else -1
+        if here is not None and 0 <= here + step < len(positions):
+            st.session_state["image"] = dataset.images[positions[here + step]].path
+    work = current_work(opened, by_path, st.session_state["image"])
+    if action == "save" and work["changes"] and save_work(opened, work):
+        work = start_work(opened, work["position"])
     record: ImageRecord = work["record"]
 
     here = positions.index(work["position"]) if work["position"] in positions else None
-    dirty = bool(work["changes"])
-    nav = st.columns([1, 4, 1])
-    if nav[0].button("◀ Previous", disabled=dirty or not here, key="prev", width="stretch", shortcut="P"):
-        st.session_state["image"] = dataset.images[positions[here - 1]].path
-        st.rerun()
+    before = dataset.images[positions[here - 1]].path if here else None
+    after = dataset.images[positions[here + 1]].path if here is not None and here + 1 < len(positions) else None
+    nav = st.columns([1, 4, 1, 1])
+    nav[0].button(
+        "◀ Previous", disabled=not before, key="prev", width="stretch", shortcut="P", on_click=go, args=(before,)
+    )
     where = f"{here + 1} of {len(positions):,} in the filter" if here is not None else "not in the current filter"
     nav[1].markdown(
         f"<div style='text-align:center'><b>{record.path}</b> · {record.width} x {record.height}"
@@ -245,31 +315,30 @@ def main() -> None:
         + f" · {where}</div>",
         unsafe_allow_html=True,
     )
-    at_end = here is None or here + 1 >= len(positions)
-    if nav[2].button("Next ▶", disabled=dirty or at_end, key="next", width="stretch", shortcut="N"):
-        st.session_state["image"] = dataset.images[positions[here + 1]].path
-        st.rerun()
-    if dirty:
-        st.caption("Save or discard the changes to move to another image.")
+    nav[2].button("Next ▶", disabled=not after, key="next", width="stretch", shortcut="N", on_click=go, args=(after,))
+    nav[3].toggle("Autosave", value=True, key="autosave", help="Save unsaved changes when moving to another image")
     if flash := st.session_state.pop("flash", None):
         st.success(flash)
+    target = st.session_state.get("leave_to")
+    if target and work["changes"] and target in by_path:
+        guard(opened, work, target)
+    elif target:
+        st.session_state.pop("leave_to")
 
     sidebar(opened, work)
     waiting = suggestions.pending(opened.root, work["path"])
-    left, right = st.columns([3, 1])
+    if action in ("accept", "reject"):
+        suggestion_command(opened, work, waiting, command)
+    canvas(opened, work, waiting)
+    for position in (by_path.get(after), by_path.get(before)):
+        if position is not None:
+            warm(opened, position)
+    left, right = st.columns(2)
     with left:
-        canvas(opened, work)
-        if waiting:
-            suggestion_view(opened, work, waiting)
-        chips = " ".join(
-            f"<span style='border-left:14px solid {colour};padding-left:6px;margin-right:14px'>{name}</span>"
-            for name, colour in colour_map(label_list(work)).items()
-        )
-        st.markdown(chips, unsafe_allow_html=True)
-    with right:
         save_panel(opened, work)
         if waiting:
             suggestion_panel(opened, work, waiting)
+    with right:
         box_editor(work)
         labelme_action(opened, work)
         file = (saving.files_of(dataset, record) or ["(no annotation file)"])[0]

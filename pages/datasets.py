@@ -18,6 +18,7 @@ from workbench.drawing import colour_map
 from workbench.errors import WorkbenchError
 from workbench.fileio import is_image
 from workbench.formats import FORMATS, capabilities, detect_format, label
+from workbench.formats.yolo_yaml import is_data_yaml
 from workbench.labelling import suggestions
 
 FINDINGS_WITH_LINKS = 25  # per kind; the rest are listed in a table
@@ -34,7 +35,12 @@ def add_form() -> catalog.DatasetEntry | None:
     anything is added; returns the entry once added."""
     with st.container(border=True):
         st.markdown("**Add a dataset**")
-        text = st.text_input("Folder", placeholder="/path/to/dataset", key="add_path")
+        text = st.text_input(
+            "Folder or data.yaml",
+            placeholder="/path/to/dataset",
+            key="add_path",
+            help="A dataset folder, or an Ultralytics data.yaml (its train/val/test lists become the splits)",
+        )
         choice = st.selectbox(
             "Format",
             ["detect", *sorted(FORMATS)],
@@ -48,8 +54,8 @@ def add_form() -> catalog.DatasetEntry | None:
         except WorkbenchError as e:
             st.error(str(e))
             return None
-        if not root.is_dir():
-            st.error(f"`{root}` is not a folder.")
+        if not root.is_dir() and not is_data_yaml(root):
+            st.error(f"`{root}` is not a folder or a data.yaml.")
             return None
         fmt = None if choice == "detect" else choice
         try:

@@ -95,7 +95,12 @@ def train_form() -> None:
         datasets = dataset_choices()
         c1, c2 = st.columns([3, 2])
         choice = c1.selectbox("Dataset", [*datasets, "Other folder..."], key="train_dataset")
-        other = c1.text_input("Other folder", placeholder="/path/to/dataset", key="train_other")
+        other = c1.text_input(
+            "Other folder",
+            placeholder="/path/to/dataset",
+            key="train_other",
+            help="a dataset folder, or an Ultralytics data.yaml (its train/val lists are the split)",
+        )
         device_options = ["auto", "cpu"] + (["cuda"] if hw["gpus"] else [])
         if recipe:
             model = preset["model"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -24,6 +25,16 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 # 8 images of the shared VOC set with all three classes between them
 TINY_STEMS = [f"maksssksksss{i}" for i in (0, 1, 2, 3, 4, 6, 8, 13)]
 CLIP_STEMS = [f"maksssksksss{i}" for i in (0, 1, 10, 101)]  # the frames of ``clip``
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses some process of this machine listens on at TCP ``port``, read from the
+    kernel's socket table: what a server is reachable on, whatever it printed or was told."""
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
 
 
 @pytest.fixture(scope="session")

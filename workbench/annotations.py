@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from workbench.errors import WorkbenchError
+
 IGNORE_LABEL = "__ignore__"  # LabelMe's conventional label for regions to ignore
 
 
@@ -230,6 +232,58 @@ class Detections:
     def __getitem__(self, index: Any) -> Detections:
         """A subset: ``det[det.scores > 0.5]``, ``det[:3]``."""
         return Detections(self.boxes[index], self.scores[index], self.class_ids[index])
+
+    def to_supervision(self, class_names: list[str] | None = None) -> Any:
+        """These detections as a ``supervision.Detections`` (for its annotators and trackers):
+        ``xyxy``, ``confidence`` and ``class_id`` are our boxes, scores and class ids (copies),
+        and with ``class_names`` (``Predictor.classes``) ``data["class_name"]`` names each box,
+        which supervision's label annotators show. Needs ``pip install supervision``."""
+        sv = _supervision()
+        data = {}
+        if class_names is not None:
+            data["class_name"] = np.array([_name(class_names, int(c)) for c in self.class_ids], dtype=str)
+        return sv.Detections(
+            xyxy=self.boxes.astype(np.float64, copy=True),
+            confidence=self.scores.copy(),
+            class_id=self.class_ids.copy(),
+            data=data,
+        )
+
+    @classmethod
+    def from_supervision(cls, detections: Any, class_names: list[str] | None = None) -> Detections:
+        """A ``supervision.Detections`` as ours. Its ``class_id`` is kept; without one, its
+        ``data["class_name"]`` is looked up in ``class_names``. Without ``confidence`` (labels,
+        not predictions) every score is 1. Masks, tracker ids and other data are not carried."""
+        boxes = np.asarray(detections.xyxy, dtype=np.float64).reshape(-1, 4)
+        n = len(boxes)
+        scores = np.ones(n) if detections.confidence is None else detections.confidence
+        if detections.class_id is not None:
+            class_ids = detections.class_id
+        elif n == 0:
+            class_ids = np.zeros(0, dtype=np.int64)
+        elif class_names is not None and "class_name" in detections.data:
+            unknown = sorted({str(c) for c in detections.data["class_name"]} - set(class_names))
+            if unknown:
+                raise WorkbenchError(f"supervision detections name classes not in class_names: {unknown}")
+            class_ids = [class_names.index(str(c)) for c in detections.data["class_name"]]
+        else:
+            raise WorkbenchError("supervision detections have no class_id; give class_names to read data['class_name']")
+        return cls(boxes.copy(), np.array(scores, dtype=np.float64), np.array(class_ids, dtype=np.int64))
+
+
+def _name(class_names: list[str], class_id: int) -> str:
+    if not 0 <= class_id < len(class_names):
+        raise WorkbenchError(f"class id {class_id} beyond the {len(class_names)} class names")
+    return class_names[class_id]
+
+
+def _supervision() -> Any:
+    """The ``supervision`` module: an optional dependency, imported only by the methods that need it."""
+    try:
+        import supervision  # here, not at the top: supervision is optional and the floor stays light
+    except ImportError as e:
+        raise WorkbenchError("supervision interop needs the supervision package: pip install supervision") from e
+    return supervision
 
 
 def detections_to_json(det: Detections, classes: list[str]) -> list[dict[str, Any]]:

@@ -1,15 +1,12 @@
-"""The Annotate page's model suggestions (drawn dashed, accepted or rejected), its review queue
-and FiftyOne's relabel queue in the sidebar."""
+"""The Annotate page's model suggestions (the canvas draws them dashed; accepted or rejected
+here or with A and X on the canvas), its review queue and FiftyOne's relabel queue in the sidebar."""
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from pages.common import ui
-from pages.common.canvas import fitted
 from pages.common.work import label_list, start_work
-from workbench.annotations import ImageRecord
 from workbench.datasets.index import OpenDataset, get_open
 from workbench.errors import WorkbenchError
 from workbench.labelling import edits, review, saving, suggestions
@@ -55,35 +52,17 @@ def accept_suggestions(opened: OpenDataset, work: dict, **chosen) -> None:
     st.rerun()
 
 
-def suggestion_view(opened: OpenDataset, work: dict, items: list[dict]) -> None:
-    """The image with the working boxes solid and the suggestions dashed, with their scores."""
-    from workbench.evaluation.plots import draw_comparison
-
-    record: ImageRecord = work["record"]
-    names = label_list(work)
-    path = opened.root / record.path
-    try:
-        stat = path.stat()
-        shown, scale = fitted(str(path), stat.st_size, stat.st_mtime_ns)
-    except (WorkbenchError, OSError):
+def suggestion_command(opened: OpenDataset, work: dict, items: list[dict], command: dict) -> None:
+    """The canvas's A (accept) or X (reject) on the suggestion ``command["suggestion"]``."""
+    chosen = [s for s in items if s["id"] == command.get("suggestion")]
+    if not chosen:
         return
-    pred_names = list(names)
-    ids = []
-    for s in items:
-        if s["label"] not in pred_names:
-            pred_names.append(s["label"])
-        ids.append(pred_names.index(s["label"]))
-    drawn = draw_comparison(
-        shown,
-        gt_boxes=record.boxes / scale,
-        gt_class_ids=record.class_ids,
-        gt_names=names,
-        pred_boxes=np.asarray([s["box"] for s in items], dtype=np.float64).reshape(-1, 4) / scale,
-        pred_class_ids=np.asarray(ids, dtype=np.int64),
-        pred_scores=np.asarray([s["score"] for s in items]),
-        pred_names=pred_names,
-    )
-    st.image(drawn, caption="Accepted boxes solid, suggestions dashed with their score", width="stretch")
+    if command["action"] == "reject":
+        suggestions.reject(opened.root, work["path"], [chosen[0]["id"]])
+        st.rerun()
+    allowed = bool(suggestions.load(opened.root).get("new_classes", True))
+    add_classes = bool(st.session_state.get("sugg_new_classes", allowed))
+    accept_suggestions(opened, work, ids=[chosen[0]["id"]], add_classes=add_classes)
 
 
 def new_classes_choice(opened: OpenDataset, work: dict, items: list[dict]) -> bool:

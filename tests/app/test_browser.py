@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -149,10 +150,8 @@ def pick_boxes(record) -> tuple[int, int, tuple[int, int]]:
 def shot(page, tmp_path: Path, name: str) -> None:
     """Save a screenshot (once the drawing component, if any, has drawn), and fail on any
     exception the app shows."""
-    frames = page.frame_locator("iframe")
-    if page.locator("iframe").count():
-        frames.first.locator("canvas").first.wait_for()
-        time.sleep(0.5)
+    if page.locator(".wb-canvas").count():
+        page.locator(".wb-canvas[data-shown]").wait_for()
     page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
@@ -187,35 +186,30 @@ def drive(
     page.get_by_role("button", name=re.compile(re.escape(name) + r" · \d+")).first.click()
 
     page.get_by_text(record.path, exact=False).first.wait_for()
-    frame = page.frame_locator("iframe").first
-    frame.locator("canvas").first.wait_for()
+    page.locator(f".wb-canvas[data-shown='{record.path}']").wait_for()
+    rev = page.locator(".wb-canvas").get_attribute("data-rev")
     # Relabel box 1 in the side panel.
     box_class = page.locator("[data-testid='stSelectbox']", has_text="Box class")
+    box_class.evaluate("e => e.scrollIntoView({block: 'center'})")  # its list opens on screen
     box_class.click()
     page.get_by_role("option", name=relabel_to, exact=True).click()
     page.get_by_role("button", name="Apply").click()
     page.get_by_text("1 unsaved change").wait_for()
 
-    # Move another box on the canvas: click to select it, drag it, then Complete.
-    time.sleep(1.0)  # the component remounted; let it load its image
-    canvas = frame.locator("canvas").first
-    canvas.wait_for()
-    area = canvas.bounding_box()
-    scale = area["width"] / record.width
+    # Move another box on the canvas by dragging it: it reaches Python at once (no Complete step).
+    page.locator(f".wb-canvas:not([data-rev='{rev}'])").wait_for()  # the canvas took the side panel's change
+    page.locator(".wb-stage").evaluate("e => e.scrollIntoView({block: 'nearest'})")
+    view = json.loads(page.locator(".wb-canvas").get_attribute("data-view"))
+    area = page.locator(".wb-stage").bounding_box()
+    scale = view["s"]
     x1, y1, x2, y2 = record.boxes[move]
-    cx, cy = area["x"] + (x1 + x2) / 2 * scale, area["y"] + (y1 + y2) / 2 * scale
-    page.mouse.click(cx, cy)
-    time.sleep(0.3)
+    cx = area["x"] + view["tx"] + (x1 + x2) / 2 * scale
+    cy = area["y"] + view["ty"] + (y1 + y2) / 2 * scale
     page.mouse.move(cx, cy)
     page.mouse.down()
-    steps = 12
-    for k in range(1, steps + 1):
-        page.mouse.move(cx + delta[0] * scale * k / steps, cy + delta[1] * scale * k / steps)
-        time.sleep(0.03)
+    page.mouse.move(cx + delta[0] * scale, cy + delta[1] * scale, steps=12)
     page.mouse.up()
-    time.sleep(0.3)
     shot(page, tmp_path, f"{tag}-3-annotate-dragged")
-    frame.get_by_role("button", name="Complete").click()
     page.get_by_text("2 unsaved change").wait_for()
     shot(page, tmp_path, f"{tag}-4-annotate-pending")
     page.get_by_role("button", name="Save", exact=True).click()

@@ -4,7 +4,9 @@ import itertools
 import json
 import os
 import pty
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import warnings
@@ -15,8 +17,10 @@ import pytest
 from pycocotools.coco import COCO
 
 from tests.conftest import copy_voc_subset
+from workbench.datasets import convert as convert_module
 from workbench.datasets.convert import convert
-from workbench.formats import FORMATS, load_dataset
+from workbench.errors import DatasetReadError
+from workbench.formats import FORMATS, load_dataset, voc
 
 WORKBENCH = str(Path(sys.executable).parent / "workbench")
 STEMS = ["maksssksksss0", "maksssksksss1", "maksssksksss231", "maksssksksss12"]
@@ -148,3 +152,73 @@ def test_unknown_folder_is_a_clear_error(tmp_path):
     )
     result = run("check", str(tmp_path / "missing"))
     assert result.returncode == 1 and "not a folder" in result.stderr
+
+
+def _coco(src: Path, out: Path, **kwargs) -> bytes:
+    convert(src, out, "coco", images="none", **kwargs)
+    return (out / "annotations.json").read_bytes()
+
+
+@pytest.fixture
+def parsed(monkeypatch) -> list[str]:
+    """The VOC files parsed from now on (``voc.parse`` watched, not replaced)."""
+    files: list[str] = []
+    real = voc.parse
+    monkeypatch.setattr(voc, "parse", lambda data, file: files.append(file) or real(data, file))
+    return files
+
+
+def test_a_second_conversion_parses_no_unchanged_file(source, tmp_path, parsed):
+    src = shutil.copytree(source, tmp_path / "src")
+    first = _coco(src, tmp_path / "a")
+    assert len(parsed) == len(STEMS)
+    parsed.clear()
+    assert _coco(src, tmp_path / "b") == first and parsed == []  # from the index cache
+    assert _coco(src, tmp_path / "c", use_index=False) == first and len(parsed) == len(STEMS)
+
+
+@pytest.mark.parametrize("change", ["same size, new content and mtime", "same mtime, new size"])
+def test_a_changed_file_is_read_again(source, tmp_path, parsed, change):
+    src = shutil.copytree(source, tmp_path / "src")
+    _coco(src, tmp_path / "a")
+    xml = src / "annotations" / "maksssksksss1.xml"
+    before, stat = xml.read_text(), xml.stat()
+    assert "<xmax>" in before
+    if change.startswith("same size"):
+        after = re.sub(r"<xmax>(\d)", lambda m: f"<xmax>{(int(m.group(1)) + 1) % 10}", before, count=1)
+        xml.write_text(after)
+        os.utime(xml, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert xml.stat().st_size == stat.st_size
+    else:
+        after = before.replace("<xmax>", "<xmax>1", 1)
+        xml.write_text(after)
+        os.utime(xml, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert xml.stat().st_mtime_ns == stat.st_mtime_ns and xml.stat().st_size != stat.st_size
+    assert after != before
+    parsed.clear()
+    got = _coco(src, tmp_path / "b")
+    assert parsed == ["annotations/maksssksksss1.xml"]  # the changed file alone
+    assert got == _coco(src, tmp_path / "c", use_index=False)
+    assert got != (tmp_path / "a" / "annotations.json").read_bytes()
+
+
+def test_bad_files_fail_a_conversion_from_the_index_too(source, tmp_path):
+    src = shutil.copytree(source, tmp_path / "src")
+    (src / "annotations" / "maksssksksss1.xml").write_text("<annotation><object>")
+    errors = []
+    for _ in range(2):  # the second read comes from the index cache
+        with pytest.raises(DatasetReadError) as info:
+            convert(src, tmp_path / "out", "coco")
+        errors.append([(e.file, e.reason) for e in info.value.errors])
+    assert errors[0] == errors[1] and errors[0][0][0] == "annotations/maksssksksss1.xml"
+    assert len(convert(src, tmp_path / "out", "coco", skip_bad=True).skipped) == 1
+
+
+def test_a_workspace_that_cannot_hold_the_index_falls_back_to_parsing(source, tmp_path, monkeypatch, parsed):
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(convert_module, "open_dataset", locked)
+    got = _coco(source, tmp_path / "a")
+    assert len(parsed) == len(STEMS)
+    assert got == _coco(source, tmp_path / "b", use_index=False)

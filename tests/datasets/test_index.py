@@ -204,3 +204,27 @@ def test_no_wal_on_a_network_file_system(voc_copy, monkeypatch, fstype, mode):
     db = sqlite3.connect(Path(os.environ["WORKBENCH_HOME"]) / "index.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == mode
     db.close()
+
+
+def test_a_data_yaml_is_read_afresh_and_never_fills_its_folders_rows(tmp_path):
+    """The cache is per folder; a data.yaml picks (and splits) images of one, so its records must
+    not be cached as, nor written over, the folder's own rows."""
+    root = copy_yolo(tmp_path / "yolo")
+    folder = index.open_dataset(root)
+    train = sorted(r.path for r in folder.dataset.images)[:2]
+    configs = tmp_path / "configs"  # outside the folder: the folder's files stay as cached
+    configs.mkdir()
+    (configs / "train.txt").write_text("".join(f"{p}\n" for p in train))
+    yml = configs / "split.yaml"
+    yml.write_text(
+        f"path: ../yolo\ntrain: ../configs/train.txt\nval: ../configs/train.txt\nnames: {folder.dataset.classes}\n"
+    )
+    opened = index.open_dataset(yml)
+    assert opened.source == yml.resolve() and not opened.from_cache and opened.dataset.splits == ["train", "val"]
+    assert opened.dataset.root == folder.dataset.root and len(opened.dataset) == 4
+    assert not index.open_dataset(yml).from_cache
+    opened.dataset.images[0].boxes = opened.dataset.images[0].boxes + 5.0
+    index.update_index(opened, [0], {})  # what a save of record 0 does
+    again = index.open_dataset(root)
+    assert again.from_cache
+    _same(again.dataset, folder.dataset)

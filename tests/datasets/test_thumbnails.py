@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,8 @@ def test_thumbnail_is_cached_by_path_size_and_mtime(voc_copy):
     again, scale2 = thumbnails.thumbnail(image, 64)
     assert again.size == thumb.size and scale2 == pytest.approx(scale, rel=1e-6)
     assert len(list((paths.home() / "thumbs").rglob("*.jpg"))) == 1
-    time.sleep(0.01)
-    image.touch()
+    st = image.stat()  # a later mtime, whatever the file system's timestamp granularity
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     thumbnails.thumbnail(image, 64)
     assert len(list((paths.home() / "thumbs").rglob("*.jpg"))) == 2  # a changed file gets a new one
     assert thumbnails.thumbnail(voc_copy / "images" / "missing.png") is None

@@ -17,8 +17,8 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.conftest import SHARED
-from tests.demo.conftest import AUTH, free_port, read_json, workbench
+from tests.conftest import SHARED, listening_addresses
+from tests.demo.conftest import AUTH, free_port, read_json, session_env, start_server, workbench
 from workbench.demo import server
 from workbench.errors import WorkbenchError
 from workbench.inference.video import probe, read_frames
@@ -168,6 +168,24 @@ def test_no_model_auth_share_and_hot_reload(demo_setup):
 
 
 @pytest.mark.slow
+def test_the_demo_listens_on_127_0_0_1_only_by_default(demo_setup):
+    """Both servers were started without ``--host``: the kernel's socket table, not the printed
+    URL, says where they can be reached."""
+    for running in (demo_setup.server, demo_setup.empty):
+        assert listening_addresses(running.port) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_the_demo_listens_on_the_host_asked_for(tmp_path):
+    server = start_server(tmp_path, session_env(tmp_path), "--host", "0.0.0.0")
+    try:
+        server.wait()
+        assert listening_addresses(server.port) == {"0.0.0.0"}
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
 def test_load_20_concurrent_requests(demo_setup, record_property):
     n = 20
     clients = [Client(demo_setup.server.url, verbose=False) for _ in range(n)]
@@ -207,6 +225,7 @@ def test_background_start_status_stop():
     state = server.start(port=port, timeout=120)
     try:
         assert state["port"] == port and state["local_url"] == f"http://127.0.0.1:{port}/"
+        assert listening_addresses(port) == {"127.0.0.1"}
         assert server.start(port=port)["pid"] == state["pid"], "a second start returns the running demo"
         status = server.status()
         assert status["responding"] is True

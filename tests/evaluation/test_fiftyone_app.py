@@ -12,6 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from tests.conftest import listening_addresses
 from workbench.cli.main import main
 from workbench.evaluation import fiftyone_app as fa
 from workbench.formats import load_dataset, save_dataset
@@ -129,10 +130,12 @@ def test_tags_come_back_as_a_relabel_queue_and_fixes_show_after_refresh(fiftyone
 
 
 @pytest.mark.slow
-def test_errors_cli_serves_the_app_on_localhost(fiftyone_db, tiny_run, voc8, monkeypatch, capsys):
+@pytest.mark.parametrize(("extra", "bound"), [([], {"127.0.0.1"}), (["--address", "0.0.0.0"], {"0.0.0.0"})])
+def test_errors_cli_serves_the_app_on_localhost(fiftyone_db, tiny_run, voc8, monkeypatch, capsys, extra, bound):
     """``workbench errors`` as a user runs it, in this process: it evaluates the run's validation
     images, loads them into FiftyOne, starts the App and prints its link, then waits (here: the
-    wait checks that the App answers on localhost, then returns so that the command closes it)."""
+    wait checks that the App answers on localhost and listens on 127.0.0.1 only, or on the address
+    asked for, then returns so that the command closes it)."""
     port = free_port()
     answers = []
 
@@ -142,7 +145,7 @@ def test_errors_cli_serves_the_app_on_localhost(fiftyone_db, tiny_run, voc8, mon
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=10) as response:
-                    answers.append((url, response.status))
+                    answers.append((url, response.status, listening_addresses(port)))
                     return
             except OSError:
                 if time.monotonic() > deadline:
@@ -152,9 +155,12 @@ def test_errors_cli_serves_the_app_on_localhost(fiftyone_db, tiny_run, voc8, mon
     import fiftyone.core.session as fos
 
     monkeypatch.setattr(fos.Session, "wait", check_then_return)
-    assert main(["errors", "--model", str(tiny_run), "--data", str(voc8), "--port", str(port), "--json"]) == 0
+    command = ["errors", "--model", str(tiny_run), "--data", str(voc8), "--port", str(port), "--json", *extra]
+    assert main(command) == 0
     summary = json.loads(capsys.readouterr().out)  # stdout holds our JSON only (FiftyOne's messages go to stderr)
-    assert summary["url"] == f"http://127.0.0.1:{port}/datasets/{fa.dataset_name(voc8)}"
-    assert answers == [(summary["url"], 200)]
+    assert [bound_to for *_, bound_to in answers] == [bound]
+    host = extra[-1] if extra else "127.0.0.1"
+    assert summary["url"] == f"http://{host}:{port}/datasets/{fa.dataset_name(voc8)}"
+    assert answers == [(summary["url"], 200, bound)]
     val = json.loads((tiny_run / "split.json").read_text())["val"]
     assert summary["samples"] == len(val) and set(summary["views"]) == set(fa.VIEWS)

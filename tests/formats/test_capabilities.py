@@ -21,6 +21,9 @@ EXPECTED = {
     "voc": Capabilities(
         per_image_files=True, class_list_file=False, classes_from_labels=True, reread_one_file=True, add_images=True
     ),
+    "labelstudio": Capabilities(
+        per_image_files=False, class_list_file=True, classes_from_labels=False, reread_one_file=False, add_images=False
+    ),
     "labelme": Capabilities(
         per_image_files=True,
         class_list_file=False,
@@ -33,6 +36,9 @@ EXPECTED = {
         per_image_files=True, class_list_file=True, classes_from_labels=False, reread_one_file=True, add_images=True
     ),
     "coco": Capabilities(
+        per_image_files=False, class_list_file=False, classes_from_labels=False, reread_one_file=False, add_images=False
+    ),
+    "cvat": Capabilities(
         per_image_files=False, class_list_file=False, classes_from_labels=False, reread_one_file=False, add_images=False
     ),
 }

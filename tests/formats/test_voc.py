@@ -9,7 +9,7 @@ from defusedxml import ElementTree as DefusedET
 
 from tests.conftest import copy_voc_subset, write_image
 from workbench.annotations import Dataset, ImageRecord
-from workbench.errors import DatasetReadError
+from workbench.errors import DatasetReadError, ReadError
 from workbench.formats import voc
 
 
@@ -210,3 +210,50 @@ def test_subset_copy_helper_keeps_layout(shared, tmp_path):
     root = copy_voc_subset(shared, tmp_path / "voc", ["maksssksksss0", "maksssksksss1"])
     ds = voc.load(root)
     assert [r.path for r in ds.images] == ["images/maksssksksss0.png", "images/maksssksksss1.png"]
+
+
+_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">' for i in range(1, 10))
+    + "]><annotation><folder>&lol9;</folder></annotation>"
+)
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        (_LAUGHS, "refused unsafe XML"),  # billion laughs: nothing is expanded, the DOCTYPE is refused
+        ('<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><annotation>&x;</annotation>', "refused unsafe XML"),
+        ('<!DOCTYPE a [<!ENTITY % p SYSTEM "http://127.0.0.1:9/x.dtd"> %p;]><annotation/>', "refused unsafe XML"),
+        ('<!DOCTYPE annotation SYSTEM "http://127.0.0.1:9/voc.dtd"><annotation/>', "refused unsafe XML"),
+        ("<!DOCTYPE annotation><annotation/>", "refused unsafe XML"),  # any DTD, as defusedxml's forbid_dtd
+        ("<annotation><folder>&x;</folder></annotation>", "malformed XML"),  # an entity never declared
+        ("<annotation><folder>a</folder>", "malformed XML"),
+        ("", "malformed XML"),
+    ],
+)
+def test_parse_refuses_dtds_and_entities(xml, message):
+    with pytest.raises(ReadError) as info:
+        voc.parse(xml.encode(), "a.xml")
+    assert info.value.file == "a.xml" and message in str(info.value)
+
+
+def test_parse_reads_what_the_stdlib_reads(shared):
+    """Every field of every shared file, and of a file with comments, processing instructions,
+    attributes, CDATA and a non-UTF-8 encoding, as the stdlib (defusedxml) parser reads them."""
+
+    def stdlib(data: bytes) -> tuple:
+        root = DefusedET.fromstring(data, forbid_dtd=True)
+        fields = {c.tag: voc._value(c) for c in root if c.tag != "object"}
+        return fields, [voc._value(c) for c in root if c.tag == "object"]
+
+    odd = (
+        '<?xml version="1.0" encoding="ISO-8859-1"?><!-- made by hand --><annotation><?pi x?>'
+        '<folder a="1">images<!-- c --></folder><filename><![CDATA[caf\xe9.png]]></filename>'
+        "<source><database>d</database><database>e</database></source>"
+        + _obj("a", (1, 2, 3, 4), "<part><name>hand</name></part>")
+        + "</annotation>"
+    ).encode("latin-1")
+    files = sorted((shared / "andrewmvd-voc" / "annotations").glob("*.xml"))[:200]
+    for data in [odd, *(p.read_bytes() for p in files)]:
+        assert voc.parse(data, "a.xml") == stdlib(data)

@@ -12,7 +12,6 @@ from tests.conftest import TinyModel
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_model: TinyModel) -> Path:
-    """The tiny model's run folder itself (the tests read it; one edits its training data and
-    undoes the edit). Its workspace, where the training recorded the dataset version, is
-    ``<run>/../../home``."""
+    """The tiny model's run folder itself (the tests only read it and its training data). Its
+    workspace, where the training recorded the dataset version, is ``<run>/../../home``."""
     return tiny_model.run

@@ -1,6 +1,6 @@
 """The suggestion review in a real browser (Debian's Chromium through Playwright): suggestions are
-drawn beside the accepted boxes; the keyboard rejects (X), accepts (A), goes to the next (N) and
-the previous (P) image; accepting writes the VOC file, rejecting writes nothing. Two sessions
+drawn dashed on the canvas beside the accepted boxes; the keyboard rejects (X, the button's
+shortcut), accepts (A, on the canvas), goes to the next (N) and the previous (P) image; accepting writes the VOC file, rejecting writes nothing. Two sessions
 saving one VOC file (the second is refused, naming who saved) and different images of one COCO
 file (both land)."""
 
@@ -10,13 +10,13 @@ import hashlib
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.app.conftest import SHARED
 from tests.app.test_browser import CHROMIUM, served_page
+from tests.labelling.test_canvas_browser import Canvas
 from workbench.datasets import index
 from workbench.formats import get_format, voc
 from workbench.labelling import suggestions
@@ -31,7 +31,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def shot(page, tmp_path: Path, name: str) -> None:
-    time.sleep(0.8)  # the drawing component and the images finish loading
+    if page.locator(".wb-canvas").count():
+        page.locator(".wb-canvas[data-shown]").wait_for()  # the canvas has drawn its image
+    page.wait_for_function("() => [...document.images].every((i) => i.complete)")
     page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
@@ -60,14 +62,18 @@ def test_review_suggestions_with_the_keyboard(voc8, tmp_path):
         page.goto(url)
         page.locator("[data-testid='stSidebarNav'] a", has_text="Annotate").click()
         page.get_by_text("Suggestions (3)").wait_for()
-        page.frame_locator("iframe").first.locator("canvas").first.wait_for()
+        canvas = Canvas(page)
+        canvas.shown(first.path)
+        assert page.locator(".wb-overlay rect[data-suggestion]").count() == 3  # drawn dashed
         shot(page, tmp_path, "suggest-1-review")
-        page.get_by_text("Suggestions (3)").click()  # focus the page, not an input
+        page.get_by_text("Suggestions (3)").click()  # focus the page, not an input: the button's X
         page.keyboard.press("x")
         page.get_by_text("Suggestions (2)").wait_for()
         assert [s["id"] for s in suggestions.pending(voc8, first.path)] == [1, 2]
         assert digest(xml) == before  # rejecting writes nothing
-        page.get_by_text("Suggestions (2)").click()
+        page.locator(".wb-overlay rect[data-suggestion]").nth(2).wait_for(state="detached")
+        canvas.click(330, 155)  # on the canvas: select suggestion 1, then A
+        page.locator(".wb-canvas[data-selected='sugg:0']").wait_for()
         page.keyboard.press("a")
         page.get_by_text("Accepted; saved").wait_for()
         shot(page, tmp_path, "suggest-2-accepted")

@@ -106,3 +106,53 @@ def test_relabel_queue_opens_the_image_and_saving_clears_its_tag(voc8, monkeypat
     assert not at.exception, at.exception
     assert calls == [(str(voc8.resolve()), [target.path])]
     assert len(voc.load(voc8).record(target.path)) == len(target) - 1
+
+
+def test_annotate_moving_on_autosaves_or_asks(voc8):
+    entry = catalog.add_dataset(voc8)
+    first, second = index.open_dataset(voc8).dataset.images[:2]
+    xml = voc8 / first.annotation
+    at = run("pages/annotate.py", dataset=entry.path, image=first.path)
+    at.button(key="box_delete").click().run()
+    at.button(key="next").click().run()  # autosave on (the default): saved, then moved on
+    assert not at.exception, at.exception
+    assert at.session_state["image"] == second.path and at.session_state["work"]["path"] == second.path
+    assert len(voc.load(voc8).record(first.path)) == len(first) - 1
+    assert any("autosaved" in s.value for s in at.success)
+    saved = xml.read_bytes()
+    at.button(key="prev").click().run()
+    at.toggle(key="autosave").set_value(False).run()
+    at.button(key="box_delete").click().run()
+    at.button(key="next").click().run()  # autosave off: the guard asks, nothing written or dropped
+    assert at.session_state["work"]["path"] == first.path and at.session_state["work"]["changes"]
+    assert xml.read_bytes() == saved
+    at.button(key="leave_stay").click().run()
+    assert at.session_state["work"]["changes"] and at.session_state["work"]["path"] == first.path
+    at.button(key="next").click().run()
+    at.button(key="leave_save").click().run()
+    at.run()
+    assert at.session_state["work"]["path"] == second.path
+    assert len(voc.load(voc8).record(first.path)) == len(first) - 2
+
+
+def test_canvas_edit_rebuilds_the_record_keeping_each_boxs_fields(voc8):
+    from pages.common.canvas import rebuild
+
+    record = index.open_dataset(voc8).dataset.images[1]
+    record.box_extra[1]["pose"] = "Frontal"
+    names = ["a", "b", "c"]
+    boxes = [[*b, k] for k, b in enumerate(record.boxes.tolist())]
+    x1, y1, x2, y2, _ = boxes[1]
+    boxes[1][:4] = [x1 + 3, y1, x2 + 3, y2]
+    del boxes[0]
+    boxes.append([1, 2, 11, 12, None])
+    labels = [int(record.class_ids[b[4]]) if b[4] is not None else 2 for b in boxes]
+    labels[-2] = 1 if labels[-2] != 1 else 0
+    new, lines, where = rebuild(record, boxes, labels, names)
+    assert len(new) == len(record) and new.boxes[0].tolist() == [x1 + 3, y1, x2 + 3, y2]
+    assert new.box_extra[0]["pose"] == "Frontal"  # the moved box kept its own fields
+    assert new.boxes[-1].tolist() == [1, 2, 11, 12] and int(new.class_ids[-1]) == 2
+    assert lines[0].startswith("box 2 (") and "moved to (" in lines[0]
+    assert any(line.endswith("deleted") and line.startswith("box 1 ") for line in lines)
+    assert where == list(range(len(boxes)))
+    assert record.boxes[1].tolist() == [x1, y1, x2, y2]  # the base is not changed

@@ -77,6 +77,24 @@ def test_save_is_refused_when_the_file_changed_on_disk(voc_copy):
     assert len(opened.dataset.images[0]) == len(record) + 1  # the in-memory dataset is unchanged too
 
 
+def test_a_same_size_edit_by_another_tool_is_refused(voc_copy):
+    """The other tool's edit keeps the file's length (``Unspecified`` -> ``UNSPECIFIED``): a check
+    of the size alone would overwrite it without a word."""
+    opened = index.open_dataset(voc_copy)
+    record = opened.dataset.images[0].copy()
+    xml = voc_copy / record.annotation
+    edits.delete_box(record, 0)
+    original = xml.read_bytes()
+    other_tool = original.replace(b"Unspecified", b"UNSPECIFIED")
+    assert other_tool != original and len(other_tool) == len(original)
+    xml.write_bytes(other_tool)
+    journal = saving.Journal()
+    with pytest.raises(saving.ConflictError, match=record.annotation):
+        saving.save_record(opened, 0, record, journal=journal)
+    assert xml.read_bytes() == other_tool
+    assert journal.entries() == []
+
+
 def test_expected_state_from_when_editing_started(voc_copy):
     """Two sessions edit the same image: the second save is refused, not merged over the first."""
     opened = index.open_dataset(voc_copy)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.app.conftest import SHARED, copy_voc
-from workbench.datasets import index
+from workbench.datasets import health, index
 from workbench.labelling import edits, saving
 
 CTX = multiprocessing.get_context("spawn")
@@ -91,6 +91,7 @@ def test_four_processes_save_at_once_and_every_save_is_journalled_once(tmp_path)
 
 STEPS = {
     "after the blob": ("append", "old"),
+    "in the middle of the write": ("write", "old"),
     "before the replace": ("replace", "old"),
     "after the replace": ("replaced", "new"),
     "before the journal line": ("done", "new"),
@@ -111,6 +112,29 @@ def _save_and_die(queue, n: int, root: str, step: str) -> None:
         journal.Journal.append = lambda self, entry, **kw: (
             _die() if kw.get("pending") else real_append(self, entry, **kw)
         )
+    elif where == "write":  # half the bytes reach the temp file, then the process dies
+        real_fdopen = os.fdopen
+
+        class HalfWriter:
+            def __init__(self, file) -> None:
+                self.file = file
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                self.file.__exit__(*exc)
+
+            def write(self, data: bytes) -> None:
+                self.file.write(data[: len(data) // 2])
+                self.file.flush()
+                _die()
+
+        def fdopen(fd, *args, **kwargs):
+            file = real_fdopen(fd, *args, **kwargs)
+            return HalfWriter(file) if os.readlink(f"/proc/self/fd/{fd}").startswith(root) else file
+
+        fileio.os.fdopen = fdopen
     elif where == "replace":  # the temp file is written and synced, the rename never happens
         real_replace = os.replace
         fileio.os.replace = lambda src, dst: _die() if str(dst).startswith(root) else real_replace(src, dst)
@@ -136,6 +160,7 @@ def test_a_save_killed_at_each_step_leaves_old_or_new_bytes_and_a_consistent_jou
     opened = index.open_dataset(root, use_cache=False)
     xml = root / opened.dataset.images[0].annotation
     old = xml.read_bytes()
+    listed = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
     queue = CTX.Queue()  # kept referenced until the child has read it
     child = CTX.Process(target=_save_and_die, args=(queue, 0, str(root), step))
     child.start()
@@ -155,14 +180,25 @@ def test_a_save_killed_at_each_step_leaves_old_or_new_bytes_and_a_consistent_jou
         assert offered["id"] == entry["id"]
         saving.undo(root, entry=entry["id"])
         assert xml.read_bytes() == old
-    if step == "before the replace":
-        assert list(root.rglob(".*.tmp"))  # the killed atomic_write left its temp file
+    # the folder the user sees: every file old or new, nothing added; the dataset tools skip the
+    # hidden temp file a write killed before its rename left, and the health report lists it
+    temps = [p.relative_to(root).as_posix() for p in root.rglob(".*.tmp")]
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.name.startswith(".")) == listed
+    if STEPS[step][0] in ("write", "replace"):
+        (temp,) = temps
+        assert Path(temp).name.startswith(f".{xml.name}.")
+    else:
+        assert temps == []
+    again, report = health.check_folder(root)
+    assert [r.path for r in again.images] == [r.path for r in opened.dataset.images] and not again.skipped
+    assert [f.file for f in report.findings if f.kind == "temp_file"] == temps
     # the next save of the file goes ahead and removes that temp file
     opened = index.open_dataset(root, use_cache=False)
     record = opened.dataset.images[0].copy()
     edits.relabel_box(record, 0, 1 - int(record.class_ids[0]))
     saving.save_record(opened, 0, record, journal=journal)
     assert not [p for p in root.rglob("*.tmp")]
+    assert not [f for f in health.check_folder(root)[1].findings if f.kind == "temp_file"]
     saving.undo(root, journal=journal)
     assert xml.read_bytes() == old
 

@@ -117,27 +117,24 @@ def test_edit_then_accept_and_review_queue(tiny_run, voc8):
     assert any("2 false positive(s) + 1 false negative(s)" in r for q in queue for r in q["reasons"])
 
 
-def test_train_page_counts_edits_since_the_latest_models_version(tiny_run, monkeypatch):
+def test_train_page_counts_edits_since_the_latest_models_version(tiny_model, voc8):
+    """On copies of its own (the run, and ``voc8``: the same images as its training data), so
+    that the session's training data, which the evaluation tests read, is never edited."""
     from streamlit.testing.v1 import AppTest
 
     from tests.conftest import PROJECT
+    from workbench.formats import load_dataset
 
-    monkeypatch.setenv("WORKBENCH_HOME", str(tiny_run.parent.parent / "home"))
-    monkeypatch.setenv("WORKBENCH_MODELS", str(tiny_run.parent))
-    data = json.loads((tiny_run / "model_card.json").read_text())["dataset"]
-    opened = index.get_open(data)
+    run = copy_run(tiny_model, registry.models_dir())  # this test's registry: latest is the copy
+    assert versions.take_for_training(load_dataset(voc8), run) == "v1"  # as its training took it
+    opened = index.get_open(voc8)
     record = opened.dataset.images[0].copy()
     edits.delete_box(record, 0)
     edits.add_box(record, [1, 1, 9, 9], 0)
-    journal = saving.Journal()
-    saving.save_record(opened, 0, record, journal=journal)
-    try:
-        at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
-        assert not at.exception, at.exception
-        assert any("2 edit(s) since the latest model's version" in i.value for i in at.info), [i.value for i in at.info]
-    finally:
-        saving.undo(data, journal=journal)
-        index.get_open(data, reload=True)
+    saving.save_record(opened, 0, record, journal=saving.Journal())
+    at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
+    assert not at.exception, at.exception
+    assert any("2 edit(s) since the latest model's version" in i.value for i in at.info), [i.value for i in at.info]
 
 
 def test_errors_page_compares_two_runs_with_their_versions(tiny_run, voc8, tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
 
 @pytest.fixture(scope="module")
 def trained(tiny_voc, tmp_path_factory):
-    """One finished tiny run, shared by the tests that read it (and by the resume test, last)."""
+    """One finished tiny run, shared by the tests that only read it."""
     root = tmp_path_factory.mktemp("trained")
     env = {"WORKBENCH_HOME": str(root / "home"), "WORKBENCH_MODELS": str(root / "models"), "WORKBENCH_OFFLINE": "1"}
     with pytest.MonkeyPatch.context() as mp:
@@ -116,8 +116,29 @@ def start_slow_job(tiny_voc, name: str) -> dict:
     return jobs.get_job(name)
 
 
-def test_cancel_stops_the_job(tiny_voc, capsys):
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def resume_and_check_logs(capsys, name: str) -> None:
+    """Resume ``name`` for one epoch past its checkpoint: the epoch the stop cut short is redone,
+    its loss and metric lines dropped first, so every epoch and iteration is logged exactly once;
+    the finished run becomes ``latest``."""
+    folder = models_dir() / name
+    done = torch.load(folder / "checkpoint.pth", weights_only=True)["epoch"] + 1  # epochs completed
+    assert main(["train", "--resume", name, "--epochs", str(done + 1), "--wait"]) == 0
+    assert [m["epoch"] for m in read_jsonl(folder / "metrics.jsonl")] == list(range(1, done + 2))
+    losses = read_jsonl(folder / "losses.jsonl")
+    assert [r["iteration"] for r in losses] == list(range(2 * (done + 1)))  # 2 iterations an epoch
+    assert [r["epoch"] for r in losses] == [e for e in range(1, done + 2) for _ in range(2)]
+    assert f"continuing at epoch {done + 1}" in (folder / "train.log").read_text()
+    assert jobs.get_job(name)["state"] == "finished"
+    assert (models_dir() / "latest").resolve() == folder.resolve()
+
+
+def test_cancel_stops_the_job_and_the_run_resumes(tiny_voc, capsys):
     job = start_slow_job(tiny_voc, "cancel-me")
+    wait_for(lambda: (models_dir() / "cancel-me" / "checkpoint.pth").exists(), what="a checkpoint")
     capsys.readouterr()
     assert main(["cancel", "cancel-me", "--timeout", "60"]) == 0
     assert "cancel-me: cancelled" in capsys.readouterr().out
@@ -125,15 +146,28 @@ def test_cancel_stops_the_job(tiny_voc, capsys):
     assert jobs.get_job("cancel-me")["state"] == "cancelled"
     assert not (models_dir() / "latest").exists()
     assert main(["cancel", "cancel-me"]) == 1  # nothing left to cancel
+    resume_and_check_logs(capsys, "cancel-me")
 
 
-def test_killed_job_is_marked_interrupted(tiny_voc, capsys):
+def test_killed_job_is_marked_interrupted_moves_no_latest_and_resumes(tiny_voc, capsys):
     job = start_slow_job(tiny_voc, "kill-me")
+    losses = models_dir() / "kill-me" / "losses.jsonl"
+    checkpoint = models_dir() / "kill-me" / "checkpoint.pth"
+
+    def mid_epoch() -> bool:  # an epoch past the checkpoint has begun: its lines must go on resume
+        if not checkpoint.exists() or not losses.exists():
+            return False
+        done = torch.load(checkpoint, weights_only=True)["epoch"] + 1
+        return any(r["epoch"] > done for r in read_jsonl(losses))
+
+    wait_for(mid_epoch, what="an epoch past a checkpoint")
     os.killpg(job["pid"], signal.SIGKILL)  # like a machine restart: no chance to record anything
     wait_for(lambda: not processes.is_alive(job["pid"], job["start_token"]), what="the worker to die")
     rows = {j["run"]: j for j in cli_json(capsys, "jobs")}
     assert rows["kill-me"]["state"] == "interrupted"
     assert "vanished" in rows["kill-me"]["message"]
+    assert not (models_dir() / "latest").exists()  # an interrupted run never becomes latest
+    resume_and_check_logs(capsys, "kill-me")
 
 
 def test_pid_reuse_is_not_mistaken_for_the_job():
@@ -143,9 +177,11 @@ def test_pid_reuse_is_not_mistaken_for_the_job():
     assert processes.token(2**22 + 7) is None
 
 
-def test_resume_continues_from_the_saved_epoch(trained_env, capsys):
-    folder = trained_env
-    assert main(["train", "--resume", "tiny", "--epochs", "2", "--wait"]) == 0
+def test_resume_continues_from_the_saved_epoch(tiny_voc, capsys):
+    """On a run of its own (the shared ``trained`` run stays as the tests reading it expect)."""
+    assert main(["train", "--data", str(tiny_voc), "--epochs", "1", "--name", "again", "--wait", *TINY]) == 0
+    folder = models_dir() / "again"
+    assert main(["train", "--resume", "again", "--epochs", "2", "--wait"]) == 0
     ckpt = torch.load(folder / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 1
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -89,3 +89,45 @@ def test_stale_job_row_with_a_reused_pid(stranger):
         con.execute("UPDATE jobs SET state = 'running' WHERE run = 'stale'")  # as if reap had not run yet
     assert jobs.cancel_job("stale", timeout=1) in ("cancelled", "interrupted")
     assert process.poll() is None, "cancel signalled an unrelated process"
+
+
+IGNORES_TERM = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_stop_escalates_to_sigkill_of_the_group_when_sigterm_is_ignored():
+    """What ``workbench cancel`` does to a job stuck where SIGTERM is not heard: after the timeout,
+    SIGKILL to the worker's process group, its loader processes too."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", IGNORES_TERM], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        grandchild = int(process.stdout.readline())  # printed once both ignore SIGTERM
+        token, child_token = processes.token(process.pid), processes.token(grandchild)
+        start = time.monotonic()
+        assert processes.stop(process.pid, token, timeout=1.0, group=True) is True
+        assert time.monotonic() - start >= 1.0  # SIGTERM was given its time first
+        assert process.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while processes.is_alive(grandchild, child_token) and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll: the grandchild is reaped by init once killed
+        assert not processes.is_alive(grandchild, child_token)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_stop_sends_no_sigkill_to_a_process_that_heeds_sigterm():
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(1, flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    process.stdout.readline()
+    assert processes.stop(process.pid, processes.token(process.pid), timeout=30, group=True) is True
+    assert process.wait(10) == -signal.SIGTERM

@@ -76,6 +76,7 @@ def test_detectron2_recipe_falls_back_to_the_torchvision_c4_build(monkeypatch):
     assert config["engine"] == "detectron2" and config["model"] == recipes.DETECTRON2_C4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
 def test_recipe_trains_one_iteration_and_predicts(name, six_voc, monkeypatch):
     if name == "detectron2-r50-c4" and get_engine("detectron2").available():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -54,9 +53,7 @@ def test_train_a_recipe_from_the_train_page(shared, tmp_path):
         page.get_by_text(re.compile(r"Started face-then-classify")).wait_for()
 
         state = page.locator("[data-testid='stMetric']", has_text="State")
-        deadline = time.time() + 240
-        while time.time() < deadline and not re.search(r"finished|failed|cancelled", state.inner_text()):
-            time.sleep(2)
+        state.filter(has_text=re.compile(r"finished|failed|cancelled")).wait_for(timeout=240_000)
         shot(page, tmp_path, "train-2-finished")
         assert "finished" in state.inner_text(), (tmp_path / "server.log").read_text()[-3000:]
         page.get_by_text("Classifier accuracy (face crops)").wait_for()

@@ -32,7 +32,10 @@ def _fiftyone_logs_to_stderr() -> None:
             continue
         for handler in item.handlers:
             if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
-                handler.setStream(sys.stderr)
+                if getattr(handler.stream, "closed", False):  # an earlier run's stderr, since closed:
+                    handler.stream = sys.stderr  # setStream would flush it and raise
+                else:
+                    handler.setStream(sys.stderr)
 
 
 def _fmt(value: float | None) -> str:

@@ -1,7 +1,7 @@
 """The ``workbench`` command line: every job of the workbench without the UI.
 
 Each group of sub-commands lives in its own module (``datasets``, ``ui``, ``training``,
-``evaluation``, ``demo``, ``labelling``) as plain functions ``cmd_<name>(args) -> int``,
+``evaluation``, ``export``, ``demo``, ``labelling``) as plain functions ``cmd_<name>(args) -> int``,
 registered by the module's ``add_commands(sub)``. A command collects its input and calls one
 library function. Exit codes: 0 success, 1 the job failed (bad input, bad files, reported as
 ``workbench: error: ...``), 2 bad usage (argparse), 130 interrupted.
@@ -13,11 +13,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from workbench.cli import datasets, demo, evaluation, labelling, training, ui
+from workbench.cli import datasets, demo, evaluation, export, labelling, training, ui
 from workbench.cli.common import print_error
 from workbench.errors import WorkbenchError
 
-GROUPS = (datasets, ui, training, evaluation, demo, labelling)
+GROUPS = (datasets, ui, training, evaluation, export, demo, labelling)
 
 
 def build_parser() -> argparse.ArgumentParser:

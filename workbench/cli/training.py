@@ -126,7 +126,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``train``, ``jobs`` and ``cancel`` on the ``workbench`` sub-parser."""
     p = sub.add_parser("train", help="train a detector in a background job")
-    p.add_argument("--data", help="dataset folder (any format)")
+    p.add_argument("--data", help="dataset folder (any format) or an Ultralytics data.yaml (its splits are used)")
     p.add_argument("--from", dest="src_format", choices=sorted(FORMATS), help="dataset format (default: detected)")
     p.add_argument(
         "--recipe",

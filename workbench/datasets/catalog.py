@@ -28,7 +28,7 @@ from pathlib import Path
 from workbench.annotations import Dataset
 from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write, is_image
-from workbench.formats import FORMATS, capabilities, detect_format, get_format, labels
+from workbench.formats import FORMATS, capabilities, detect_format, get_format, labels, yolo_yaml
 from workbench.locks import locked
 from workbench.paths import SAMPLE_DATASET, home
 
@@ -98,7 +98,9 @@ def add_dataset(path: str | os.PathLike, fmt: str | None = None, *, name: str | 
     """Remember the dataset in ``path`` (format detected unless ``fmt`` is given) and make it
     the current one. Adding a folder twice updates its entry."""
     root = resolve_path(path)
-    if not root.is_dir():
+    if yolo_yaml.is_data_yaml(root):
+        yolo_yaml.parse(root)  # a data.yaml stands for its dataset: refuse a bad one now
+    elif not root.is_dir():
         raise WorkbenchError(f"{root}: not a folder")
     fmt = get_format(fmt).NAME if fmt else detect_format(root)
     entry = DatasetEntry(name=name or root.name, path=str(root), format=fmt)

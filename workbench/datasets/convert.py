@@ -4,19 +4,25 @@ The output folder is self-contained: every image lands at its relative path unde
 so that each COCO ``file_name`` (and each VOC/LabelMe/YOLO reference) resolves inside it.
 Images are hard-linked when ``out`` is on the same file system (no extra disk, no copy
 time), and copied otherwise.
+
+The source is read through the index cache (``datasets.index``): a folder converted (or
+opened in the app) before is not parsed again while every file under it keeps its size and
+mtime, and only the annotation files that changed are re-read otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.annotations import Dataset
-from workbench.errors import ReadError, WorkbenchError
-from workbench.formats import embedded_image, get_format, load_dataset
+from workbench.datasets.index import no_gc, open_dataset
+from workbench.errors import DatasetReadError, ReadError, WorkbenchError
+from workbench.formats import embedded_image, get_format, load_dataset, yolo_yaml
 
 IMAGE_MODES = ("link", "copy", "symlink", "none")
 
@@ -93,6 +99,33 @@ def bring_images(
     return written, missing
 
 
+def read_source(
+    src: Path | str,
+    src_format: str | None = None,
+    *,
+    strict: bool = True,
+    use_index: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Dataset:
+    """The dataset in ``src``, as ``load_dataset(src, src_format, strict=strict)`` gives it.
+
+    With ``use_index`` a folder is read through the index cache (the records of a folder
+    whose files are unchanged come from it; a strict read then raises the same
+    ``DatasetReadError`` for the files the cached load skipped). A data.yaml, or a path that
+    is not a folder, is read by ``load_dataset`` itself, and so is any folder when the index
+    cannot be used (a workspace that cannot be written, a locked or damaged database)."""
+    root = Path(src)
+    if not use_index or yolo_yaml.is_data_yaml(root) or not root.is_dir():
+        return load_dataset(root, src_format, strict=strict, on_progress=on_progress)
+    try:
+        dataset = open_dataset(root, src_format, on_progress=on_progress).dataset
+    except (OSError, sqlite3.Error):
+        return load_dataset(root, src_format, strict=strict, on_progress=on_progress)
+    if strict and dataset.skipped:
+        raise DatasetReadError(str(root), list(dataset.skipped))
+    return dataset
+
+
 def convert(
     src: Path | str,
     out: Path | str,
@@ -101,13 +134,15 @@ def convert(
     src_format: str | None = None,
     images: str = "link",
     skip_bad: bool = False,
+    use_index: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> ConvertResult:
     """Convert the dataset in ``src`` to format ``to`` under ``out``.
 
     Without ``skip_bad`` any bad file stops the conversion with a ``DatasetReadError``
     that lists every bad file; with it the rest is converted and ``result.skipped`` says
-    what was left out. ``on_progress(stage, done, total)`` reports the load, the write and
+    what was left out. ``use_index``: read the source through the index cache
+    (``read_source``). ``on_progress(stage, done, total)`` reports the load, the write and
     the images.
     """
     module = get_format(to)
@@ -116,13 +151,14 @@ def convert(
     def stage(name: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: on_progress(name, done, total)) if on_progress else None
 
-    dataset = load_dataset(src, src_format, strict=not skip_bad, on_progress=stage("read"))
-    out.mkdir(parents=True, exist_ok=True)
-    if not module.CAPABILITIES.per_image_files:
-        # One file for many images (COCO): annotations.json or <split>.json at the top of
-        # ``out``, whatever files the source kept its records in.
-        module.save(dataset, out, keep_files=False, on_progress=stage("write"))
-    else:
-        module.save(dataset, out, on_progress=stage("write"))
+    with no_gc():  # the records are all alive until the end: nothing for the GC to find
+        dataset = read_source(src, src_format, strict=not skip_bad, use_index=use_index, on_progress=stage("read"))
+        out.mkdir(parents=True, exist_ok=True)
+        if not module.CAPABILITIES.per_image_files:
+            # One file for many images (COCO): annotations.json or <split>.json at the top of
+            # ``out``, whatever files the source kept its records in.
+            module.save(dataset, out, keep_files=False, on_progress=stage("write"))
+        else:
+            module.save(dataset, out, on_progress=stage("write"))
     written, missing = bring_images(dataset, out, images, stage("images"))
     return ConvertResult(dataset=dataset, out=out, to=module.NAME, images_written=written, missing_images=missing)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.datasets.index import OpenDataset
-from workbench.fileio import IMAGE_EXTENSIONS, iter_files, relpath
+from workbench.fileio import IMAGE_EXTENSIONS, iter_files, leftover_temps, relpath
 from workbench.formats import capabilities, embedded_image, load_dataset
 
 TINY_AREA = 36.0  # px²: smaller boxes are listed (a 6 x 6 face is at the limit of what a detector finds)
@@ -39,6 +39,7 @@ KINDS = {
     "size_mismatch": "size in the annotation differs from the image",
     "exif_rotated": "EXIF orientation other than 1",
     "bad_image": "image file that cannot be read",
+    "temp_file": "temporary file an interrupted save left",
 }
 
 
@@ -210,6 +211,15 @@ def check(
         if rel not in listed
     )
     findings.extend(_duplicates(dataset.root, on_disk))
+    findings.extend(
+        Finding(
+            "temp_file",
+            relpath(tmp, dataset.root),
+            "a save was killed before its rename: the file beside it is intact; the next save of it "
+            "removes this one (or delete it)",
+        )
+        for tmp in leftover_temps(dataset.root)
+    )
     order = {k: i for i, k in enumerate(KINDS)}
     findings.sort(key=lambda f: order.get(f.kind, len(order)))
     splits = Counter(r.split for r in dataset.images if r.split is not None)

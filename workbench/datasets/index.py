@@ -36,7 +36,7 @@ from workbench.annotations import Dataset
 from workbench.datasets import index_rows
 from workbench.datasets.catalog import resolve_path
 from workbench.errors import ReadError
-from workbench.formats import capabilities, detect_format, get_format
+from workbench.formats import capabilities, detect_format, get_format, load_dataset, yolo_yaml
 from workbench.locks import connect_sqlite, transaction
 from workbench.paths import home
 
@@ -95,6 +95,7 @@ class OpenDataset:
     seconds: float = 0.0
     revision: int = 0
     classes_on_disk: list[str] | None = None
+    source: Path | None = None  # the data.yaml it was opened from; such a dataset is never cached
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,8 +105,6 @@ class OpenDataset:
     @property
     def root(self) -> Path:
         return self.dataset.root
-
-
 
 
 def _connect() -> sqlite3.Connection:
@@ -167,6 +166,8 @@ def store_index(opened: OpenDataset) -> None:
     hold exactly (``index_rows.Unencodable``) is not cached, and its old rows are dropped."""
     dataset = opened.dataset
     key = str(dataset.root)
+    if opened.source is not None:
+        return  # a data.yaml's records are not its root folder's: they must not fill that folder's rows
     try:
         rows = [(key, i, index_rows.dump_record(r)) for i, r in enumerate(dataset.images)]
         header = _dataset_header(dataset)
@@ -192,6 +193,8 @@ def update_index(opened: OpenDataset, positions: Iterable[int], files: dict[str,
             opened.stats.pop(rel, None)
         else:
             opened.stats[rel] = st
+    if opened.source is not None:
+        return  # not cached (``store_index``)
     try:
         rows = [(key, i, index_rows.dump_record(dataset.images[i])) for i in positions]
         header = _dataset_header(dataset)
@@ -210,9 +213,10 @@ def forget_index(root: Path | str) -> None:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
-    """Decoding 10,000 records allocates ~1M objects; the cyclic GC would walk them again and
-    again (it doubles the time) although none of them can be garbage yet."""
+def no_gc() -> Iterator[None]:
+    """Decoding (or loading, or converting) 10,000 records allocates ~1M objects; the cyclic GC
+    would walk them again and again (it doubles the time) although none of them can be garbage
+    yet. Restores the GC as it was."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -236,7 +240,7 @@ def _cached(root: Path, fmt: str | None) -> tuple[Dataset, dict[str, Stat]] | No
     except sqlite3.DatabaseError:
         return None
     try:
-        with _no_gc():
+        with no_gc():
             if type(row[2]) is not str:
                 raise TypeError("files: not JSON text")
             stats = {rel: (int(size), int(mtime)) for rel, (size, mtime) in json.loads(row[2]).items()}
@@ -304,6 +308,11 @@ def open_dataset(
     start = time.perf_counter()
     root = resolve_path(root)
     fmt = get_format(fmt).NAME if fmt else None
+    if yolo_yaml.is_data_yaml(root):  # read afresh: the cache is per folder, a data.yaml picks images of one
+        dataset = load_dataset(root, fmt, strict=False, on_progress=on_progress)
+        opened = OpenDataset(dataset, scan(dataset.root), source=root)
+        opened.seconds = time.perf_counter() - start
+        return opened
     stats = scan(root)
     cached = _cached(root, fmt) if use_cache else None
     if cached is not None:

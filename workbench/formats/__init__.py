@@ -14,10 +14,17 @@ from types import ModuleType
 
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import FormatDetectionError, WorkbenchError
-from workbench.formats import coco, labelme, voc, yolo
+from workbench.formats import coco, cvat, labelme, labelstudio, voc, yolo, yolo_yaml
 from workbench.formats.common import Capabilities
 
-FORMATS: dict[str, ModuleType] = {"coco": coco, "labelme": labelme, "voc": voc, "yolo": yolo}
+FORMATS: dict[str, ModuleType] = {
+    "coco": coco,
+    "cvat": cvat,
+    "labelme": labelme,
+    "labelstudio": labelstudio,
+    "voc": voc,
+    "yolo": yolo,
+}
 
 
 def get_format(name: str) -> ModuleType:
@@ -60,9 +67,13 @@ def labelme_file(dataset: Dataset, record: ImageRecord) -> str:
 def detect_format(root: Path | str) -> str:
     """The one format whose files ``root`` holds; an error when none or several match."""
     root = Path(root)
+    if yolo_yaml.is_data_yaml(root):
+        return yolo.NAME  # an Ultralytics data.yaml names a YOLO dataset
     if not root.is_dir():
         raise FormatDetectionError(f"{root}: not a folder")
     found = [name for name, module in FORMATS.items() if module.detect(root)]
+    # VOC's detect takes CVAT's <annotations> root for its own <annotation>: CVAT's is the stricter test
+    found = [name for name in found if not (name == voc.NAME and cvat.NAME in found)]
     if not found:
         raise FormatDetectionError(f"{root}: no {labels(list(FORMATS))} annotations found; choose the format by hand")
     if len(found) > 1:
@@ -77,8 +88,13 @@ def load_dataset(
     strict: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
-    """Load the dataset in ``root`` (format detected unless ``fmt`` is given)."""
+    """Load the dataset in ``root`` (format detected unless ``fmt`` is given), or the one an
+    Ultralytics ``data.yaml`` at ``root`` describes, with its splits (``yolo_yaml``)."""
     root = Path(root)
+    if yolo_yaml.is_data_yaml(root):
+        if fmt and get_format(fmt) is not yolo:
+            raise WorkbenchError(f"{root}: a data.yaml describes a {yolo.LABEL} dataset, not {label(fmt)}")
+        return yolo_yaml.load(root, strict=strict, on_progress=on_progress)
     if not root.is_dir():
         raise WorkbenchError(f"{root}: not a folder")
     module = get_format(fmt or detect_format(root))

@@ -55,7 +55,8 @@ def _is_coco(path: Path) -> bool:
             head = f.read(65536)
     except OSError:
         return False
-    return (b'"images"' in head or b'"annotations"' in head) and b'"shapes"' not in head
+    # a COCO file is one JSON object; a list of tasks with "annotations" is Label Studio's
+    return head.lstrip()[:1] == b"{" and (b'"images"' in head or b'"annotations"' in head) and b'"shapes"' not in head
 
 
 def coco_files(root: Path) -> list[Path]:
@@ -131,6 +132,8 @@ def parse_file(root: Path, json_path: Path) -> tuple[list[dict[str, Any]], list[
         where = f"image {i + 1}"
         if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
             raise ReadError(file, "needs an 'id' and a 'file_name'", where)
+        if not isinstance(img["id"], int | str):
+            raise ReadError(file, f"image id {img['id']!r} is not an integer or a string", where)
         if img["id"] in records:
             raise ReadError(file, f"duplicate image id {img['id']!r}", where)
         base_rel = relpath(base, root)
@@ -150,13 +153,15 @@ def parse_file(root: Path, json_path: Path) -> tuple[list[dict[str, Any]], list[
         if not isinstance(ann, dict):
             raise ReadError(file, "is not a JSON object", where)
         if "id" in ann:
+            if not isinstance(ann["id"], int | str):
+                raise ReadError(file, f"annotation id {ann['id']!r} is not an integer or a string", where)
             where = f"annotation id {ann['id']}"
             if ann["id"] in ann_ids:
                 raise ReadError(file, "duplicate annotation id", where)
             ann_ids.add(ann["id"])
-        if ann.get("image_id") not in records:
+        if not isinstance(ann.get("image_id"), int | str) or ann["image_id"] not in records:
             raise ReadError(file, f"image_id {ann.get('image_id')!r} is not in 'images'", where)
-        if not isinstance(ann.get("category_id"), int):
+        if not isinstance(ann.get("category_id"), int) or not -(2**63) <= ann["category_id"] < 2**63:
             raise ReadError(file, f"category_id {ann.get('category_id')!r} is not an integer", where)
         grouped.setdefault(ann["image_id"], []).append((_bbox(ann, file, where), ann["category_id"], ann, i))
     for image_id, items in grouped.items():

@@ -69,7 +69,12 @@ def read_names(path: Path, root: Path) -> tuple[list[str], dict[str, Any]]:
         raise ReadError(file, f"malformed YAML: {e}") from e
     if not isinstance(data, dict) or "names" not in data:
         raise ReadError(file, "has no 'names' key")
-    names = data["names"]
+    return names_list(data["names"], file), data
+
+
+def names_list(names: Any, file: str) -> list[str]:
+    """A ``data.yaml``'s ``names`` as a list: a list as it is, a ``{id: name}`` dict by id
+    (ids it skips are named by their number). A ``ReadError`` naming ``file`` otherwise."""
     if isinstance(names, dict):
         try:
             ids = {int(k): str(v) for k, v in names.items()}
@@ -80,10 +85,14 @@ def read_names(path: Path, root: Path) -> tuple[list[str], dict[str, Any]]:
             if i < 0:
                 raise ReadError(file, f"negative class id {i} in 'names'")
             out[i] = name
-        return out, data
+        return out
     if isinstance(names, list):
-        return [str(n) for n in names], data
+        return [str(n) for n in names]
     raise ReadError(file, "'names' must be a list or a dict")
+
+
+MAX_CLASS_ID = 2**31 - 1  # class ids are stored as int64; a larger one is corruption, not a class
+MAX_NORMALISED = 1e6  # |coordinate| in image sizes: beyond it a box is garbage (and overflows to inf in pixels)
 
 
 def parse_lines(text: str, file: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
@@ -103,8 +112,12 @@ def parse_lines(text: str, file: str) -> tuple[np.ndarray, np.ndarray, list[np.n
             raise ReadError(file, f"expected 'class cx cy w h', got {line.strip()[:80]!r}", record) from None
         if class_id < 0:
             raise ReadError(file, f"negative class id {class_id}", record)
+        if class_id > MAX_CLASS_ID:
+            raise ReadError(file, f"class id {class_id} is too large", record)
         if not all(np.isfinite(values)):
             raise ReadError(file, "coordinates must be finite numbers", record)
+        if max(map(abs, values), default=0.0) > MAX_NORMALISED:
+            raise ReadError(file, f"a coordinate is over {MAX_NORMALISED:g} image sizes: not normalised", record)
         if len(values) == 4:
             cx, cy, w, h = values
             boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))

@@ -35,6 +35,7 @@ from typing import Any
 
 from workbench.datasets.catalog import resolve_path
 from workbench.errors import WorkbenchError
+from workbench.formats import yolo_yaml
 from workbench.locks import connect_sqlite, transaction
 from workbench.paths import PROJECT_ROOT, home
 from workbench.training import processes, registry
@@ -212,8 +213,10 @@ def start_job(config: dict[str, Any], *, run: str | None = None, max_jobs: int |
     reap()
     cfg = TrainConfig.from_dict(config)
     data = resolve_path(cfg.data)
-    if not data.is_dir():
-        raise WorkbenchError(f"{cfg.data}: not a dataset folder")
+    if yolo_yaml.is_data_yaml(data):
+        yolo_yaml.parse(data)  # a bad data.yaml is refused now, not in the worker
+    elif not data.is_dir():
+        raise WorkbenchError(f"{cfg.data}: not a dataset folder or data.yaml")
     cfg.data = str(data)
     short = get_engine(cfg.engine).prepare(cfg)
     run = registry.check_run_name(run) if run else registry.new_run_name(cfg.recipe or short)

@@ -52,6 +52,7 @@ def test_dataset_dicts_for_the_catalog(tiny_voc):
     assert DatasetCatalog.get(name) == dicts and MetadataCatalog.get(name).thing_classes == classes
 
 
+@pytest.mark.slow
 @needs_d2
 def test_detectron2_trains_and_predicts(tiny_voc):
     from workbench.fileio import load_image
@@ -88,6 +89,7 @@ def test_detectron2_trains_and_predicts(tiny_voc):
         assert det.boxes[:, 2].max() <= image.shape[1] + 1e-3
 
 
+@pytest.mark.slow
 @needs_d2
 def test_detectron2_time_budget_ends_the_run(tiny_voc):
     """40 epochs of 2 iterations of R50-C4 take minutes on the CPU; a 40-second budget ends the run, validated."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import torch
 
 from workbench.paths import models_dir
@@ -13,6 +14,7 @@ from workbench.training.engines import torchvision as loop
 from workbench.training.registry import resolve_run
 
 
+@pytest.mark.slow
 def test_loop_entry_point_trains_and_registers(tiny_voc, tmp_path):
     config = {
         "data": str(tiny_voc),
@@ -35,6 +37,7 @@ def test_loop_entry_point_trains_and_registers(tiny_voc, tmp_path):
     assert json.loads((folder / "config.json").read_text())["run"] == "multi-node"
 
 
+@pytest.mark.slow
 def test_time_budget_ends_a_run_validated_and_saved(tiny_voc, caplog):
     """50 epochs of 4 iterations would take minutes; a 20-second budget ends it, with a checkpoint and a card."""
     config = {

@@ -31,6 +31,7 @@ def six_voc(shared, tmp_path_factory):
     return copy_voc_subset(shared, tmp_path_factory.mktemp("six") / "voc", SIX)
 
 
+@pytest.mark.slow
 def test_two_stage_trains_registers_and_predicts(six_voc):
     folder = models_dir() / "faces"
     card = two_stage.main({**TINY, "data": str(six_voc), "epochs": 1}, folder)
@@ -71,6 +72,7 @@ def test_two_stage_trains_registers_and_predicts(six_voc):
     assert [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_face_then_classify_is_a_background_job(six_voc):
     """``workbench train --recipe face-then-classify`` runs as a job, finishes and becomes models/latest."""
     code = main(

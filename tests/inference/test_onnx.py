@@ -1,0 +1,104 @@
+"""ONNX export and the onnxruntime predictor, on the session's tiny trained run and shared images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import copy_run
+from workbench.errors import WorkbenchError
+from workbench.fileio import load_image
+from workbench.inference.onnx_export import export_onnx
+from workbench.inference.onnx_predictor import OnnxPredictor
+from workbench.inference.predict import load_predictor
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def run(tiny_model, tmp_path) -> Path:
+    return copy_run(tiny_model, Path(os.environ["WORKBENCH_MODELS"]))
+
+
+def _images(tiny_model, count: int = 3) -> list[np.ndarray]:
+    return [load_image(p)[:, :, :3] for p in sorted((tiny_model.data / "images").iterdir())[:count]]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: onnxruntime's detections match torch's on some image sizes only (see the issue's report)",
+)
+def test_onnxruntime_detections_match_torch(run, tiny_model, tmp_path):
+    path = export_onnx(run, out=tmp_path / "m.onnx", dynamic=True)
+    onnx_predictor, torch_predictor = load_predictor(path), load_predictor(run, device="cpu")
+    for image in _images(tiny_model):
+        a = torch_predictor.predict(image, score_threshold=0.25)
+        b = onnx_predictor.predict(image, score_threshold=0.25)
+        assert len(a) == len(b)
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3, rtol=0)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4, rtol=0)
+        assert (a.class_ids == b.class_ids).all()
+
+
+@pytest.mark.slow
+def test_the_file_alone_is_enough(run, tiny_model, tmp_path):
+    path = export_onnx(run, out=tmp_path / "m.onnx", dynamic=True)
+    predictor = load_predictor(path)
+    assert isinstance(predictor, OnnxPredictor) and predictor.device == "cpu"
+    assert predictor.classes == load_predictor(run, device="cpu").classes
+    assert predictor.run_dir.name == run.name and predictor.info["model"] == "fasterrcnn_mobilenet_v2"
+    for image in _images(tiny_model, 2):  # two image sizes through one dynamic graph
+        det = predictor.predict(image, score_threshold=0.0)
+        h, w = image.shape[:2]
+        assert len(det) > 0 and (np.diff(det.scores) <= 0).all()
+        assert det.boxes[:, 2].max() <= w and det.boxes[:, 3].max() <= h and det.boxes[:, 2].max() > w / 2
+
+
+@pytest.mark.slow
+def test_a_static_export_letterboxes_other_sizes(run, tiny_model, tmp_path):
+    predictor = load_predictor(export_onnx(run, out=tmp_path / "s.onnx"))
+    assert predictor.size == (160, 160)
+    image = _images(tiny_model, 1)[0]
+    det = predictor.predict(image, score_threshold=0.0)
+    assert len(det) > 0 and det.boxes[:, 2].max() <= image.shape[1] and det.boxes[:, 3].max() <= image.shape[0]
+    assert det.boxes[:, 2].max() > 160  # mapped back to the image's own pixels
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True, timeout=300, cwd=PROJECT
+    )
+
+
+@pytest.mark.slow
+def test_export_then_predict_from_the_command_line(run, tiny_model, tmp_path):
+    out = tmp_path / "x.onnx"
+    result = _cli("export", "--model", str(run), "--format", "onnx", "--out", str(out), "--dynamic")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.is_file() and str(out) in result.stdout
+    image = str(sorted((tiny_model.data / "images").iterdir())[0])
+    by_onnx = _cli("predict", "--model", str(out), "--json", "--score", "0.0", image)
+    by_torch = _cli("predict", "--model", str(run), "--json", "--score", "0.0", "--device", "cpu", image)
+    assert by_onnx.returncode == 0 and by_torch.returncode == 0, by_onnx.stderr[-2000:]
+    a, b = json.loads(by_torch.stdout), json.loads(by_onnx.stdout)
+    assert b["model"] == a["model"] == run.name and b["classes"] == a["classes"]
+    assert set(b) == set(a) and len(b["images"]) == 1 and b["images"][0]["detections"]
+
+
+def test_bad_model_and_format_are_clear_errors(tmp_path):
+    result = _cli("export", "--model", "nope", "--format", "onnx")
+    assert result.returncode == 1 and "no trained model 'nope'" in result.stderr
+    result = _cli("export", "--model", "nope", "--format", "tflite")
+    assert result.returncode == 1 and "unsupported export format 'tflite'" in result.stderr
+    with pytest.raises(WorkbenchError, match="is not a file"):
+        load_predictor(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(WorkbenchError, match="cannot load the ONNX model"):
+        load_predictor(tmp_path / "junk.onnx")

@@ -1,0 +1,186 @@
+"""Export a trained run as one ONNX file that ``onnx_predictor.OnnxPredictor`` serves on its own.
+
+    from workbench.inference.onnx_export import export_onnx
+    path = export_onnx("latest", dynamic=True)      # -> <run>/model.onnx
+
+The graph takes one ``(H, W, 3)`` uint8 RGB image (input ``image``) and returns ``boxes``
+``(N, 4)`` float32 pixels of that image (x1 y1 x2 y2, the workbench's convention), ``scores``
+``(N,)`` float32, best first, and ``labels`` ``(N,)`` int64 dataset class ids (0-based: the
+background label is taken off inside the graph). Everything the torch predictor does is in it:
+the ``[0, 1]`` scaling, torchvision's own resize to ``imgsz`` and normalisation, the NMS.
+
+Thresholds are fixed when the graph is traced: NMS at IoU ``IOU_THRESHOLD`` (``predict``'s and the
+demo's default), up to ``MAX_DETECTIONS`` boxes scoring at least ``SCORE_FLOOR`` (evaluation's
+threshold). A higher score threshold is applied by the predictor afterwards, which gives the same
+boxes as torch's: a box under the threshold never suppresses one above it in NMS, and the cut to
+``MAX_DETECTIONS`` keeps the best. The file's metadata (``METADATA_KEY``, JSON) holds what the
+predictor needs besides the graph: the class names, the input contract, the thresholds, the run
+and its model card.
+
+``dynamic=False`` traces the graph at a fixed ``imgsz x imgsz`` input (for runtimes that want
+static shapes); the predictor letterboxes other images into it, so its boxes then differ slightly
+from torch's. ``dynamic=True`` leaves the height and width free: any image, torch's boxes.
+
+Torchvision detectors export with the TorchScript-based exporter (``dynamo=False``, opset 17):
+their data-dependent control flow (the resize, the per-level top-k, NMS) is written for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+import torch.onnx.operators
+
+from workbench.errors import WorkbenchError
+from workbench.fileio import atomic_write
+from workbench.inference.predict import load_predictor
+from workbench.training.models import set_postprocess
+from workbench.training.predictor import Predictor
+from workbench.training.registry import read_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+METADATA_KEY = "workbench"
+OPSET = 17
+SCORE_FLOOR = 0.001
+IOU_THRESHOLD = 0.5
+MAX_DETECTIONS = 300
+
+
+class _ImageGraph(torch.nn.Module):
+    """A torchvision detector as ``uint8 (H, W, 3) image -> (boxes, scores, 0-based labels)``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model([image.permute(2, 0, 1).float() / 255.0])[0]
+        return out["boxes"], out["scores"], out["labels"] - 1
+
+
+def _source_index(in_size: torch.Tensor, out_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear sampling along one axis as torch's CPU kernel does it (``align_corners=False``):
+    the lower source index, the upper one (clamped to the edge) and the upper one's weight."""
+    scale = in_size.to(torch.float32) / out_size.to(torch.float32)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0.0)
+    low = src.to(torch.int64)
+    high = torch.min(low + 1, in_size.to(torch.int64) - 1)
+    return low, high, src - low.to(torch.float32)
+
+
+def _exact_resize(transform: torch.nn.Module, image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
+    """``GeneralizedRCNNTransform.resize`` as eager torch computes it, for the tracer.
+
+    Eager torch takes the scale in double precision, resizes to ``floor(side * scale)`` and
+    samples bilinearly from that size; torchvision's traced path keeps a float32 scale factor,
+    and onnxruntime's ``Resize`` samples differently on some sizes, so the pixels (then the
+    boxes) differ. This one computes the size the eager way and samples with gathers and weights
+    written out, the arithmetic of torch's kernel.
+    """
+    shape = torch.onnx.operators.shape_as_tensor(image)[-2:]
+    if transform.fixed_size is not None:  # SSD: a fixed square
+        size = torch.tensor([transform.fixed_size[1], transform.fixed_size[0]], dtype=torch.int64)
+    else:
+        f = shape.to(torch.float64)
+        scale = torch.min(float(transform.min_size[-1]) / f.min(), float(transform.max_size) / f.max())
+        size = torch.floor(f * scale).to(torch.int64)
+    y0, y1, wy = _source_index(shape[0], size[0])
+    x0, x1, wx = _source_index(shape[1], size[1])
+    top, bottom = image.index_select(1, y0), image.index_select(1, y1)
+    rows = top * (1.0 - wy)[None, :, None] + bottom * wy[None, :, None]
+    left, right = rows.index_select(2, x0), rows.index_select(2, x1)
+    return left * (1.0 - wx)[None, None, :] + right * wx[None, None, :], target
+
+
+def export_onnx(
+    run: str | Path = "latest", *, out: str | Path | None = None, fmt: str = "onnx", dynamic: bool = False
+) -> Path:
+    """Write run ``run`` (``"latest"``, ``"latest:<dataset>"``, a name or a folder) as an ONNX file.
+
+    ``out`` defaults to ``<run folder>/model.onnx`` (``model-static.onnx`` without ``dynamic``).
+    Returns the file written. Raises ``WorkbenchError`` for an unknown format or a run whose
+    engine cannot be exported.
+    """
+    if fmt not in FORMATS:
+        raise WorkbenchError(f"unsupported export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    predictor = load_predictor(run, device="cpu")
+    config = _exportable(predictor)
+    imgsz = int(config["imgsz"])
+    target = Path(out) if out else predictor.run_dir / ("model.onnx" if dynamic else "model-static.onnx")
+    model = predictor.model.eval()
+    set_postprocess(model, score_threshold=SCORE_FLOOR, iou_threshold=IOU_THRESHOLD, max_detections=MAX_DETECTIONS)
+    model.transform.resize = partial(_exact_resize, model.transform)  # a loaded copy: the run is not touched
+    example = torch.zeros((imgsz, imgsz, 3), dtype=torch.uint8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.export")
+    with warnings.catch_warnings():  # the tracer's warnings are about torchvision's code, not the user's
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _ImageGraph(model).eval(),
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes={"image": {0: "height", 1: "width"}, **_outputs_dynamic()} if dynamic else _outputs_dynamic(),
+        )
+    graph = onnx.load(str(tmp))
+    tmp.unlink()
+    info = metadata(predictor, config=config, dynamic=dynamic)
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(info)})
+    graph.producer_name = "workbench"
+    atomic_write(target, graph.SerializeToString())
+    log.info("exported %s to %s (%s)", predictor.run_dir.name, target, "dynamic" if dynamic else f"{imgsz}x{imgsz}")
+    return target
+
+
+def _outputs_dynamic() -> dict[str, dict[int, str]]:
+    return {name: {0: "detections"} for name in ("boxes", "scores", "labels")}
+
+
+def _exportable(predictor: Predictor) -> dict[str, Any]:
+    """The run's ``config.json``, after checking its engine is one whose graph exports."""
+    config = read_json(predictor.run_dir / "config.json") or {}
+    engine = config.get("engine") or "torchvision"
+    if engine != "torchvision":
+        raise WorkbenchError(
+            f"{predictor.run_dir.name}: cannot export a {engine} run to ONNX yet (torchvision runs only)"
+        )
+    return config
+
+
+def metadata(predictor: Predictor, *, config: dict[str, Any], dynamic: bool) -> dict[str, Any]:
+    """What ``OnnxPredictor`` reads from the file: classes, input contract, thresholds, the run."""
+    imgsz = int(config["imgsz"])
+    return {
+        "version": 1,
+        "run": predictor.run_dir.name,
+        "run_dir": str(predictor.run_dir.resolve()),
+        "engine": config.get("engine") or "torchvision",
+        "model": config.get("model"),
+        "classes": list(predictor.classes),
+        "input": {
+            "name": "image",
+            "layout": "HWC",
+            "dtype": "uint8",
+            "colour": "RGB",
+            "size": None if dynamic else [imgsz, imgsz],
+            "imgsz": imgsz,
+            "normalisation": "inside the graph: x / 255, then torchvision's mean/std and resize",
+        },
+        "dynamic": dynamic,
+        "score_threshold": SCORE_FLOOR,
+        "iou_threshold": IOU_THRESHOLD,
+        "max_detections": MAX_DETECTIONS,
+        "card": predictor.card,
+    }
