@@ -126,7 +126,7 @@ def move_on(opened: OpenDataset, work: dict, target: str) -> bool:
     now (autosave on). With autosave off the guard asks first; nothing is ever dropped."""
     if not work["changes"]:
         return True
-    if st.session_state.get("autosave", True):
+    if st.session_state.get("autosave_on", True):
         return save_work(opened, work, why=" (autosaved on moving on)")
     st.session_state["leave_to"] = target
     return False
@@ -316,7 +316,12 @@ def main() -> None:
         unsafe_allow_html=True,
     )
     nav[2].button("Next ▶", disabled=not after, key="next", width="stretch", shortcut="N", on_click=go, args=(after,))
-    nav[3].toggle("Autosave", value=True, key="autosave", help="Save unsaved changes when moving to another image")
+    st.session_state["autosave_on"] = nav[3].toggle(
+        "Autosave",
+        value=st.session_state.get("autosave_on", True),  # kept while the user is on other pages
+        key="autosave",
+        help="Save unsaved changes when moving to another image; off, the page asks first",
+    )
     if flash := st.session_state.pop("flash", None):
         st.success(flash)
     target = st.session_state.get("leave_to")

@@ -44,7 +44,7 @@ _component = st.components.v2.component(
 )
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=24, show_spinner=False)  # a resource: a big string is not copied
 def image_url(path: str, size: int, mtime_ns: int) -> tuple[str, int, int]:
     """The image as a data URL, with its width and height in pixels. Cached by path, size and
     mtime: every edit reruns the page, and a 12-megapixel photo is decoded once. A small PNG,

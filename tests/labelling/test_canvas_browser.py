@@ -261,3 +261,30 @@ def test_reload_from_disk_shows_the_other_tools_same_size_edit(tmp_path):
         sync_api.expect(box).to_have_value(f"#4 {label} ({x1 + 1}, {y1})-({x2}, {y2})")
         assert page.locator(".wb-overlay rect[data-box]").count() == len(first)
     assert xml.read_bytes() == theirs
+
+
+def test_the_canvas_takes_the_page_width_on_a_laptop_and_a_4k_screen(tmp_path):
+    data, images, _ = dataset(tmp_path)
+    first = images[0]
+    with served_page(data, tmp_path, width=1280, height=720) as (page, url):
+        canvas = open_annotate(page, url, first.path)
+        for width, height in ((1280, 720), (3840, 2160)):
+            page.set_viewport_size({"width": width, "height": height})
+            column = page.locator("[data-testid='stMainBlockContainer']")
+            # Wait for the stage to span the main column and the image to be fitted to it again.
+            page.wait_for_function(
+                """([stage, root, column, w, h]) => {
+                    const view = JSON.parse(root.dataset.view);
+                    const fill = Math.max(w * view.s / stage.clientWidth, h * view.s / stage.clientHeight);
+                    return stage.clientWidth > column.clientWidth - 120 && fill > 0.98 && fill < 1.01;
+                }""",
+                arg=[
+                    canvas.stage.element_handle(),
+                    canvas.root.element_handle(),
+                    column.element_handle(),
+                    first.width,
+                    first.height,
+                ],
+            )
+            assert canvas.stage.bounding_box()["width"] > 0.6 * width
+            assert page.locator(".wb-overlay rect[data-box]").count() == len(first)
