@@ -39,7 +39,6 @@ def start_work(opened: OpenDataset, position: int) -> dict:
         "expected": saving.expected_state(opened, saving.files_of(opened.dataset, record)),
         "changes": [],
         "rev": st.session_state.get("work", {}).get("rev", 0) + 1,
-        "applied": None,
     }
     st.session_state["work"] = work
     return work

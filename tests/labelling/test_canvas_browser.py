@@ -144,6 +144,15 @@ def test_canvas_edits_reach_the_file_on_moving_on_and_undo_restores_it(tmp_path)
             page.keyboard.press(key)
             change_line(page, f"new box {count + 1} ({names[int(key) - 1]}) at")
             key_to_python.append(time.perf_counter() - start)
+        # Undo and redo within the image; duplicate, then delete the copy.
+        page.keyboard.press("Control+z")
+        change_line(page, f"new box {count + 1} ({names[0]}) at")
+        page.keyboard.press("Control+Shift+z")
+        change_line(page, f"new box {count + 1} ({names[1]}) at")
+        page.keyboard.press("Control+d")
+        change_line(page, f"new box {count + 2} ({names[1]}) at ({x0 + 12}, {y0 + 10})-({x0 + 50}, {y0 + 44})")
+        page.keyboard.press("Delete")
+        page.get_by_text(f"new box {count + 2} (").wait_for(state="detached")
         # Zoom in around the small box (wheel over it), then move it by 3 image pixels.
         cx, cy = (sx1 + sx2) / 2, (sy1 + sy2) / 2
         page.mouse.move(*canvas.at(cx, cy))
@@ -155,6 +164,17 @@ def test_canvas_edits_reach_the_file_on_moving_on_and_undo_restores_it(tmp_path)
         canvas.drag((cx, cy), (cx + 3, cy))
         moved = f"({sx1 + 3:g}, {sy1:g})-({sx2 + 3:g}, {sy2:g})"
         change_line(page, f"box {small + 1} ({names[int(first.class_ids[small])]}): moved to {moved}")
+        page.get_by_text("2 unsaved change").wait_for()
+        # Pan with space-drag: the view moves, no box does.
+        tx = json.loads(canvas.root.get_attribute("data-view"))["tx"]
+        area = canvas.stage.bounding_box()
+        page.keyboard.down("Space")
+        page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(area["x"] + area["width"] / 2 + 50, area["y"] + area["height"] / 2, steps=5)
+        page.mouse.up()
+        page.keyboard.up("Space")
+        assert json.loads(canvas.root.get_attribute("data-view"))["tx"] == pytest.approx(tx + 50, abs=1)
         page.get_by_text("2 unsaved change").wait_for()
         # N on the canvas: autosaved, and the next image (not the one after: the key is taken once).
         page.keyboard.press("n")
@@ -271,12 +291,12 @@ def test_the_canvas_takes_the_page_width_on_a_laptop_and_a_4k_screen(tmp_path):
         for width, height in ((1280, 720), (3840, 2160)):
             page.set_viewport_size({"width": width, "height": height})
             column = page.locator("[data-testid='stMainBlockContainer']")
-            # Wait for the stage to span the main column and the image to be fitted to it again.
+            # The stage spans the main column (less its padding), the image fitted to it again.
             page.wait_for_function(
                 """([stage, root, column, w, h]) => {
                     const view = JSON.parse(root.dataset.view);
                     const fill = Math.max(w * view.s / stage.clientWidth, h * view.s / stage.clientHeight);
-                    return stage.clientWidth > column.clientWidth - 120 && fill > 0.98 && fill < 1.01;
+                    return stage.clientWidth > column.clientWidth - 200 && fill > 0.98 && fill < 1.01;
                 }""",
                 arg=[
                     canvas.stage.element_handle(),

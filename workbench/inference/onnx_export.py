@@ -90,9 +90,10 @@ def _exact_resize(transform: torch.nn.Module, image: torch.Tensor, target: Any =
     if transform.fixed_size is not None:  # SSD: a fixed square
         size = torch.tensor([transform.fixed_size[1], transform.fixed_size[0]], dtype=torch.int64)
     else:
-        f = shape.to(torch.float64)
-        scale = torch.min(float(transform.min_size[-1]) / f.min(), float(transform.max_size) / f.max())
-        size = torch.floor(f * scale).to(torch.int64)
+        f = shape.to(torch.float64)  # the sides as float64 tensors: a Python float would be traced as float32
+        low_side = torch.tensor(float(transform.min_size[-1]), dtype=torch.float64)
+        high_side = torch.tensor(float(transform.max_size), dtype=torch.float64)
+        size = torch.floor(f * torch.min(low_side / f.min(), high_side / f.max())).to(torch.int64)
     y0, y1, wy = _source_index(shape[0], size[0])
     x0, x1, wx = _source_index(shape[1], size[1])
     top, bottom = image.index_select(1, y0), image.index_select(1, y1)
