@@ -21,6 +21,8 @@ from tests.conftest import SHARED, listening_addresses
 from tests.demo.conftest import AUTH, free_port, read_json, session_env, start_server, workbench
 from workbench.demo import server
 from workbench.errors import WorkbenchError
+from workbench.inference.onnx_predictor import OnnxPredictor
+from workbench.inference.predict import load_predictor
 from workbench.inference.video import probe, read_frames
 
 # 301 x 400 px: not square and not the model's 160 px, so a box left in model coordinates shows.
@@ -234,3 +236,39 @@ def test_background_start_status_stop():
         assert server.stop() is True
     assert server.status() is None
     assert not server.responds(state["local_url"], timeout=1)
+
+
+@pytest.mark.slow
+def test_a_demo_of_an_onnx_file_serves_it_and_offers_it_for_download(demo_setup, tmp_path):
+    onnx = tmp_path / "exported" / "tiny.onnx"
+    workbench("export", "--model", str(demo_setup.run_dir), "--out", str(onnx), "--dynamic", env=demo_setup.model_env)
+    server = start_server(tmp_path, demo_setup.model_env, "--model", str(onnx))
+    try:
+        client = Client(server.wait().url, verbose=False)
+        banner, _, card = client.predict(api_name="/model_card")
+        assert "with onnxruntime" in banner and card["onnx"] == str(onnx) and card["run"] == "tiny"
+        _, _, _, json_file, _ = client.predict(handle_file(str(IMAGE)), SCORE, IOU, api_name="/detect_image")
+        by_torch = Client(demo_setup.server.url, verbose=False).predict(
+            handle_file(str(IMAGE)), SCORE, IOU, api_name="/detect_image"
+        )[3]
+        dets, expected = read_json(json_file)["detections"], read_json(by_torch)["detections"]
+        assert dets and [d["class"] for d in dets] == [d["class"] for d in expected]
+        # the JSON keeps 2 decimals: a 1e-4 px difference may round the other way
+        np.testing.assert_allclose([d["box"] for d in dets], [d["box"] for d in expected], atol=0.0101)
+        downloaded = client.predict(api_name="/onnx_file")
+        assert Path(downloaded).read_bytes() == onnx.read_bytes()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_demo_of_a_run_exports_it_on_demand(demo_setup):
+    client = Client(demo_setup.server.url, verbose=False)
+    downloaded = Path(client.predict(api_name="/onnx_file"))
+    exported = demo_setup.run_dir / "model.onnx"
+    assert exported.is_file() and downloaded.read_bytes() == exported.read_bytes()
+    mtime = exported.stat().st_mtime_ns
+    client.predict(api_name="/onnx_file")
+    assert exported.stat().st_mtime_ns == mtime, "exported again although the weights did not change"
+    predictor = load_predictor(downloaded)
+    assert isinstance(predictor, OnnxPredictor) and predictor.info["run"] == "tiny"

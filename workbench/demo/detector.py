@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -38,6 +39,8 @@ from workbench.drawing import annotate, class_colour
 from workbench.errors import ReadError, WorkbenchError
 from workbench.fileio import load_image
 from workbench.inference import video
+from workbench.inference.onnx_export import export_onnx
+from workbench.inference.onnx_predictor import OnnxPredictor, is_onnx_file
 from workbench.inference.predict import load_predictor
 from workbench.paths import SAMPLE_DATASET, models_dir
 from workbench.training.registry import LATEST, resolve_run
@@ -118,8 +121,12 @@ class ModelSource:
     def get(self) -> Predictor:
         """The current predictor; raises ``NoModel`` (with how to train one) when there is none."""
         try:
-            folder = resolve_run(self.run)
-            key = self._key_of(folder)
+            if is_onnx_file(self.run):  # an exported file: reloaded when it is written again
+                folder = Path(self.run)
+                key = (str(folder.resolve()), folder.stat().st_mtime_ns)
+            else:
+                folder = resolve_run(self.run)
+                key = self._key_of(folder)
         except (WorkbenchError, OSError) as e:
             link = models_dir() / LATEST
             if self.run == LATEST and not link.exists():
@@ -331,6 +338,29 @@ class DetectorDemo:
         )
         return str(result.path), status
 
+    def onnx_file(self) -> str:
+        """The served model as an ``.onnx`` file to download (linked into a request folder): the file
+        itself when the demo serves one; for a run, ``<run>/model.onnx`` (any image size), exported
+        on the first request and when the weights are newer. A two-stage run is a ``DemoError``."""
+        predictor = self._predictor()
+        if isinstance(predictor, OnnxPredictor):
+            source = predictor.path
+        else:
+            source = predictor.run_dir / "model.onnx"
+            weights = [predictor.run_dir / name for name in ("model_best.pth", "checkpoint.pth")]
+            newest = max((w.stat().st_mtime_ns for w in weights if w.exists()), default=0)
+            if not source.exists() or source.stat().st_mtime_ns < newest:
+                try:
+                    export_onnx(predictor.run_dir, out=source, dynamic=True)
+                except WorkbenchError as e:
+                    raise DemoError(str(e), title="Cannot export") from e
+        target = self._request_dir() / source.name
+        try:
+            os.link(source, target)  # the request folder is cleaned up; the model file stays
+        except OSError:
+            shutil.copy2(source, target)
+        return str(target)
+
     def model_card(self) -> tuple[str, str, dict[str, Any]]:
         """(banner, model card as Markdown, model card as JSON); the no-model answer when there is none."""
         try:
@@ -343,7 +373,8 @@ class DetectorDemo:
         card["classes"] = predictor.classes
         banner = (
             f"Serving **`{predictor.run_dir.name}`** ({card.get('model')}, {len(predictor.classes)} classes: "
-            f"{', '.join(predictor.classes)}) on {predictor.device.type}."
+            f"{', '.join(predictor.classes)}) on {getattr(predictor.device, 'type', predictor.device)}"
+            + (" with onnxruntime." if isinstance(predictor, OnnxPredictor) else ".")
         )
         return banner, card_markdown(card), card
 

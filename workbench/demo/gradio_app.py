@@ -16,6 +16,7 @@ so the same demo is an API for ``gradio_client`` (``docs/demo.md``):
 ``/detect_webcam``  a webcam frame (streaming), thresholds -> annotated frame
 ``/detect_video``   video path, thresholds, frame step -> annotated WebM video, status line
 ``/model_card``     -> banner, model card (Markdown), model card (JSON)
+``/onnx_file``      -> the served model as an ``.onnx`` file (exported on demand for a run)
 ==================  =======================================================================
 """
 
@@ -83,6 +84,10 @@ class GradioHandlers:
 
     def model_card(self) -> tuple[str, str, dict[str, Any]]:
         return self.app.model_card()
+
+    def onnx_file(self) -> str:
+        with gradio_errors():
+            return self.app.onnx_file()
 
 
 def build_demo(app: DetectorDemo) -> gr.Blocks:
@@ -163,8 +168,14 @@ def build_demo(app: DetectorDemo) -> gr.Blocks:
             card_md = gr.Markdown()
             with gr.Accordion("model_card.json", open=False):
                 card_json = gr.JSON()
-            refresh = gr.Button("Reload", size="sm")
+            with gr.Row():
+                refresh = gr.Button("Reload", size="sm")
+                export = gr.Button("Export ONNX", size="sm")
+            onnx_out = gr.File(label="ONNX model (onnxruntime, any image size)", interactive=False)
         refresh.click(handlers.model_card, outputs=[banner, card_md, card_json], api_name="model_card", queue=False)
+        export.click(
+            handlers.onnx_file, outputs=[onnx_out], api_name="onnx_file", concurrency_limit=1, concurrency_id="export"
+        )
         demo.load(handlers.model_card, outputs=[banner, card_md, card_json], api_name="model_card_on_load", queue=False)
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     return demo

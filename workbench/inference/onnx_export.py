@@ -83,17 +83,19 @@ def _exact_resize(transform: torch.nn.Module, image: torch.Tensor, target: Any =
     Eager torch takes the scale in double precision, resizes to ``floor(side * scale)`` and
     samples bilinearly from that size; torchvision's traced path keeps a float32 scale factor,
     and onnxruntime's ``Resize`` samples differently on some sizes, so the pixels (then the
-    boxes) differ. This one computes the size the eager way and samples with gathers and weights
+    boxes) differ. This one computes the size the eager way (float64 in the graph too) and samples with gathers and weights
     written out, the arithmetic of torch's kernel.
     """
     shape = torch.onnx.operators.shape_as_tensor(image)[-2:]
     if transform.fixed_size is not None:  # SSD: a fixed square
         size = torch.tensor([transform.fixed_size[1], transform.fixed_size[0]], dtype=torch.int64)
     else:
-        f = shape.to(torch.float64)  # the sides as float64 tensors: a Python float would be traced as float32
-        low_side = torch.tensor(float(transform.min_size[-1]), dtype=torch.float64)
-        high_side = torch.tensor(float(transform.max_size), dtype=torch.float64)
-        size = torch.floor(f * torch.min(low_side / f.min(), high_side / f.max())).to(torch.int64)
+        # 1-element float64 tensors, not Python floats or 0-d tensors: the exporter casts scalars
+        # to float32, and floor(side * scale) then lands one pixel short on some sizes
+        f = shape.to(torch.float64)
+        shortest = torch.tensor([float(transform.min_size[-1])], dtype=torch.float64) / f.amin(0, keepdim=True)
+        longest = torch.tensor([float(transform.max_size)], dtype=torch.float64) / f.amax(0, keepdim=True)
+        size = torch.floor(f * torch.min(shortest, longest)).to(torch.int64)
     y0, y1, wy = _source_index(shape[0], size[0])
     x0, x1, wx = _source_index(shape[1], size[1])
     top, bottom = image.index_select(1, y0), image.index_select(1, y1)

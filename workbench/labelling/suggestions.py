@@ -47,7 +47,7 @@ from workbench.fileio import atomic_write
 from workbench.inference.images import predict_records
 from workbench.labelling import edits, saving
 from workbench.locks import locked
-from workbench.training.registry import choose_run
+from workbench.training.registry import check_classes, choose_run
 
 DEFAULT_SCORE = 0.5
 DUPLICATE_IOU = 0.7  # a suggestion overlapping a label of its class this much is that label
@@ -146,7 +146,9 @@ def suggest(
     ``run`` defaults to the latest run trained on this dataset (``registry.choose_run``); a run
     whose classes differ is refused (``ClassMismatch``) unless ``any_classes``, which also lets
     accepting add the run's class names to the dataset. A given ``predictor`` is used as it is."""
-    # torch loads here, when a model runs: the Annotate page imports this module for the stored suggestions.
+    # torch and onnxruntime load here, when a model runs: the Annotate page imports this module
+    # for the stored suggestions.
+    from workbench.inference.onnx_predictor import is_onnx_file
     from workbench.inference.predict import load_predictor
 
     opened = open_dataset(root, fmt)
@@ -160,7 +162,12 @@ def suggest(
         labelled = [r for r in records if len(r)]
         result.skipped_labelled = len(labelled)
         records = [r for r in records if not len(r)]
-    if predictor is None:
+    if predictor is None and run is not None and is_onnx_file(run):  # an exported file: its classes are inside
+        predictor = load_predictor(run, device=device)
+        check_classes(
+            Path(run).name, predictor.classes, dataset=dataset.root, classes=dataset.classes, any_classes=any_classes
+        )
+    elif predictor is None:
         chosen = choose_run(dataset.root, dataset.classes, run=run, any_classes=any_classes)
         predictor = load_predictor(chosen, device=device)
     result.run = predictor.run_dir.name

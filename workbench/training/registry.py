@@ -189,18 +189,34 @@ def choose_run(
         run = f"{LATEST_OF}{dataset_key(dataset)}" if latest_of(dataset) else LATEST
     spec = str(run)
     folder = resolve_run(spec)
-    run_only, dataset_only = class_difference(run_classes(folder), list(classes))
+    check_classes(
+        folder.name, run_classes(folder), dataset=dataset, classes=classes, any_classes=any_classes, override=override
+    )
+    return spec
+
+
+def check_classes(
+    name: str,
+    model_classes: list[str],
+    *,
+    dataset: str | Path,
+    classes: list[str],
+    any_classes: bool = False,
+    override: str = "--model RUN --any-classes",
+) -> None:
+    """``choose_run``'s check, for a model already loaded (an exported file): ``ClassMismatch``
+    when model ``name``'s classes differ from the dataset's, unless ``any_classes``."""
+    run_only, dataset_only = class_difference(list(model_classes), list(classes))
     if (run_only or dataset_only) and not any_classes:
         parts = [
             f"only the model has {', '.join(run_only)}" if run_only else "",
             f"only the dataset has {', '.join(dataset_only)}" if dataset_only else "",
         ]
         raise ClassMismatch(
-            f"model {folder.name} was not trained on the classes of {dataset_key(dataset)}: "
+            f"model {name} was not trained on the classes of {dataset_key(dataset)}: "
             f"{'; '.join(p for p in parts if p)}. Train a model on this dataset, or use this one anyway "
             f"with {override}"
         )
-    return spec
 
 
 def latest_name() -> str | None:
