@@ -78,6 +78,14 @@ class TinyModel:
     models: Path
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the session's trained model is ``slow`` (it trains one the first time),
+    wherever it is: ``-m "not slow"`` then trains nothing."""
+    for item in items:
+        if "tiny_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, shared) -> TinyModel:
     """A model trained for 2 iterations at 160 px through ``workbench train`` on 8 shared VOC

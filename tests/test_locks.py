@@ -22,6 +22,7 @@ def _increment(counter: str, home: str, times: int) -> None:
             fileio.atomic_write(Path(counter), str(value + 1))
 
 
+@pytest.mark.slow
 def test_processes_take_turns(tmp_path):
     """Four processes each add 1 fifty times to a number in a file: with the lock none of the 200 updates is lost."""
     counter = tmp_path / "counter.txt"

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.app.conftest import copy_voc
 from workbench.annotations import Dataset, ImageRecord
@@ -17,6 +18,8 @@ from workbench.datasets import catalog, index, versions
 WORKERS = 4
 UPDATES = 50  # per worker
 TIMEOUT = 120  # seconds per worker: generous for a busy 2-core machine
+
+pytestmark = pytest.mark.slow  # each test races several processes
 
 
 def _run(target, args_of) -> list:

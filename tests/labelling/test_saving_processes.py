@@ -44,6 +44,7 @@ def _append(queue, n: int, start, count: int) -> None:
     queue.put((n, ids))
 
 
+@pytest.mark.slow
 def test_four_processes_append_every_entry_once_with_unique_ids():
     start = CTX.Event()
     queue = CTX.Queue()
@@ -74,6 +75,7 @@ def _save_many(queue, n: int, root: str, count: int) -> None:
     queue.put((n, (ids, opened.dataset.class_name(int(record.class_ids[0])))))
 
 
+@pytest.mark.slow
 def test_four_processes_save_at_once_and_every_save_is_journalled_once(tmp_path):
     root = copy_voc(tmp_path / "voc", 4)
     images = index.open_dataset(root, use_cache=False).dataset.images

@@ -228,6 +228,7 @@ def _suggest_in_child(root: str, paths: list[str], rounds: int, barrier) -> None
             suggestions.suggest(root, paths=[path], predictor=predictor, score=0.5)
 
 
+@pytest.mark.slow
 def test_processes_storing_suggestions_at_once_lose_none(voc8):
     images = [r.path for r in index.open_dataset(voc8).dataset.images]
     ctx = multiprocessing.get_context("spawn")

@@ -85,6 +85,7 @@ def _set_latest_in_child(name: str, data: str, barrier) -> None:
         trained(f"{name}-{k}", Path(data), ["x"])
 
 
+@pytest.mark.slow
 def test_processes_setting_latest_at_once_keep_every_dataset(tmp_path):
     datasets = [tmp_path / f"d{k}" for k in range(4)]
     for d in datasets:

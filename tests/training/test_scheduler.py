@@ -70,6 +70,7 @@ def overlapping(rows: list[dict]) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_six_processes_limit_one_run_one_at_a_time_in_queue_order(monkeypatch):
     monkeypatch.setenv(jobs.MAX_JOBS_ENV, "1")
     rows = race({f"job{i}": {"device": "cpu"} for i in range(6)}, gpus=0)
@@ -79,6 +80,7 @@ def test_six_processes_limit_one_run_one_at_a_time_in_queue_order(monkeypatch):
     assert all(r["devices"] is None for r in rows)
 
 
+@pytest.mark.slow
 def test_two_fake_gpus_two_jobs_at_once_each_on_its_own_gpus(monkeypatch):
     monkeypatch.delenv(jobs.MAX_JOBS_ENV, raising=False)  # default: one job per GPU
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
