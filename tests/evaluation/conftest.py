@@ -29,7 +29,13 @@ os.environ["FIFTYONE_CONFIG_PATH"] = str(FIFTYONE_TMP / "config.json")  # not th
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
-for _name in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_NAME"):
+for _name in (
+    "FIFTYONE_DATABASE_URI",
+    "FIFTYONE_PRIVATE_DATABASE_PORT",
+    "FIFTYONE_DATABASE_NAME",
+    "WORKBENCH_FIFTYONE_URI",
+    "WORKBENCH_PATH_MAP",
+):
     os.environ.pop(_name, None)
 
 

@@ -31,6 +31,7 @@ def test_names_are_stable_and_safe(tmp_path):
     assert fa.dataset_name(tmp_path / "my data").startswith("workbench-my-data-")
     assert fa.dataset_name(tmp_path / "a") != fa.dataset_name(tmp_path / "b")
     assert fa.eval_key("run-2024.1") == "eval_run_2024_1"
+    assert fa.pred_field("run-2024.1") == "pred_run_2024_1"
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +64,8 @@ def test_fiftyone_dataset_holds_the_same_samples_and_boxes(errors, evaluated, vo
     assert worst < 1e-6
     # predictions: the detections at the score threshold, the same boxes
     kept = {r.path: d[d.scores >= 0.25] for r, d in zip(evaluated.records, evaluated.detections, strict=True)}
-    assert ds.count("predictions.detections") == sum(len(d) for d in kept.values())
-    for wb_path, preds in zip(*ds.values(["wb_path", "predictions"]), strict=True):
+    assert ds.count("pred_tiny.detections") == sum(len(d) for d in kept.values())
+    for wb_path, preds in zip(*ds.values(["wb_path", fa.pred_field("tiny")]), strict=True):
         record, det = by_path[wb_path], kept[wb_path]
         got = np.array([p.bounding_box for p in preds.detections]).reshape(-1, 4)
         back = np.array([fa.from_fiftyone_box(b, record.width, record.height) for b in got]).reshape(-1, 4)
@@ -85,11 +86,11 @@ def test_ready_views(errors):
     ds, key = errors.dataset, errors.eval_key
     assert set(ds.list_saved_views()) == set(fa.VIEWS)
     fp = ds.load_saved_view("false-positives")
-    labels = fp.values(f"predictions.detections.{key}", unwind=True)
+    labels = fp.values(f"pred_tiny.detections.{key}", unwind=True)
     assert set(labels) <= {"fp"} and len(labels) == errors.summary["fp"]
     fn = ds.load_saved_view("false-negatives").values(f"ground_truth.detections.{key}", unwind=True)
     assert set(fn) <= {"fn"} and len(fn) == errors.summary["fn"]
-    low = ds.load_saved_view("low-iou").values(f"predictions.detections.{key}_iou", unwind=True)
+    low = ds.load_saved_view("low-iou").values(f"pred_tiny.detections.{key}_iou", unwind=True)
     assert all(v < fa.LOW_IOU for v in low)
     assert errors.summary["brain"]["mistakenness"].startswith("ran")
     assert errors.summary["brain"]["hardness"].startswith("skipped")

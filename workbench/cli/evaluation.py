@@ -18,6 +18,7 @@ from typing import Any
 
 from workbench.cli.common import print_json, progress_bars, stage
 from workbench.evaluation import fiftyone_app as fa
+from workbench.evaluation import fiftyone_db
 from workbench.evaluation.evaluate import evaluate_run
 from workbench.formats import FORMATS
 from workbench.inference.images import predict_inputs
@@ -111,6 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
+    fiftyone_db.configure(uri=args.database_uri, path_map=args.path_map)  # before FiftyOne is imported
     _fiftyone_logs_to_stderr()
     with progress_bars(not args.json) as update:
         errors = fa.prepare_errors(
@@ -147,7 +149,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def _print_errors(summary: dict[str, Any]) -> None:
-    print(f"FiftyOne dataset {summary['fiftyone_dataset']}, evaluation key {summary['eval_key']}")
+    print(f"FiftyOne dataset {summary['fiftyone_dataset']} ({summary['database']} database), key {summary['eval_key']}")
     print(f"  {summary['samples']} evaluated samples: {summary['tp']} TP, {summary['fp']} FP, {summary['fn']} FN")
     for name, state in summary["brain"].items():
         print(f"  brain {name}: {state}")
@@ -212,6 +214,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
     p.add_argument(
         "--no-launch", action="store_true", help="build the FiftyOne dataset and views, do not start the App"
+    )
+    p.add_argument(
+        "--database-uri",
+        help="MongoDB server for FiftyOne (default: $WORKBENCH_FIFTYONE_URI, $FIFTYONE_DATABASE_URI, else local)",
+    )
+    p.add_argument(
+        "--path-map",
+        action="append",
+        metavar="LOCAL=SHARED",
+        help="store image paths under LOCAL as under SHARED (repeatable; default: $WORKBENCH_PATH_MAP)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (with the App's url)")
     p.set_defaults(func=cmd_errors)

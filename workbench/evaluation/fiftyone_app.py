@@ -8,20 +8,21 @@ predictions and evaluation in it, ready views, the App, and tags that come back 
     session = fa.launch(errors.dataset, port=5151); print(session.url)
     fa.relabel_queue("datasets/facemask-sample")                         # samples tagged "fix"
 
-One persistent FiftyOne dataset per workbench folder (``dataset_name``), one sample per image
-with ``ground_truth``, ``predictions``, ``split``, ``source`` and ``wb_path`` (the workbench's
+One persistent FiftyOne dataset per workbench folder and workspace (``dataset_name``), one
+sample per image with ``ground_truth``, ``split``, ``source`` and ``wb_path`` (the workbench's
 relative image path, the key back). Boxes are FiftyOne's relative ``[x, y, w, h]`` in ``[0, 1]``
-(``to_fiftyone_box``); ignore regions carry ``iscrowd = 1``. Predictions are one run's, at the
-confusion matrix's score threshold; each run gets the evaluation keys ``eval_<run>`` (classwise)
-and ``eval_<run>_any`` (not classwise: the class confusions). docs/evaluation.md describes the
-fields, the brain runs and the database. No Streamlit here.
+(``to_fiftyone_box``); ignore regions carry ``iscrowd = 1``. Each run's predictions, at the
+confusion matrix's score threshold, have their own field ``pred_<run>`` and evaluation keys
+``eval_<run>`` (classwise) and ``eval_<run>_any`` (not classwise: the class confusions), so
+loading one run keeps the others'; the saved views and the brain run follow the run loaded last.
+The database, the names and the path mapping are ``fiftyone_db``'s. docs/evaluation.md
+describes the fields, the brain runs and the database; docs/scale.md a shared MongoDB. No
+Streamlit here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +34,21 @@ import numpy as np
 from workbench.annotations import Dataset, Detections, ImageRecord
 from workbench.boxes import xywh_to_xyxy, xyxy_to_xywh
 from workbench.evaluation.evaluate import Evaluation, evaluate_run
+from workbench.evaluation.fiftyone_db import (
+    database_uri,
+    dataset_name,
+    fiftyone,
+    find_dataset,
+    redacted,
+    shared_root,
+    to_local,
+    to_shared,
+)
 from workbench.splits import is_ignore
 
 log = logging.getLogger(__name__)
 
 GT_FIELD = "ground_truth"
-PRED_FIELD = "predictions"
 FIX_TAG = "fix"
 LOW_IOU = 0.75  # a true positive below this IoU is a "low-IoU match"
 DEFAULT_PORT = 5151
@@ -52,16 +62,6 @@ VIEWS = {
     "most-mistaken": "samples by fiftyone-brain mistakenness (likely label errors first)",
     "to-fix": f"samples tagged '{FIX_TAG}': the workbench's relabel queue",
 }
-
-
-def fiftyone():
-    """The ``fiftyone`` module, imported with the workbench's defaults (no tracking, no progress bars)."""
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-    os.environ.setdefault("FIFTYONE_SHOW_PROGRESS_BARS", "false")
-    import fiftyone as fo
-
-    return fo
 
 
 def to_fiftyone_box(box: np.ndarray | list[float], width: int, height: int) -> list[float]:
@@ -104,16 +104,21 @@ def prediction_detections(det: Detections, classes: list[str], width: int, heigh
     )
 
 
-def dataset_name(root: Path | str) -> str:
-    """The FiftyOne dataset name of a workbench dataset folder (stable for that folder)."""
-    resolved = str(Path(root).expanduser().resolve())
-    folder = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(resolved).name).strip("-") or "dataset"
-    return f"workbench-{folder}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
-
-
 def eval_key(run: str) -> str:
     """The evaluation key of a run: ``eval_<run>`` with every non-identifier character as ``_``."""
     return "eval_" + re.sub(r"\W", "_", run)
+
+
+def pred_field(run: str) -> str:
+    """The field of a run's predictions: ``pred_<run>`` (the same characters as ``eval_key``)."""
+    return "pred_" + re.sub(r"\W", "_", run)
+
+
+def runs(ds) -> list[str]:
+    """The runs whose predictions the dataset holds, the one loaded last at the end."""
+    names = list(ds.info.get("runs") or ([ds.info["run"]] if ds.info.get("run") else []))
+    schema = ds.get_field_schema()
+    return [r for r in names if pred_field(r) in schema]
 
 
 def _source(dataset: Dataset, record: ImageRecord) -> str:
@@ -139,22 +144,23 @@ def refresh(dataset: Dataset, *, name: str | None = None, reevaluate: bool = Tru
 
     New images are added, removed ones deleted, and every sample's ground truth, split and
     source rewritten from the workbench dataset. Sample and label tags set in the App stay
-    (label tags on ground truth survive only where the box is unchanged). When the dataset
-    holds a run's predictions and ``reevaluate`` is true, that run's evaluation is run again
-    on the new ground truth.
+    (label tags on ground truth survive only where the box is unchanged). Sample paths are
+    stored as ``to_shared`` maps them. When the dataset holds runs' predictions and
+    ``reevaluate`` is true, their evaluations are run again on the new ground truth.
     """
     fo = fiftyone()
-    name = name or dataset_name(dataset.root)
     root = Path(dataset.root).resolve()
-    records = {str(root / r.path): r for r in dataset.images}
-    if fo.dataset_exists(name):
-        ds = fo.load_dataset(name)
+    records = {to_shared(root / r.path): r for r in dataset.images}
+    if name:
+        ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
     else:
+        ds = find_dataset(root)
+        name = dataset_name(root)
+    if ds is None:
         ds = fo.Dataset(name, persistent=True)
         for key in ("split", "source", "wb_path"):  # declared: a field that is None everywhere is not created
             ds.add_sample_field(key, fo.StringField)
-        ds.info["workbench_root"] = str(root)
-        ds.save()
+    ds.info["workbench_root"] = shared_root(root)
     have = set(ds.values("filepath"))
     gone = have - set(records)
     if gone:
@@ -172,9 +178,10 @@ def refresh(dataset: Dataset, *, name: str | None = None, reevaluate: bool = Tru
             ds.set_values(key, {p: values[key] for p, values in fields.items()}, key_field="filepath")
     ds.info["workbench_format"] = dataset.format
     ds.save()
-    run = ds.info.get("run")
-    if reevaluate and run and PRED_FIELD in ds.get_field_schema() and old:
-        evaluate(ds, run)
+    loaded = runs(ds)
+    if reevaluate and old:
+        for run in loaded:  # the last one loaded last: the views and the brain are its
+            evaluate(ds, run, brain=run == loaded[-1])
     return ds
 
 
@@ -200,57 +207,62 @@ def _restore_label_tags(detections, tags: dict[tuple, list[str]]) -> None:
 def load_predictions(
     ds, dataset: Dataset, records: list[ImageRecord], detections: list[Detections], classes: list[str], *, run: str
 ) -> None:
-    """Put run ``run``'s detections into ``predictions`` (samples not in ``records`` get ``None``)."""
+    """Put run ``run``'s detections into its field ``pred_<run>`` (samples not in ``records`` get
+    ``None``). Only this run's old evaluations are deleted: every other run's stay."""
+    fo = fiftyone()
     root = Path(dataset.root).resolve()
-    previous = ds.info.get("run")
-    for key in list(ds.list_evaluations()):
-        if previous != run or key in (eval_key(run), eval_key(run) + "_any"):
+    for key in (eval_key(run), eval_key(run) + "_any"):
+        if ds.has_evaluation(key):
             ds.delete_evaluation(key)
+    field_name = pred_field(run)
+    if field_name not in ds.get_field_schema():
+        ds.add_sample_field(field_name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     by_path = {
-        str(root / r.path): prediction_detections(d, classes, r.width, r.height)
+        to_shared(root / r.path): prediction_detections(d, classes, r.width, r.height)
         for r, d in zip(records, detections, strict=True)
     }
     values = {p: by_path.get(p) for p in ds.values("filepath")}
-    ds.set_values(PRED_FIELD, values, key_field="filepath")
+    ds.set_values(field_name, values, key_field="filepath")
+    ds.info["runs"] = [r for r in runs(ds) if r != run] + [run]
     ds.info["run"] = run
     ds.save()
 
 
 def evaluate(ds, run: str, *, iou: float = 0.5, brain: bool = True) -> dict[str, Any]:
-    """Run FiftyOne's COCO-style ``evaluate_detections`` on the samples with predictions (keys
-    ``eval_<run>`` and ``eval_<run>_any``), fiftyone-brain's mistakenness, and save the ready views.
+    """Run FiftyOne's COCO-style ``evaluate_detections`` on the samples with ``run``'s predictions
+    (keys ``eval_<run>`` and ``eval_<run>_any``), fiftyone-brain's mistakenness, and save the
+    ready views (of this run).
 
     Returns ``{"eval_key", "samples", "tp", "fp", "fn", "brain": {"mistakenness": ..., "hardness": ...}}``.
     """
     fiftyone()
-    key = eval_key(run)
-    view = ds.exists(PRED_FIELD)
+    key, preds = eval_key(run), pred_field(run)
+    view = ds.exists(preds)
     for k in (key, key + "_any"):
         if ds.has_evaluation(k):
             ds.delete_evaluation(k)
-    view.evaluate_detections(PRED_FIELD, gt_field=GT_FIELD, eval_key=key, method="coco", iou=iou, classwise=True)
-    view.evaluate_detections(
-        PRED_FIELD, gt_field=GT_FIELD, eval_key=key + "_any", method="coco", iou=iou, classwise=False
-    )
-    brain_done = run_brain(ds, view) if brain else {"mistakenness": "not run", "hardness": "not run"}
+    view.evaluate_detections(preds, gt_field=GT_FIELD, eval_key=key, method="coco", iou=iou, classwise=True)
+    view.evaluate_detections(preds, gt_field=GT_FIELD, eval_key=key + "_any", method="coco", iou=iou, classwise=False)
+    brain_done = run_brain(ds, view, preds) if brain else {"mistakenness": "not run", "hardness": "not run"}
     ds.info["eval_key"] = key
     ds.info["brain"] = brain_done
     ds.save()
-    save_views(ds, key)
+    save_views(ds, run)
     counts = {t: int(sum(view.values(f"{key}_{t}"))) for t in ("tp", "fp", "fn")}
     log.info("FiftyOne evaluation %s on %d samples: %s", key, len(view), counts)
     return {"eval_key": key, "samples": len(view), **counts, "brain": brain_done}
 
 
-def run_brain(ds, view) -> dict[str, str]:
-    """fiftyone-brain methods that run offline on detections; says what ran and why not."""
+def run_brain(ds, view, preds: str) -> dict[str, str]:
+    """fiftyone-brain methods that run offline on detections (predictions ``preds``); says what
+    ran and why not."""
     import fiftyone.brain as fob
 
     done: dict[str, str] = {}
     try:
         if "mistakenness" in ds.list_brain_runs():
             ds.delete_brain_run("mistakenness")
-        fob.compute_mistakenness(view, PRED_FIELD, label_field=GT_FIELD, use_logits=False)
+        fob.compute_mistakenness(view, preds, label_field=GT_FIELD, use_logits=False)
         done["mistakenness"] = "ran (from prediction confidences)"
     except Exception as e:  # a brain failure must not lose the evaluation
         log.warning("mistakenness failed: %s", e)
@@ -259,17 +271,18 @@ def run_brain(ds, view) -> dict[str, str]:
     return done
 
 
-def make_views(ds, key: str) -> dict[str, Any]:
-    """The ready views of evaluation ``key`` (see ``VIEWS``)."""
+def make_views(ds, run: str) -> dict[str, Any]:
+    """The ready views of run ``run``'s evaluation (see ``VIEWS``)."""
     from fiftyone import ViewField as F
 
-    evaluated = ds.exists(PRED_FIELD)
+    key, preds = eval_key(run), pred_field(run)
+    evaluated = ds.exists(preds)
     views = {
-        "false-positives": evaluated.filter_labels(PRED_FIELD, F(key) == "fp").sort_by(f"{key}_fp", reverse=True),
+        "false-positives": evaluated.filter_labels(preds, F(key) == "fp").sort_by(f"{key}_fp", reverse=True),
         "false-negatives": evaluated.filter_labels(GT_FIELD, F(key) == "fn").sort_by(f"{key}_fn", reverse=True),
-        "low-iou": evaluated.filter_labels(PRED_FIELD, (F(key) == "tp") & (F(f"{key}_iou") < LOW_IOU)),
+        "low-iou": evaluated.filter_labels(preds, (F(key) == "tp") & (F(f"{key}_iou") < LOW_IOU)),
         "class-confusions": evaluated.filter_labels(
-            PRED_FIELD, (F(f"{key}_any") == "fp") & (F(f"{key}_any_id") != "")
+            preds, (F(f"{key}_any") == "fp") & (F(f"{key}_any_id") != "")
         ).filter_labels(GT_FIELD, (F(f"{key}_any") == "fn") & (F(f"{key}_any_id") != "")),
         "to-fix": ds.match_tags(FIX_TAG),
     }
@@ -278,10 +291,10 @@ def make_views(ds, key: str) -> dict[str, Any]:
     return views
 
 
-def save_views(ds, key: str) -> list[str]:
-    """Save the ready views in the dataset (the App lists them under saved views)."""
+def save_views(ds, run: str) -> list[str]:
+    """Save run ``run``'s ready views in the dataset (the App lists them under saved views)."""
     names = []
-    for name, view in make_views(ds, key).items():
+    for name, view in make_views(ds, run).items():
         ds.save_view(name, view, description=VIEWS[name], overwrite=True)
         names.append(name)
     return names
@@ -307,23 +320,22 @@ def view_url(session, ds, view_name: str | None = None) -> str:
 def relabel_queue(dataset_root: Path | str, *, tag: str = FIX_TAG) -> list[dict[str, Any]]:
     """Images tagged ``tag`` in FiftyOne (on the sample or on any of its labels), for Annotate.
 
-    Returns ``[{"path": relative image path, "reasons": [str, ...]}]`` in path order; ``[]``
-    when the folder has no FiftyOne dataset yet.
+    Returns ``[{"path": relative image path, "file": the image on this machine (``to_local``),
+    "reasons": [str, ...]}]`` in path order; ``[]`` when the folder has no FiftyOne dataset yet.
     """
-    fo = fiftyone()
-    name = dataset_name(dataset_root)
-    if not fo.dataset_exists(name):
+    ds = find_dataset(dataset_root)
+    if ds is None:
         return []
-    ds = fo.load_dataset(name)
     key = ds.info.get("eval_key")
     reasons: dict[str, list[str]] = {}
-    for path in ds.match_tags(tag).values("wb_path"):
+    files: dict[str, str] = {}
+    for path, file in zip(*ds.match_tags(tag).values(["wb_path", "filepath"]), strict=True):
         reasons.setdefault(path, []).append(f"tagged '{tag}' in FiftyOne")
-    for field_name in (GT_FIELD, PRED_FIELD):
-        if field_name not in ds.get_field_schema():
-            continue
+        files[path] = file
+    for field_name in (GT_FIELD, *map(pred_field, runs(ds))):
         view = ds.select_labels(tags=tag, fields=field_name)
-        for path, dets in zip(*view.values(["wb_path", field_name]), strict=True):
+        for path, file, dets in zip(*view.values(["wb_path", "filepath", field_name]), strict=True):
+            files[path] = file
             for d in dets.detections if dets else []:
                 what = "box" if field_name == GT_FIELD else "prediction"
                 reasons.setdefault(path, []).append(f"{what} '{d.label}' tagged '{tag}'")
@@ -332,16 +344,14 @@ def relabel_queue(dataset_root: Path | str, *, tag: str = FIX_TAG) -> list[dict[
         for path, fp, fn in zip(*counts, strict=True):
             if fp or fn:
                 reasons[path].append(f"{fp or 0} false positive(s), {fn or 0} false negative(s)")
-    return [{"path": p, "reasons": reasons[p]} for p in sorted(reasons)]
+    return [{"path": p, "file": to_local(files[p]), "reasons": reasons[p]} for p in sorted(reasons)]
 
 
 def clear_tag(dataset_root: Path | str, paths: list[str], *, tag: str = FIX_TAG) -> int:
     """Remove ``tag`` from the samples (and their labels) of the given relative image paths; return how many."""
-    fo = fiftyone()
-    name = dataset_name(dataset_root)
-    if not fo.dataset_exists(name):
+    ds = find_dataset(dataset_root)
+    if ds is None:
         return 0
-    ds = fo.load_dataset(name)
     view = ds.select_by("wb_path", list(paths))
     view.untag_samples(tag)
     view.untag_labels(tag)
@@ -362,7 +372,8 @@ class Errors:
         """The ``workbench errors --json`` object: the FiftyOne dataset's name, ``summary`` and
         the samples in each saved view."""
         views = {name: len(self.dataset.load_saved_view(name)) for name in self.views}
-        return {"fiftyone_dataset": self.dataset.name, **self.summary, "views": views}
+        database = redacted(database_uri())
+        return {"fiftyone_dataset": self.dataset.name, "database": database, **self.summary, "views": views}
 
 
 def prepare_errors(
