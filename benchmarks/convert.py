@@ -13,7 +13,8 @@
      (a self-contained output: annotations.json plus hard-linked images), reading the source
      through the index cache (a private ``WORKBENCH_HOME`` in the temp dir): one conversion
      made before the timed rounds fills it, as the first ``convert`` or the app's first open
-     of a folder does, and is reported on its own;
+     of a folder does, and is reported on its own. The images are hard-linked by a child
+     process while the annotations are written (``datasets.linking``); its CPU time counts;
    * ``workbench none``: the same with ``images="none"`` (annotations only);
    * ``workbench none, no index``: ``images="none"`` and ``use_index=False``: every file parsed;
    * ``bare``: the issue's floor, a single-process ``ElementTree.parse`` loop over the XMLs that
@@ -72,9 +73,6 @@ TARGET_PEAK_MB = 300.0  # workbench peak RSS below
 FIFTYONE_BUDGET_S = 15 * 60  # above this (predicted) FiftyOne runs on a subset and is scaled
 
 
-# --------------------------------------------------------------------------- dataset
-
-
 def build_dataset(source: Path, root: Path, files: int) -> tuple[int, str]:
     """Replicate ``source`` (images/*.png + annotations/*.xml) under ``root`` up to ``files`` XMLs.
 
@@ -127,9 +125,6 @@ def subset(root: Path, dst: Path, files: int) -> Path:
     return dst
 
 
-# --------------------------------------------------------------------------- workers (run in subprocesses)
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -137,6 +132,11 @@ def _peak_rss_mb() -> float:
 def _current_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _report(**values: Any) -> None:
@@ -149,9 +149,10 @@ def worker_workbench(src: Path, out: Path, images: str, use_index: bool) -> None
 
     import_s = time.perf_counter() - t0
     base_mb = _current_rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu_s()
     result = convert(src, out, "coco", images=images, use_index=use_index)
     seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    cpu_s += _children_cpu_s() - k0  # the child that hard-links the images counts too
     _report(
         seconds=seconds,
         cpu_s=cpu_s,
@@ -349,9 +350,6 @@ def worker_fiftyone(src: Path, out: Path, images: str) -> None:
     )
 
 
-# --------------------------------------------------------------------------- driver
-
-
 def run_worker(
     kind: str,
     src: Path,
@@ -470,7 +468,7 @@ def phase_breakdown(src: Path, tmp: Path, repeat: int = 3) -> None:
 
     from workbench.datasets.convert import bring_images, convert
     from workbench.fileio import atomic_write, iter_files
-    from workbench.formats import coco, detect_format, voc
+    from workbench.formats import coco, coco_write, detect_format, voc
     from workbench.formats.common import ImageIndex
 
     xmls = list(iter_files(src / "annotations", (".xml",)))
@@ -502,8 +500,12 @@ def phase_breakdown(src: Path, tmp: Path, repeat: int = 3) -> None:
         ("    read + voc.parse (hardened lxml, every field)", lambda: [voc.parse(p.read_bytes(), "f") for p in xmls]),
         ("    voc._value over the parsed trees", lambda: [[voc._value(child) for child in tree] for tree in trees]),
         ("    voc._record per file: read, parse, _value, boxes, paths", lambda: [record(p) for p in xmls]),
-        ("  coco.to_dict", lambda: coco.to_dict(dataset, dataset.images, "annotations.json")),
-        ("  json.dumps", lambda: json.dumps(doc, ensure_ascii=False, separators=(",", ":"))),
+        (
+            "  coco_write.fast_text (what convert writes)",
+            lambda: coco_write.fast_text(dataset, dataset.images, "annotations.json", coco.categories_of(dataset)),
+        ),
+        ("  coco.to_dict (the dicts it replaces)", lambda: coco.to_dict(dataset, dataset.images, "annotations.json")),
+        ("  json.dumps of those dicts", lambda: json.dumps(doc, ensure_ascii=False, separators=(",", ":"))),
         ("  atomic_write(annotations.json)", lambda: atomic_write(tmp / "p-write.json", text)),
         ("  bring_images(link)", lambda: bring_images(dataset, fresh("p-images"), "link")),
         ("floor_convert (whole floor)", lambda: floor_convert(src, fresh("p-floor"))),
@@ -559,6 +561,42 @@ def profile_workbench(src: Path, tmp: Path, top: int = 15) -> None:
         print(f"{stat.size / 2**20:8.2f} MB {stat.count:9d} blocks  {_short(frame.filename)}:{frame.lineno}")
 
 
+def save_results(
+    path: Path,
+    runs: dict[str, list[dict[str, Any]]],
+    n_files: int,
+    load: str,
+    fo_res: dict[str, dict[str, Any]],
+    scale: float,
+) -> None:
+    """The run's numbers as JSON: per contender its runs, best and median wall and best CPU; the
+    workbench's ratios to the bare floor (median wall, the target's measure)."""
+    out: dict[str, Any] = {"files": n_files, "python": sys.version.split()[0], "load": load, "contenders": {}}
+    for name, rs in runs.items():
+        walls = [r["seconds"] for r in rs]
+        out["contenders"][name] = {
+            "runs_s": [round(w, 4) for w in walls],
+            "best_s": round(min(walls), 4),
+            "median_s": round(statistics.median(walls), 4),
+            "best_cpu_s": round(min(r["cpu_s"] for r in rs), 4),
+            "peak_rss_mb": round(max(r["peak_mb"] for r in rs), 1),
+        }
+    bare = out["contenders"]["bare"]
+    out["ratio_to_bare"] = {
+        name: {
+            "median_wall": round(c["median_s"] / bare["median_s"], 3),
+            "best_wall": round(c["best_s"] / bare["best_s"], 3),
+            "best_cpu": round(c["best_cpu_s"] / bare["best_cpu_s"], 3),
+            "target": TARGET_FLOOR_RATIO,
+        }
+        for name, c in out["contenders"].items()
+        if name.startswith("workbench")
+    }
+    out["fiftyone"] = {mode: {"seconds": r["seconds"] * scale, "scaled_x": scale} for mode, r in fo_res.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+
+
 def _short(file: str) -> str:
     short = re.sub(r"^.*/(site-packages|lib/python3\.\d+)/", "", file)
     return os.path.relpath(short, REPO) if short.startswith(str(REPO)) else short
@@ -577,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-fiftyone", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also time the workbench's stages, cProfile it")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument("--results", type=Path, help="also write the numbers as JSON here")
     parser.add_argument("--worker", choices=("workbench", "floor", "bare", "fiftyone"), help=argparse.SUPPRESS)
     parser.add_argument("--index", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
@@ -655,7 +694,6 @@ def main(argv: list[str] | None = None) -> int:
                 stop_mongod(mongod)
         scale = n_files / fo_files
 
-        # ---------------------------------------------------------------- table
         def best(name: str, key: str = "seconds") -> float:
             return min(r[key] for r in runs[name])
 
@@ -750,6 +788,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.getloadavg()[1] > (os.cpu_count() or 1):
             print("WARNING: other processes kept the CPUs busy; timings are noisy, trust the best-of numbers most")
 
+        if args.results:
+            save_results(args.results, runs, n_files, load_after_local, fo_res, scale)
+            print(f"results written to {args.results}")
         if args.profile:
             profile_workbench(src, tmp)
         print(f"\nwhole run: {time.perf_counter() - started:.0f} s")

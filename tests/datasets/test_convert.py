@@ -222,3 +222,34 @@ def test_a_workspace_that_cannot_hold_the_index_falls_back_to_parsing(source, tm
     got = _coco(source, tmp_path / "a")
     assert len(parsed) == len(STEMS)
     assert got == _coco(source, tmp_path / "b", use_index=False)
+
+
+@pytest.mark.parametrize("child_from", [1, 10**9], ids=["child process", "this process"])
+def test_images_are_hard_linked_by_a_child_process_or_this_one(shared, tmp_path, monkeypatch, child_from):
+    """What ``linking`` cannot link is placed as before: an existing file is replaced, a missing
+    image is listed; every other image is the source file itself (a hard link)."""
+    from workbench.datasets import linking
+
+    monkeypatch.setattr(linking, "CHILD_FROM", child_from)
+    src = copy_voc_subset(shared, tmp_path / "src", ["maksssksksss0", "maksssksksss1", "maksssksksss2"])
+    (src / "images" / "maksssksksss2.png").unlink()
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "maksssksksss1.png").write_bytes(b"an older file")
+    started = []
+    real = linking.start_links
+
+    def spy(dataset, where):
+        links = real(dataset, where)
+        started.append(links._process is not None)
+        return links
+
+    monkeypatch.setattr(convert_module, "start_links", spy)
+    result = convert(src, out, "coco", use_index=False)
+    assert started and started[0] == (child_from == 1)
+    assert result.images_written == 2 and result.missing_images == ["images/maksssksksss2.png"]
+    for name in ("maksssksksss0.png", "maksssksksss1.png"):
+        assert os.path.samefile(src / "images" / name, out / "images" / name)
+    assert sorted(i["file_name"] for i in json.loads((out / "annotations.json").read_text())["images"]) == [
+        f"images/maksssksksss{i}.png" for i in range(3)
+    ]

@@ -146,3 +146,36 @@ def test_the_report_is_computed_once_per_revision(tmp_path):
     assert health.report(opened) is first
     opened.revision += 1  # what a save does
     assert health.report(opened) is not first
+
+
+def test_format_reader_notes_are_findings_in_check_and_the_cli(tmp_path):
+    """A rotated Label Studio box is read as its enclosing box: the reader's note is a finding."""
+    from tests.formats.test_labelstudio import box_item, write_tasks
+
+    write_image(tmp_path / "ls" / "a.jpg", 400, 400)
+    tasks = [
+        {"id": 1, "data": {"image": "a.jpg"}, "annotations": [{"result": [box_item(25, 25, 25, 12.5, rotation=90)]}]}
+    ]
+    root = write_tasks(tmp_path / "ls", tasks)
+    report = check(load_dataset(root))
+    notes = [f for f in report.findings if f.kind == "reader_note"]
+    assert len(notes) == 1 and notes[0].file == "tasks.json"
+    assert "rotated by 90 degrees, read as its enclosing box" in notes[0].detail
+    result = subprocess.run([WORKBENCH, "check", str(root), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    listed = [f for f in json.loads(result.stdout)["findings"] if f["kind"] == "reader_note"]
+    assert listed == [notes[0].to_json()]
+    text = subprocess.run([WORKBENCH, "check", str(root)], capture_output=True, text=True, timeout=300).stdout
+    assert health.KINDS["reader_note"] in text and "rotated by 90 degrees" in text
+
+
+def test_cvat_shapes_kept_but_not_read_are_findings(tmp_path):
+    from tests.formats.test_cvat import write
+
+    root = write(tmp_path / "c")
+    for name, size in (("a.png", (400, 300)), ("b.png", (64, 48))):
+        write_image(root / name, *size)
+    details = [f.detail for f in check(load_dataset(root)).findings if f.kind == "reader_note"]
+    assert any("rotated by 90 degrees" in d for d in details)
+    assert any("kept as they are, not read as boxes" in d for d in details)
+    assert check(load_dataset(copy_voc(tmp_path / "voc"))).by_kind().get("reader_note") is None

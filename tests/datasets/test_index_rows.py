@@ -93,7 +93,18 @@ def test_records_come_back_exactly():
 
 
 @pytest.mark.parametrize(
-    "row", ["", "[1,2", '{"a": 1}', "[1,2,3,4,5,6,7,8,9,10]", '["p",1,1,[1,2,3],[],[],[],null,null,{}]']
+    "row",
+    [
+        "",
+        "[1,2",
+        '{"a": 1}',
+        "[1,2,3,4,5,6,7,8,9,10]",
+        '["p",1,1,[1,2,3],[],[],[],null,null,{}]',
+        '["p",1,1,[1,2,3,4],[0,1],[null,null],[{},{}],null,null,{}]',
+        '["p",1,1,[1,2,3,4],[0],[null,null],[{}],null,null,{}]',
+        '["p",1,1,[1,2,3,4],[0],[null],[],null,null,{}]',
+        '["p",1,1,[1,2,3,"x"],[0],[null],[{}],null,null,{}]',
+    ],
 )
 def test_a_bad_row_raises(row):
     with pytest.raises((ValueError, TypeError)):
@@ -114,3 +125,18 @@ def test_every_shared_dataset_comes_back_from_the_cache_exactly(shared, name):
     for x, y in zip(a.images, b.images, strict=True):
         assert_same_record(x, y)
     assert warm.stats == cold.stats
+
+
+def test_a_plain_row_is_the_record_the_constructor_makes():
+    """Rows with plain boxes and no polygon skip ``__post_init__``: same values, dtypes, shapes."""
+    records = [
+        ImageRecord(path="a.png", width=4, height=3),
+        ImageRecord(path="b.png", width=9, height=9, boxes=[[1, 2, 3, 4], [0.5, 0, 9, 9]], class_ids=[2, 0]),
+    ]
+    for want, got in zip(records, index_rows.load_records([index_rows.dump_record(r) for r in records]), strict=True):
+        assert_same_record(want, got)
+        assert got.boxes.shape == (len(want), 4) and got.boxes.dtype == np.float64 and got.boxes.flags.writeable
+        assert got.class_ids.shape == (len(want),) and got.class_ids.dtype == np.int64
+        assert got.polygons == [None] * len(want) and got.box_extra == [{}] * len(want)
+        got.add_box(np.array([0.0, 0, 1, 1]), 1)  # and it edits as any record
+        assert len(got) == len(want) + 1

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from tests.conftest import write_image
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import DatasetReadError
-from workbench.formats import coco
+from workbench.formats import coco, coco_write
 
 
 def _doc(images=None, annotations=None, categories=None, **extra) -> dict:
@@ -204,3 +204,35 @@ def test_pycocotools_loads_output_without_warning(shared, tmp_path):
             warnings.simplefilter("error")
             api = COCO(str(tmp_path / f"{split}.json"))
         assert len(api.getAnnIds()) == len({a["id"] for a in api.dataset["annotations"]})
+
+
+def test_fast_text_is_json_dumps_of_to_dict_byte_for_byte():
+    """``coco_write.fast_text`` (what a save of a non-COCO dataset writes) is the document
+    ``to_dict`` builds, dumped: fractional, noisy, huge and negative numbers, polygons, images
+    with no box, odd file names, an out-of-list class id, and files in other folders."""
+    polygon = np.array([[1.5, 2.25], [10, 2.0000000001], [4, 9]])
+    records = [
+        ImageRecord(
+            path='images/a "quoted" é.jpg',
+            width=640.0,
+            height=480,
+            boxes=[[0.1 + 0.2, 1, 10.000000000001, 5.5], [-0.0000001, 2, 1e20, 3], [4, 5, 4, 5]],
+            class_ids=[0, 2, 1],
+            polygons=[None, None, polygon],
+        ),
+        ImageRecord(path="images/train/b.png", width=3, height=4),
+        ImageRecord(path="c.png", width=8, height=8, boxes=[[1, 1, 2, 2]], class_ids=[5], split="train"),
+    ]
+    for fmt in ("voc", "labelme", "yolo"):
+        dataset = Dataset(root=Path("/x"), format=fmt, classes=["a", "b", "c"], images=records)
+        for json_rel in ("annotations.json", "train.json", "images/val.json"):
+            expected = json.dumps(coco.to_dict(dataset, records, json_rel), ensure_ascii=False, separators=(",", ":"))
+            assert coco_write.fast_text(dataset, records, json_rel, coco.categories_of(dataset)) == expected
+        assert coco_write.fast_text(dataset, [], "annotations.json", []) == json.dumps(
+            coco.to_dict(Dataset(root=Path("/x"), format=fmt), [], "annotations.json"), separators=(",", ":")
+        )
+    dataset = Dataset(root=Path("/x"), format="coco", classes=["a", "b", "c"], images=records)
+    assert coco_write.fast_text(dataset, records, "annotations.json", coco.categories_of(dataset)) is None
+    nan = ImageRecord(path="d.png", width=8, height=8, boxes=[[float("nan"), 1, 2, 2]], class_ids=[0])
+    with pytest.raises(ValueError, match="not finite"):
+        coco_write.fast_text(Dataset(root=Path("/x"), format="voc", images=[nan]), [nan], "a.json", [])

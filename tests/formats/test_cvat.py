@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import PROJECT, SHARED, TINY_STEMS, copy_voc_subset
 from workbench.datasets.convert import convert
 from workbench.errors import DatasetReadError
-from workbench.formats import cvat, detect_format, load_dataset, save_dataset
+from workbench.formats import cvat, detect_format, load_dataset, save_dataset, voc
 
 REF_PYTHON = PROJECT / ".venv-ref" / "bin" / "python"
 needs_ref = pytest.mark.skipif(not REF_PYTHON.is_file(), reason=f"{REF_PYTHON} missing: run scripts/setup.sh --test")
@@ -287,3 +287,30 @@ def test_datumaro_reads_the_attributes_we_keep(tmp_path):
     assert face["attributes"]["occluded"] is True and face["attributes"]["mask"] == "yes"
     assert face["bbox"] == [10.5, 20.0, 99.75, 120.0]
     assert [a["bbox"] for a in theirs["a"][1:2]] == [[200.0, 50.0, 60.0, 70.0]]
+
+
+def test_voc_detection_matches_the_annotation_tag_only(tmp_path):
+    """VOC's ``<annotation>`` root (also ``<annotation verified="yes">``, labelImg's) and never
+    CVAT's ``<annotations>``: each folder is one format, with no tie-break in ``detect_format``."""
+    cvat_root = write(tmp_path / "c")
+    assert not voc.detect(cvat_root) and detect_format(cvat_root) == "cvat"
+    labelimg = copy_voc_subset(SHARED, tmp_path / "v", TINY_STEMS[:1])
+    xml = next((labelimg / "annotations").glob("*.xml"))
+    xml.write_text(xml.read_text().replace("<annotation>", '<annotation verified="yes">', 1))
+    assert voc.detect(labelimg) and detect_format(labelimg) == "voc"
+    xml.write_text(xml.read_text().replace('<annotation verified="yes">', "<annotation\n>", 1))
+    assert voc.detect(labelimg)
+
+
+def test_cvat_detection_opens_a_few_files_of_a_big_folder(tmp_path, monkeypatch):
+    voc_root = copy_voc_subset(SHARED, tmp_path / "voc", TINY_STEMS[:1])
+    xml = next((voc_root / "annotations").glob("*.xml"))
+    for i in range(200):
+        shutil.copy(xml, voc_root / "annotations" / f"copy_{i:03d}.xml")
+    opened = []
+    real = cvat._is_cvat
+    monkeypatch.setattr(cvat, "_is_cvat", lambda path: opened.append(path) or real(path))
+    assert not cvat.detect(voc_root) and len(opened) <= cvat.DETECT_PER_FOLDER
+    opened.clear()
+    write(voc_root / "labels", name="zz_task.xml")  # a CVAT file one folder down is still found
+    assert cvat.detect(voc_root)

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from workbench.annotations import Dataset
 from workbench.datasets.index import no_gc, open_dataset
+from workbench.datasets.linking import make_folders, start_links
 from workbench.errors import DatasetReadError, ReadError, WorkbenchError
 from workbench.formats import embedded_image, get_format, load_dataset, yolo_yaml
 
 IMAGE_MODES = ("link", "copy", "symlink", "none")
+PROGRESS_EVERY = 100  # images between two progress reports
 
 
 @dataclass
@@ -68,10 +70,16 @@ def _place_image(src: Path, dst: Path, mode: str) -> None:
 
 
 def bring_images(
-    dataset: Dataset, out: Path, mode: str = "link", on_progress: Callable[[int, int], None] | None = None
+    dataset: Dataset,
+    out: Path,
+    mode: str = "link",
+    on_progress: Callable[[int, int], None] | None = None,
+    *,
+    linked: set[int] | None = None,
 ) -> tuple[int, list[str]]:
     """Place every image of ``dataset`` at its relative path under ``out``.
 
+    ``linked``: the positions of the images already hard-linked there (``linking.start_links``).
     Returns ``(images placed, images missing from the source)``.
     """
     if mode not in IMAGE_MODES:
@@ -80,23 +88,45 @@ def bring_images(
         return 0, []
     written, missing = 0, []
     total = len(dataset.images)
-    for folder in {str(Path(r.path).parent) for r in dataset.images}:
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    make_folders(dataset, out)
+    if not linked and mode == "link":
+        linked = _link_all(dataset, out)
     for i, record in enumerate(dataset.images):
-        src = dataset.root / record.path
-        dst = out / record.path
-        try:
-            _place_image(src, dst, mode)
+        if linked and i in linked:
             written += 1
-        except FileNotFoundError:
-            if (data := embedded_image(dataset, record)) is not None:
-                dst.write_bytes(data)
+        else:
+            src = dataset.root / record.path
+            dst = out / record.path
+            try:
+                _place_image(src, dst, mode)
                 written += 1
-            else:
-                missing.append(record.path)
-        if on_progress:
+            except FileNotFoundError:
+                if (data := embedded_image(dataset, record)) is not None:
+                    dst.write_bytes(data)
+                    written += 1
+                else:
+                    missing.append(record.path)
+        if on_progress and (i + 1 == total or not (i + 1) % PROGRESS_EVERY):
             on_progress(i + 1, total)
     return written, missing
+
+
+def _link_all(dataset: Dataset, out: Path) -> set[int]:
+    """Hard-link every image it can, the paths as plain strings (a ``Path`` per image costs half
+    as much as the link itself); the positions linked. What a link refuses (an existing file,
+    another file system, a missing image) is left to ``_place_image``."""
+    if os.sep != "/":
+        return set()
+    src, dst = f"{dataset.root}/", f"{out}/"
+    linked = set()
+    link = os.link
+    for i, record in enumerate(dataset.images):
+        try:
+            link(src + record.path, dst + record.path)
+        except OSError:
+            continue
+        linked.add(i)
+    return linked
 
 
 def read_source(
@@ -154,11 +184,16 @@ def convert(
     with no_gc():  # the records are all alive until the end: nothing for the GC to find
         dataset = read_source(src, src_format, strict=not skip_bad, use_index=use_index, on_progress=stage("read"))
         out.mkdir(parents=True, exist_ok=True)
-        if not module.CAPABILITIES.per_image_files:
-            # One file for many images (COCO): annotations.json or <split>.json at the top of
-            # ``out``, whatever files the source kept its records in.
-            module.save(dataset, out, keep_files=False, on_progress=stage("write"))
-        else:
-            module.save(dataset, out, on_progress=stage("write"))
-    written, missing = bring_images(dataset, out, images, stage("images"))
+        # many images are linked by a child process while the annotations are written
+        links = start_links(dataset, out) if images == "link" and out.resolve() != dataset.root.resolve() else None
+        try:
+            if not module.CAPABILITIES.per_image_files:
+                # One file for many images (COCO): annotations.json or <split>.json at the top of
+                # ``out``, whatever files the source kept its records in.
+                module.save(dataset, out, keep_files=False, on_progress=stage("write"))
+            else:
+                module.save(dataset, out, on_progress=stage("write"))
+        finally:
+            linked = links.wait() if links else None
+    written, missing = bring_images(dataset, out, images, stage("images"), linked=linked)
     return ConvertResult(dataset=dataset, out=out, to=module.NAME, images_written=written, missing_images=missing)

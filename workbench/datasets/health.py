@@ -40,6 +40,7 @@ KINDS = {
     "exif_rotated": "EXIF orientation other than 1",
     "bad_image": "image file that cannot be read",
     "temp_file": "temporary file an interrupted save left",
+    "reader_note": "read approximately, or kept but not read as boxes",
 }
 
 
@@ -185,6 +186,19 @@ def _duplicates(root: Path, paths: list[str]) -> list[Finding]:
     return out
 
 
+def reader_notes(dataset: Dataset) -> list[Finding]:
+    """What the format's reader noted while loading (``Dataset.extra[format]["findings"]``: a
+    rotated box read as its enclosing box, shapes kept but not read), one finding each. A note
+    reads ``"<file>: <where>: <what>"``; the file is the one to open."""
+    kept = dataset.extra.get(dataset.format)
+    notes = kept.get("findings") if isinstance(kept, dict) else None
+    out = []
+    for note in notes if isinstance(notes, list) else []:
+        file, sep, detail = str(note).partition(": ")
+        out.append(Finding("reader_note", file, detail) if sep else Finding("reader_note", "", file))
+    return out
+
+
 def check(
     dataset: Dataset,
     *,
@@ -211,6 +225,7 @@ def check(
         if rel not in listed
     )
     findings.extend(_duplicates(dataset.root, on_disk))
+    findings.extend(reader_notes(dataset))
     findings.extend(
         Finding(
             "temp_file",

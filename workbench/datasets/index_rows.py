@@ -24,6 +24,7 @@ raises, and the index treats that as a cache miss.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 from typing import Any
@@ -36,6 +37,9 @@ TAG = "\x00wb"  # no format writes a NUL into a key, and one that does is escape
 _MARK = json.dumps(TAG)[:-1]  # how a tag starts in JSON text: a row without it needs no decoding hook
 _NUMBER_KINDS = "biuf"  # numpy dtypes whose values JSON holds exactly (bool, int, unsigned, float)
 _PLAIN = (str, int, float, bool, type(None))
+_ROW_FIELDS = ("path", "width", "height", "boxes", "class_ids", "polygons", "box_extra", "split", "annotation", "extra")
+# a record is built field by field only while these are all of ImageRecord's fields
+_PLAIN_FIELDS = tuple(f.name for f in dataclasses.fields(ImageRecord)) == _ROW_FIELDS
 
 
 class Unencodable(TypeError):
@@ -144,6 +148,31 @@ def record_from_row(row: list[Any]) -> ImageRecord:
     path, width, height, boxes, ids, polygons, box_extra, split, annotation, extra = row
     if type(path) is not str or type(extra) is not dict or type(box_extra) is not list:
         raise ValueError("index row: not a record")
+    if (
+        _PLAIN_FIELDS
+        and type(boxes) is list
+        and type(ids) is list
+        and type(polygons) is list
+        and len(boxes) == 4 * len(ids)
+        and len(ids) == len(polygons) == len(box_extra)
+        and polygons.count(None) == len(polygons)
+    ):
+        # The common row (plain boxes, no polygon): the shapes are checked here, so the record is
+        # made without ``ImageRecord.__post_init__`` converting every value once more.
+        record = object.__new__(ImageRecord)
+        record.__dict__.update(
+            path=path,
+            width=width,
+            height=height,
+            boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4),
+            class_ids=np.array(ids, dtype=np.int64),
+            polygons=polygons,
+            box_extra=box_extra,
+            split=split,
+            annotation=annotation,
+            extra=extra,
+        )
+        return record
     return ImageRecord(
         path=path,
         width=width,

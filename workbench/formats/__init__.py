@@ -72,8 +72,6 @@ def detect_format(root: Path | str) -> str:
     if not root.is_dir():
         raise FormatDetectionError(f"{root}: not a folder")
     found = [name for name, module in FORMATS.items() if module.detect(root)]
-    # VOC's detect takes CVAT's <annotations> root for its own <annotation>: CVAT's is the stricter test
-    found = [name for name in found if not (name == voc.NAME and cvat.NAME in found)]
     if not found:
         raise FormatDetectionError(f"{root}: no {labels(list(FORMATS))} annotations found; choose the format by hand")
     if len(found) > 1:

@@ -30,6 +30,7 @@ import numpy as np
 from workbench.annotations import Dataset, ImageRecord
 from workbench.errors import ReadError
 from workbench.fileio import atomic_write, first_file, iter_files, relpath, safe_relpath
+from workbench.formats import coco_write
 from workbench.formats.common import (
     Capabilities,
     ErrorCollector,
@@ -229,7 +230,8 @@ def categories_of(dataset: Dataset) -> list[dict[str, Any]]:
     """COCO categories for the dataset's classes: the original dicts when it came from COCO,
     else ids 1..K (0 is left for the background, as most COCO tools expect)."""
     kept = dataset.extra.get("coco", {}).get("categories") if dataset.format == NAME else None
-    used = max((int(c) for r in dataset.images for c in r.class_ids), default=-1)
+    ids = [r.class_ids for r in dataset.images if len(r.class_ids)]
+    used = int(np.concatenate(ids).max()) if ids else -1
     count = max(len(dataset.classes), used + 1)
     if kept and len(kept) == len(dataset.classes):
         out = [dict(c, name=name) for c, name in zip(kept, dataset.classes)]
@@ -328,9 +330,13 @@ def _groups(dataset: Dataset, keep_files: bool = True) -> dict[str, list[ImageRe
 
 def _write(dataset: Dataset, root: Path, json_rel: str, records: list[ImageRecord]) -> Path:
     files = dataset.extra.get("coco", {}).get("files", {}) if dataset.format == NAME else {}
-    doc = to_dict(dataset, records, json_rel, files.get(json_rel))
+    text = coco_write.fast_text(dataset, records, json_rel, categories_of(dataset), files.get(json_rel))
+    if text is None:  # read from COCO: the kept dicts are merged by to_dict
+        text = json.dumps(
+            to_dict(dataset, records, json_rel, files.get(json_rel)), ensure_ascii=False, separators=(",", ":")
+        )
     out = root / json_rel
-    atomic_write(out, json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+    atomic_write(out, text)
     return out
 
 

@@ -19,6 +19,7 @@ Every element the model does not name (``folder``, ``pose``, ``truncated``, ``oc
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
@@ -42,6 +43,7 @@ from workbench.formats.common import (
     split_of,
     to_int,
 )
+from workbench.formats.parallel import read_many
 
 NAME = "voc"
 LABEL = "Pascal VOC"
@@ -54,6 +56,7 @@ _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 _ANNOTATION_ORDER = ("folder", "filename", "path", "source", "owner", "size", "segmented")
 _OBJECT_ORDER = ("name", "pose", "truncated", "occluded", "difficult")
 DEFAULT_OBJECT = {"pose": "Unspecified", "truncated": "0", "difficult": "0"}
+_ROOT_TAG = re.compile(rb"<annotation[\s>/]")  # the tag, then whitespace, ">" or "/>"
 
 
 def _value(element: ET.Element) -> Any:
@@ -274,12 +277,13 @@ def image_sets(root: Path) -> dict[str, str]:
 
 
 def detect(root: Path) -> bool:
-    """A folder holds VOC when it has XML files whose root element is ``<annotation>``."""
+    """A folder holds VOC when it has XML files whose root element is ``<annotation>`` (the tag
+    name ends there: CVAT's root is ``<annotations>``)."""
     xml_path = first_file(_annotation_dir(root) or root, (".xml",))
     if xml_path is None:
         return False
     with open(xml_path, "rb") as f:
-        return b"<annotation" in f.read(512)
+        return _ROOT_TAG.search(f.read(512)) is not None
 
 
 def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], None] | None = None) -> Dataset:
@@ -298,9 +302,11 @@ def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], N
     class_ids: dict[str, int] = {}
     images: list[ImageRecord] = []
     claimed: set[str] = set()
-    for xml_path in progress(xml_files, len(xml_files), on_progress):
-        record = errors.run(lambda p=xml_path: _record(root, p, index, ann_dir, splits))
-        if record is None:
+    # many files are read over the cores (``parallel``): the results are those of a loop
+    results = read_many(lambda p: _record(root, p, index, ann_dir, splits), xml_files, on_progress)
+    for record in results:
+        if isinstance(record, ReadError):
+            errors.errors.append(record)
             continue
         names = record.extra.pop("_names")
         for name in names:
