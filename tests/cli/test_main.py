@@ -40,6 +40,7 @@ def test_help_lists_every_job():
         "predict",
         "eval",
         "errors",
+        "export",
         "demo",
         "suggest",
         "versions",

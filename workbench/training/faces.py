@@ -31,6 +31,17 @@ from workbench.errors import WorkbenchError
 from workbench.fileio import load_image
 from workbench.metrics import coco_results, coco_stats
 from workbench.training import optional
+from workbench.training.facecrops import (
+    IDENTITY_FIT,
+    corrected_crops,
+    crop,
+    pipeline_detections,
+    resize_crop,
+    retinaface_faces,
+    upscale_image,
+)
+from workbench.training.facecrops import correct_boxes as correct_boxes  # re-exported (the tests)
+from workbench.training.facecrops import gamma_correct as gamma_correct  # re-exported (engines.two_stage)
 from workbench.training.predictor import Predictor
 from workbench.training.run import Cancelled
 from workbench.training.weights import find_weights, load_state_file
@@ -38,13 +49,6 @@ from workbench.training.weights import find_weights, load_state_file
 DETECTORS = ("retinaface", "mtcnn")
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-
-def _upscale(rgb: np.ndarray, factor: float) -> np.ndarray:
-    if factor == 1:
-        return rgb
-    h, w = rgb.shape[:2]
-    return np.asarray(Image.fromarray(rgb).resize((round(w * factor), round(h * factor)), Image.BILINEAR))
 
 
 def face_detector(name: str, *, upscale: float = 2.0, threshold: float = 0.3) -> Callable[[np.ndarray], tuple]:
@@ -55,14 +59,15 @@ def face_detector(name: str, *, upscale: float = 2.0, threshold: float = 0.3) ->
     """
     if name == "retinaface":
         optional.require("retinaface", user="the retinaface face detector")
+        import onnxruntime
         import retinaface
 
+        session = onnxruntime.InferenceSession(retinaface.WEIGHTS, providers=["CPUExecutionProvider"])
+
         def detect(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            faces = retinaface.detect_faces(
-                np.ascontiguousarray(_upscale(rgb, upscale)), score_threshold=threshold, nms_threshold=0.4
+            return retinaface_faces(
+                rgb, lambda x: session.run(None, {"input": x}), upscale=upscale, threshold=threshold
             )
-            boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in faces], dtype=np.float64)
-            return boxes.reshape(-1, 4) / upscale, np.array([f.score for f in faces], dtype=np.float64)
 
         return detect
     if name == "mtcnn":
@@ -72,7 +77,7 @@ def face_detector(name: str, *, upscale: float = 2.0, threshold: float = 0.3) ->
         mtcnn = MTCNN(keep_all=True, device="cpu")
 
         def detect(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            boxes, probs = mtcnn.detect(Image.fromarray(_upscale(rgb, upscale)))
+            boxes, probs = mtcnn.detect(Image.fromarray(upscale_image(rgb, upscale)))
             if boxes is None:
                 return np.zeros((0, 4)), np.zeros(0)
             boxes = np.asarray(boxes.tolist(), dtype=np.float64).reshape(-1, 4)  # object arrays come back
@@ -82,9 +87,6 @@ def face_detector(name: str, *, upscale: float = 2.0, threshold: float = 0.3) ->
 
         return detect
     raise WorkbenchError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
-
-
-IDENTITY_FIT = {"x": [0.0, 0.0, 1.0, 0.0], "y": [0.0, 0.0, 1.0, 0.0], "pairs": 0}
 
 
 def fit_box_correction(detected: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -105,18 +107,6 @@ def fit_box_correction(detected: np.ndarray, truth: np.ndarray) -> dict[str, Any
         c, d = np.polyfit(size, gt_size, 1)
         fit[axis] = [float(a), float(b), float(c), float(d)]
     return fit
-
-
-def correct_boxes(boxes: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
-    """Apply ``fit_box_correction``'s answer to ``(N, 4)`` detected boxes."""
-    out = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 4)
-    for axis, (lo, hi) in (("x", (0, 2)), ("y", (1, 3))):
-        a, b, c, d = fit[axis]
-        size = boxes[:, hi] - boxes[:, lo]
-        centre = (boxes[:, hi] + boxes[:, lo]) / 2 + a * size + b
-        new_size = np.maximum(c * size + d, 1.0)
-        out[:, lo], out[:, hi] = centre - new_size / 2, centre + new_size / 2
-    return out
 
 
 def build_classifier(num_classes: int, *, weights: str = "imagenet") -> tuple[nn.Module, dict[str, Any]]:
@@ -144,31 +134,9 @@ def build_classifier(num_classes: int, *, weights: str = "imagenet") -> tuple[nn
     return net, info
 
 
-def gamma_correct(crop: np.ndarray) -> np.ndarray:
-    """Brighten a dark ``(H, W, 3)`` uint8 crop: gamma that maps its mean luminance to 0.5 (when under 0.35)."""
-    mean = float(crop.mean()) / 255.0
-    if mean >= 0.35 or mean <= 0.01:
-        return crop
-    gamma = np.log(0.5) / np.log(mean)
-    return (255.0 * (crop / 255.0) ** gamma).clip(0, 255).astype(np.uint8)
-
-
-def crop(rgb: np.ndarray, box: np.ndarray, *, pad: float = 0.1) -> np.ndarray:
-    """The ``box`` region of ``rgb`` grown by ``pad`` of its size on each side, clipped to the image."""
-    h, w = rgb.shape[:2]
-    x1, y1, x2, y2 = box
-    px, py = (x2 - x1) * pad, (y2 - y1) * pad
-    x1, y1 = int(max(0, np.floor(x1 - px))), int(max(0, np.floor(y1 - py)))
-    x2, y2 = int(min(w, np.ceil(x2 + px))), int(min(h, np.ceil(y2 + py)))
-    if x2 <= x1 or y2 <= y1:
-        return np.zeros((1, 1, 3), dtype=np.uint8)
-    return rgb[y1:y2, x1:x2, :3]
-
-
 def crop_tensor(patch: np.ndarray, size: int, augment: Callable | None = None) -> torch.Tensor:
     """A crop as the classifier's normalised ``(3, size, size)`` input."""
-    image = Image.fromarray(np.ascontiguousarray(patch)).resize((size, size), Image.BILINEAR)
-    t = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    t = torch.from_numpy(resize_crop(patch, size).copy()).permute(2, 0, 1).float().div_(255.0)
     if augment is not None:
         t = augment(t)
     return (t - MEAN) / STD
@@ -178,17 +146,10 @@ def face_crops(
     rgb: np.ndarray, boxes: np.ndarray, box_fit: dict[str, Any], *, imgsz: int, gamma: bool
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Detected face ``boxes`` corrected (``box_fit``) and clipped to ``rgb``, and their crops as the
-    classifier's ``(N, 3, imgsz, imgsz)`` input (gamma-corrected when ``gamma``)."""
-    boxes = correct_boxes(boxes, box_fit)
-    h, w = rgb.shape[:2]
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    patches = [crop(rgb, b) for b in boxes]
-    if gamma:
-        patches = [gamma_correct(p) for p in patches]
-    if not patches:
-        return boxes, torch.zeros((0, 3, imgsz, imgsz))
-    return boxes, torch.stack([crop_tensor(p, imgsz) for p in patches])
+    classifier's ``(N, 3, imgsz, imgsz)`` input (gamma-corrected when ``gamma``): ``facecrops.corrected_crops``."""
+    boxes, pixels = corrected_crops(rgb, boxes, box_fit, imgsz=imgsz, gamma=gamma)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
+    return boxes, (x - MEAN) / STD
 
 
 class TwoStagePredictor(Predictor):
@@ -221,13 +182,12 @@ class TwoStagePredictor(Predictor):
                 results.append(Detections())
                 continue
             boxes, batch = face_crops(rgb, boxes, self.box_fit, imgsz=size, gamma=bool(self.config.get("gamma")))
-            batch = batch.to(self.device)
-            probs = torch.softmax(self.model(batch), dim=1).cpu().numpy()
-            class_ids = probs.argmax(axis=1)
-            scores = face_scores * probs[np.arange(len(probs)), class_ids]
-            order = np.argsort(-scores)
-            order = order[scores[order] >= score_threshold][:max_detections]
-            results.append(Detections(boxes[order], scores[order], class_ids[order]))
+            probs = torch.softmax(self.model(batch.to(self.device)), dim=1).cpu().numpy()
+            results.append(
+                pipeline_detections(
+                    boxes, face_scores, probs, score_threshold=score_threshold, max_detections=max_detections
+                )
+            )
         return results
 
 
