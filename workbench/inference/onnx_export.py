@@ -25,7 +25,8 @@ Torchvision detectors export with the TorchScript-based exporter (``dynamo=False
 their data-dependent control flow (the resize, the per-level top-k, NMS) is written for it.
 
 A two-stage run (``face-then-classify``, retinaface detector) exports as one file holding both
-graphs side by side (``onnx.compose``, opset 11, the detector's): the face detector as it ships
+graphs side by side (``onnx.compose``, opset 11, the detector's): the face detector as it ships,
+or a run's fine-tuned one (``detector.pth``) exported from torch with the same input and outputs
 (input ``detector/input``, outputs ``detector/loc``, ``detector/conf``, ``detector/landmarks``)
 and the crop classifier (input ``crops``, ``(N, imgsz, imgsz, 3)`` uint8 RGB, scaled and
 normalised inside; output ``probs``, ``(N, classes)`` softmax). The numpy steps between them
@@ -224,10 +225,47 @@ class _CropGraph(torch.nn.Module):
         return torch.softmax(self.classifier((x - self.mean) / self.std), dim=1)
 
 
-def _export_two_stage(predictor: Predictor, config: dict[str, Any], target: Path) -> Path:
-    """The detector graph and the classifier's in one file (see the module docstring)."""
+class _FaceGraph(torch.nn.Module):
+    """A fine-tuned ``retinaface.RetinaFace`` with the shipped graph's outputs: ``loc``, ``conf`` (softmax), ``landmarks``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loc, logits, landmarks = self.net(x)
+        return loc, torch.softmax(logits, dim=-1), landmarks
+
+
+def _detector_graph(predictor: Predictor, tmp: Path) -> onnx.ModelProto:
+    """The run's face detector graph: the shipped one, or its fine-tuned ``RetinaFace`` exported with
+    the shipped graph's input and outputs (names, layout, dynamic batch, height and width)."""
     import retinaface
 
+    net = getattr(predictor, "tuned_detector", None)
+    if net is None:
+        return onnx.load_from_string(retinaface.WEIGHTS)
+    outputs = ("loc", "conf", "landmarks")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _FaceGraph(net.cpu().eval()).eval(),
+            (torch.zeros((1, 3, 320, 320)),),
+            str(tmp),
+            dynamo=False,
+            opset_version=TWO_STAGE_OPSET,
+            input_names=["input"],
+            output_names=list(outputs),
+            dynamic_axes={"input": {0: "batch_size", 2: "height", 3: "width"}}
+            | {name: {0: "batch_size", 1: "priors"} for name in outputs},
+        )
+    graph = onnx.load(str(tmp))
+    tmp.unlink()
+    return graph
+
+
+def _export_two_stage(predictor: Predictor, config: dict[str, Any], target: Path) -> Path:
+    """The detector graph and the classifier's in one file (see the module docstring)."""
     imgsz = int(config["imgsz"])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.export")
@@ -245,7 +283,7 @@ def _export_two_stage(predictor: Predictor, config: dict[str, Any], target: Path
         )
     classifier = onnx.load(str(tmp))
     tmp.unlink()
-    detector = onnx.compose.add_prefix(onnx.load_from_string(retinaface.WEIGHTS), DETECTOR_PREFIX)
+    detector = onnx.compose.add_prefix(_detector_graph(predictor, tmp), DETECTOR_PREFIX)
     detector.ir_version = classifier.ir_version = max(detector.ir_version, classifier.ir_version)
     graph = onnx.compose.merge_models(detector, classifier, io_map=[], producer_name="workbench")
     info = metadata(predictor, config=config, dynamic=True)
@@ -258,6 +296,7 @@ def _export_two_stage(predictor: Predictor, config: dict[str, Any], target: Path
     info.update(score_threshold=0.0, iou_threshold=None, max_detections=None)
     info["pipeline"] = {
         "detector": "retinaface",
+        "detector_weights": "fine-tuned (detector.pth)" if predictor.tuned_detector is not None else "as it ships",
         "detector_input": f"{DETECTOR_PREFIX}input",
         "detector_outputs": [o.name for o in detector.graph.output],
         "upscale": float(config.get("upscale", 2.0)),

