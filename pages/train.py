@@ -186,6 +186,13 @@ def live(all_jobs: list[dict]) -> None:
     if p.get("phase") == "faces" and p.get("images"):
         done = min(1.0, p.get("images_done", 0) / p["images"])
         st.progress(done, text=f"finding faces: image {p.get('images_done')}/{p['images']}")
+    elif p.get("phase") == "detector" and p.get("detector_budget"):
+        done = min(1.0, p.get("detector_seconds", 0) / p["detector_budget"])
+        st.progress(
+            done,
+            text=f"fine-tuning the face detector: iteration {p.get('detector_iterations')}, loss {p.get('loss')}, "
+            f"{p.get('detector_seconds', 0):.0f} of up to {p['detector_budget']:.0f} s",
+        )
     elif p.get("total_iterations"):
         done = min(1.0, p.get("global_iteration", 0) / p["total_iterations"])
         st.progress(done, text=f"{p.get('phase', '')}: iteration {p.get('global_iteration')}/{p['total_iterations']}")

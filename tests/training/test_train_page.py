@@ -79,3 +79,34 @@ def test_other_folder_accepts_a_home_relative_path(shared, tmp_path, monkeypatch
     assert not at.error, [e.value for e in at.error]
     assert started and started[0]["data"] == str(data.resolve())
     assert resolve_path("~/voc") == data.resolve()  # the same text on the Datasets page
+
+
+@pytest.mark.parametrize(
+    "progress, text",
+    [
+        ({"phase": "faces", "images_done": 3, "images": 12}, "finding faces: image 3/12"),
+        (
+            {
+                "phase": "detector",
+                "detector_iterations": 40,
+                "loss": 2.5,
+                "detector_seconds": 120.0,
+                "detector_budget": 480.0,
+            },
+            "fine-tuning the face detector: iteration 40, loss 2.5, 120 of up to 480 s",
+        ),
+    ],
+)
+def test_two_stage_phases_show_their_progress(tiny_voc, progress, text):
+    folder = run_dir("faces")
+    folder.mkdir(parents=True)
+    write_json(folder / "progress.json", {"epoch": 0, "epochs": 10, **progress})
+    with jobs.connect() as con:
+        con.execute(
+            "INSERT INTO jobs (run, state, created, config, folder) VALUES ('faces', 'cancelled', 0, ?, ?)",
+            (json.dumps({"data": str(tiny_voc), "engine": "two-stage", "epochs": 10}), str(folder)),
+        )
+    at = page().run()
+    assert not at.exception, at.exception
+    bars = at.get("progress")
+    assert len(bars) == 1 and bars[0].proto.text == text

@@ -18,6 +18,7 @@ crops (mean luminance under 0.35) before classification. A detection's score is
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,18 @@ def detector_stage(
         if budget.seconds:
             seconds = min(seconds, 0.5 * (budget.left() or 0.0))
 
+        started = time.monotonic()
+
         def step(it: int, row: dict[str, float]) -> None:
-            progress.update(epoch=0, iteration=0, phase="detector", detector_iterations=it, loss=round(row["loss"], 5))
+            progress.update(
+                epoch=0,
+                iteration=0,
+                phase="detector",
+                detector_iterations=it,
+                detector_seconds=round(time.monotonic() - started, 1),
+                detector_budget=round(seconds, 1),
+                loss=round(row["loss"], 5),
+            )
             if it == 1 or it % 20 == 0:
                 log.info(
                     "detector iteration %d: loss %.4f (box %.4f, cls %.4f)", it, row["loss"], row["box"], row["cls"]
