@@ -11,13 +11,17 @@ workspace (``WORKBENCH_HOME`` in the same temporary folder):
 * one gallery page of 50 tiles (thumbnail + boxes, JPEG), cold (no thumbnail cached) and warm;
 * the save of one edit (relabel a box; conflict check, atomic write, journal line, cache row).
 
-Targets on the 2-core reference machine: warm index < 1.5 s, warm page < 0.5 s, save < 100 ms.
+Targets on the 2-core reference machine: warm index < 1.5 s, warm page < 0.5 s, save < 100 ms;
+with ``--images`` over 10,000 (issue 15: 100,000) the warm index target is 2 s. ``--json PATH``
+also writes the figures there (``benchmarks/results/browse-100k.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import re
 import statistics
 import sys
@@ -68,7 +72,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--shared", type=Path, default=PROJECT.parent / "shared" / "datasets" / "andrewmvd-voc")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    targets = dict(TARGETS, **({"index warm": 2.0} if args.images > 10_000 else {}))
 
     with tempfile.TemporaryDirectory(prefix="browse-bench-") as tmp:
         tmp = Path(tmp)
@@ -114,12 +120,24 @@ def main() -> int:
     print(f"{'measure':34s} {'seconds':>9s} {'target':>8s}")
     failed = False
     for name, value in results.items():
-        target = TARGETS.get(name)
+        target = targets.get(name)
         mark = "" if target is None else (" ok" if value < target else " SLOW")
         failed |= target is not None and value >= target
         print(f"{name:34s} {value:9.3f} {'' if target is None else f'< {target:g}':>8s}{mark}")
     ratio = results["format loader alone (no cache)"] / results["index warm"]
     print(f"warm index is {ratio:.1f}x faster than reading the XML files")
+    if args.json:
+        report = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "images": args.images,
+            "seconds": {name: round(value, 4) for name, value in results.items()},
+            "targets": targets,
+            "ok": not failed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 1 if failed else 0
 
 
