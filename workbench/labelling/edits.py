@@ -36,9 +36,9 @@ def _check_index(record: ImageRecord, index: int) -> None:
 def _check_box(record: ImageRecord, box: Sequence[float]) -> np.ndarray:
     array = np.asarray(box, dtype=np.float64).reshape(4)
     if not np.isfinite(array).all():
-        raise WorkbenchError(f"{record.path}: box {list(array)} is not finite")
+        raise WorkbenchError(f"{record.path}: box {array.tolist()} is not finite")
     if array[2] <= array[0] or array[3] <= array[1]:
-        raise WorkbenchError(f"{record.path}: box {list(array)} has zero or negative size")
+        raise WorkbenchError(f"{record.path}: box {array.tolist()} has zero or negative size")
     return array
 
 
