@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT, listening_addresses
+from workbench import paths
 from workbench.errors import WorkbenchError
 from workbench.evaluation import fiftyone_db as fdb
 
@@ -72,7 +73,7 @@ def mongod(tmp_path_factory):
 def workbench(args: list[str], env: dict[str, str], *, code: str | None = None) -> subprocess.Popen:
     """A workbench process (``python -m workbench.cli ARGS``, or ``python -c CODE ARGS``) with ``env``
     on top of this one's; the FiftyOne URI variables only as ``env`` sets them."""
-    full = {k: v for k, v in os.environ.items() if k not in (fdb.URI_ENV, "FIFTYONE_DATABASE_URI", fdb.PATH_MAP_ENV)}
+    full = {k: v for k, v in os.environ.items() if k not in (fdb.URI_ENV, "FIFTYONE_DATABASE_URI", paths.PATH_MAP_ENV)}
     full.update(env)
     head = ["-c", code] if code else ["-m", "workbench.cli"]
     return subprocess.Popen(
@@ -189,26 +190,26 @@ def test_sample_paths_round_trip_through_the_path_map(mongod, tiny_model, tmp_pa
     ws = tmp_path / "shared-workspace"
 
     def env(machine: Path) -> dict[str, str]:
-        return {"WORKBENCH_HOME": str(ws), fdb.URI_ENV: mongod["uri"], fdb.PATH_MAP_ENV: f"{machine}=/srv/shared"}
+        return {"WORKBENCH_HOME": str(ws), fdb.URI_ENV: mongod["uri"], paths.PATH_MAP_ENV: f"{machine}=/srv/shared"}
 
     wrote = result(workbench([str(machines[0] / "data")], env(machines[0]), code=WRITE))
     assert NAME.fullmatch(wrote["name"]) and wrote["root"] == "/srv/shared/data"
-    paths = filepaths_on(mongod, wrote["name"])
-    assert len(paths) == 8 and all(p.startswith("/srv/shared/data/images/") for p in paths), paths
-    assert not any(str(tmp_path) in p for p in paths)
+    stored = filepaths_on(mongod, wrote["name"])
+    assert len(stored) == 8 and all(p.startswith("/srv/shared/data/images/") for p in stored), stored
+    assert not any(str(tmp_path) in p for p in stored)
     read = result(workbench([str(machines[1] / "data")], env(machines[1]), code=READ))
     assert read["name"] == wrote["name"]
     assert [q["path"] for q in read["queue"]] == [wrote["first"]]
     local = read["queue"][0]["file"]
     assert local == str(machines[1] / "data" / wrote["first"]) and Path(local).is_file()
     assert read["samples"] == 8 and read["tagged"] == [wrote["first"]]
-    assert filepaths_on(mongod, wrote["name"]) == paths
+    assert filepaths_on(mongod, wrote["name"]) == stored
 
 
 def test_path_map_parses_and_round_trips(monkeypatch):
     sep = os.pathsep
-    monkeypatch.setenv(fdb.PATH_MAP_ENV, f"/data/local/=/srv/shared{sep} /data = /mnt/other ")
-    assert fdb.parse_path_map() == [("/data/local", "/srv/shared"), ("/data", "/mnt/other")]
+    monkeypatch.setenv(paths.PATH_MAP_ENV, f"/data/local/=/srv/shared{sep} /data = /mnt/other ")
+    assert paths.parse_path_map() == [("/data/local", "/srv/shared"), ("/data", "/mnt/other")]
     cases = {
         "/data/local/images/a.png": "/srv/shared/images/a.png",  # the longest prefix wins
         "/data/localx/b.png": "/mnt/other/localx/b.png",  # whole folder names only
@@ -216,17 +217,17 @@ def test_path_map_parses_and_round_trips(monkeypatch):
         "/elsewhere/c.png": "/elsewhere/c.png",  # unmapped: kept
     }
     for local, shared in cases.items():
-        assert fdb.to_shared(local) == shared
-        assert fdb.to_local(shared) == local
+        assert paths.to_shared(local) == shared
+        assert paths.to_local(shared) == local
     for bad in ("/no/equals", "=/srv", "/data="):
         with pytest.raises(WorkbenchError):
-            fdb.parse_path_map(bad)
-    monkeypatch.delenv(fdb.PATH_MAP_ENV)
-    assert fdb.parse_path_map() == [] and fdb.to_shared("/data/x") == "/data/x"
+            paths.parse_path_map(bad)
+    monkeypatch.delenv(paths.PATH_MAP_ENV)
+    assert paths.parse_path_map() == [] and paths.to_shared("/data/x") == "/data/x"
 
 
 def test_names_are_unique_per_workspace_and_dataset_and_path_free(tmp_path, monkeypatch):
-    monkeypatch.delenv(fdb.PATH_MAP_ENV, raising=False)
+    monkeypatch.delenv(paths.PATH_MAP_ENV, raising=False)
     ws1, ws2 = tmp_path / "ws1", tmp_path / "ws2"
     one, two = tmp_path / "x" / "data", tmp_path / "y" / "data"  # the same folder name
     monkeypatch.setenv("WORKBENCH_HOME", str(ws1))
@@ -241,9 +242,9 @@ def test_names_are_unique_per_workspace_and_dataset_and_path_free(tmp_path, monk
     monkeypatch.setenv("WORKBENCH_HOME", str(ws1))
     assert fdb.dataset_name(one) == names[0]
     # two machines sharing the workspace, each with its own copy mapped to one shared root: one name
-    monkeypatch.setenv(fdb.PATH_MAP_ENV, f"{tmp_path / 'x'}=/srv/shared")
+    monkeypatch.setenv(paths.PATH_MAP_ENV, f"{tmp_path / 'x'}=/srv/shared")
     mapped = fdb.dataset_name(one)
-    monkeypatch.setenv(fdb.PATH_MAP_ENV, f"{tmp_path / 'y'}=/srv/shared")
+    monkeypatch.setenv(paths.PATH_MAP_ENV, f"{tmp_path / 'y'}=/srv/shared")
     assert fdb.dataset_name(two) == mapped != names[1]
 
 

@@ -1,4 +1,4 @@
-"""The training sub-commands of ``workbench``: ``train``, ``jobs``, ``cancel``.
+"""The training sub-commands of ``workbench``: ``train``, ``jobs``, ``logs``, ``cancel``.
 
 ``add_commands(sub)`` registers them on the main parser (``workbench/cli/main.py``).
 """
@@ -16,6 +16,7 @@ from workbench.formats import FORMATS
 from workbench.training import jobs
 from workbench.training.config import build_config
 from workbench.training.engines import DEFAULT_ENGINE, ENGINES
+from workbench.training.executors import DEFAULT_EXECUTOR, EXECUTORS
 from workbench.training.recipes import RECIPES
 from workbench.training.registry import read_json
 
@@ -41,10 +42,16 @@ OPTIONS = (
 ).split()
 
 
+# the ``train`` flags that are executor options (``None``: not given; each executor keeps its own)
+EXECUTOR_OPTIONS = {"ray_address": "address", "partition": "partition", "nodes": "nodes", "slurm_time": "time"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    where = {"executor": args.executor}
+    where["executor_options"] = {name: getattr(args, flag) for flag, name in EXECUTOR_OPTIONS.items()}
     if args.resume:
         changes = {key: getattr(args, key) for key in ("epochs", "batch", "device", "workers", "max_iters", "gpus")}
-        run = jobs.resume_job(args.resume, time=args.time, max_jobs=args.max_jobs, **changes)
+        run = jobs.resume_job(args.resume, time=args.time, max_jobs=args.max_jobs, **where, **changes)
         print(f"resuming {run}")
     else:
         if not args.data:
@@ -54,10 +61,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.src_format:
             overrides["format"] = args.src_format
         config = build_config(args.recipe, args.device, overrides)
-        run = jobs.start_job(config, run=args.name, max_jobs=args.max_jobs)
+        where["executor_options"] = {k: v for k, v in where["executor_options"].items() if v is not None}
+        run = jobs.start_job(config, run=args.name, max_jobs=args.max_jobs, **where)
         print(f"started {run}")
     job = jobs.get_job(run)
-    print(f"  log:     {job['folder']}/train.log")
+    if job["executor"] != "local":
+        print(f"  on:      {job['executor']} job {job['engine_id']} {job['executor_options']}")
+    print(f"  log:     {job['folder']}/train.log   (workbench logs {run})")
     if not args.wait:
         print(f"  follow:  workbench jobs    stop: workbench cancel {run}")
         return 0
@@ -113,6 +123,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    text = jobs.job_log(args.run)
+    lines = text.splitlines()
+    print("\n".join(lines[-args.tail :] if args.tail else lines))
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     before = jobs.get_job(args.run)["state"]
     if before not in jobs.ACTIVE:
@@ -152,7 +169,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, help="longest image side in pixels (default: the model's)")
     p.add_argument("--batch", type=int, help="images per step and process (default 4)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--gpus", type=int, help="DDP processes through torchrun (default 1)")
+    p.add_argument("--gpus", type=int, help="GPUs (DDP processes through torchrun) on each node (default 1)")
     p.add_argument("--workers", type=int, help="data-loader processes (default 2)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.02 * batch / 8)")
     p.add_argument("--val-fraction", type=float, help="validation share when the dataset has no splits (0.2)")
@@ -190,7 +207,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help=f"start only while fewer than N jobs run (default ${jobs.MAX_JOBS_ENV}, else one per GPU, "
         "one without GPUs); jobs start in the order queued",
     )
+    runs = p.add_argument_group("where the job runs (docs/scale.md)")
+    executors = "; ".join(f"{name}: {summary}" for name, (_, summary) in EXECUTORS.items())
+    runs.add_argument("--executor", choices=list(EXECUTORS), help=f"default {DEFAULT_EXECUTOR}. {executors}")
+    runs.add_argument(
+        "--ray-address", metavar="ADDRESS", help="the Ray cluster (default $WORKBENCH_RAY_ADDRESS, else $RAY_ADDRESS)"
+    )
+    runs.add_argument("--partition", help="the Slurm partition")
+    runs.add_argument("--nodes", type=int, help="nodes of one DDP group, --gpus processes on each (ray, slurm)")
+    runs.add_argument("--slurm-time", type=int, metavar="MINUTES", help="the Slurm job's time limit")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("logs", help="print a training job's log (and its cluster's log of it)")
+    p.add_argument("run", help="run name")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("jobs", help="list training jobs")
     p.add_argument("--json", action="store_true", help="print JSON")

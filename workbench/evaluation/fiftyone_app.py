@@ -41,9 +41,8 @@ from workbench.evaluation.fiftyone_db import (
     find_dataset,
     redacted,
     shared_root,
-    to_local,
-    to_shared,
 )
+from workbench.paths import to_local, to_shared
 from workbench.splits import is_ignore
 
 log = logging.getLogger(__name__)

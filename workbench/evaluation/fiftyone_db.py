@@ -10,7 +10,7 @@ sample paths travel between machines.
   dataset's shared root (below). No absolute path goes into a name, and two workspaces on one
   server never share a dataset; two machines that share a workspace folder (and map their
   paths to the same shared root) do.
-* **Path mapping**: ``WORKBENCH_PATH_MAP="/local/prefix=/shared/prefix"`` (several separated
+* **Path mapping** (``workbench.paths``): ``WORKBENCH_PATH_MAP="/local/prefix=/shared/prefix"`` (several separated
   by ``os.pathsep``) rewrites a sample's local path to the path every machine can open when it
   is written (``to_shared``) and back when it is read (``to_local``); a path under no prefix
   is kept. docs/scale.md tells how to set one up.
@@ -27,13 +27,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from workbench.errors import WorkbenchError
 from workbench.fileio import atomic_write
 from workbench.locks import locked
-from workbench.paths import home
+from workbench.paths import PATH_MAP_ENV, home, parse_path_map, to_shared
 
 URI_ENV = "WORKBENCH_FIFTYONE_URI"
-PATH_MAP_ENV = "WORKBENCH_PATH_MAP"
 STORE = "fiftyone.json"
 
 
@@ -89,41 +87,6 @@ def redacted(uri: str | None) -> str:
         return uri
     netloc = f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def parse_path_map(text: str | None = None) -> list[tuple[str, str]]:
-    """``[(local prefix, shared prefix)]`` of ``text`` (default ``WORKBENCH_PATH_MAP``), longest
-    local prefix first."""
-    text = os.environ.get(PATH_MAP_ENV, "") if text is None else text
-    pairs = []
-    for item in re.split(rf"[{re.escape(os.pathsep)}\n]", text):
-        if not item.strip():
-            continue
-        local, sep, shared = item.strip().partition("=")
-        local, shared = local.strip().rstrip("/"), shared.strip().rstrip("/")
-        if not sep or not local or not shared:
-            raise WorkbenchError(f"{PATH_MAP_ENV}: {item.strip()!r} is not LOCAL=SHARED (two absolute prefixes)")
-        pairs.append((local, shared))
-    return sorted(pairs, key=lambda pair: -len(pair[0]))
-
-
-def _swap(path: str, pairs: list[tuple[str, str]]) -> str:
-    for old, new in pairs:
-        if path == old or path.startswith(old + "/"):
-            return new + path[len(old) :]
-    return path
-
-
-def to_shared(path: str | Path) -> str:
-    """A local path as every machine names it (the first mapped prefix it starts with, whole
-    folder names only); unmapped paths are kept."""
-    return _swap(str(path), parse_path_map())
-
-
-def to_local(path: str | Path) -> str:
-    """A shared path back as this machine names it (``to_shared`` reversed)."""
-    pairs = sorted(((s, loc) for loc, s in parse_path_map()), key=lambda pair: -len(pair[0]))
-    return _swap(str(path), pairs)
 
 
 def shared_root(root: Path | str) -> str:

@@ -1,21 +1,24 @@
 """Background training jobs, recorded in ``<workspace>/jobs.sqlite``.
 
-A job is one run (``models/<run>/``) trained by a detached process
-``python -m workbench.training.worker RUN`` (its own session, so closing the browser tab or
-the terminal does not stop it). Its states::
+A job is one run (``models/<run>/``) trained by the worker ``python -m workbench.training.worker
+RUN``, started by an executor (``executors``): a detached process on this machine (its own
+session, so closing the browser tab or the terminal does not stop it), a Ray job, or a Slurm
+job. Its states::
 
     queued -> running -> finished | failed | cancelled
                       -> interrupted   (the process vanished: kill -9, machine restart)
 
-A job waits in ``queued`` until it is its turn (``scheduler``): first in, first out, fewer
-than ``scheduler.max_jobs()`` jobs running (``$WORKBENCH_MAX_JOBS``; default one per GPU, one on
-a CPU-only machine), and the GPUs it asks for free. ``scheduler.claim`` takes the turn in one
-SQLite transaction, so two queued workers can never both start past the limit; ``enqueue``
-reads the queue time under the same writer lock, so the order is the order of the commits.
+A local job waits in ``queued`` until it is its turn (``scheduler``): first in, first out, fewer
+than ``scheduler.max_jobs()`` local jobs running (``$WORKBENCH_MAX_JOBS``; default one per GPU,
+one on a CPU-only machine), and the GPUs it asks for free. ``scheduler.claim`` takes the turn in
+one SQLite transaction, so two queued workers can never both start past the limit; ``enqueue``
+reads the queue time under the same writer lock, so the order is the order of the commits. A
+cluster's job takes its turn from the cluster.
 
-``reap()`` runs at every listing and start: a queued/running job whose process is gone is
-marked ``interrupted``. Liveness is the pid plus its start time (``processes``), so a new
-process that reuses the pid is neither taken for the job nor signalled by ``cancel_job``.
+``reap()`` runs at every listing and start: a queued/running job whose worker is gone is marked
+``interrupted``. A local job's liveness is its pid plus its start time (``processes``), judged
+only on the machine that started it (``host``), so a new process that reuses the pid is neither
+taken for the job nor signalled by ``cancel_job``; a cluster job's is what its executor says.
 ``failed``, ``cancelled`` and ``interrupted`` jobs can be resumed from their last checkpoint.
 """
 
@@ -23,10 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -37,10 +38,11 @@ from workbench.datasets.catalog import resolve_path
 from workbench.errors import WorkbenchError
 from workbench.formats import yolo_yaml
 from workbench.locks import connect_sqlite, transaction
-from workbench.paths import PROJECT_ROOT, home
+from workbench.paths import PATH_MAP_ENV, home, models_dir, to_shared
 from workbench.training import processes, registry
 from workbench.training.config import TrainConfig
 from workbench.training.engines import get_engine
+from workbench.training.executors import GONE, get_executor
 
 ACTIVE = ("queued", "running")
 DONE = ("finished", "failed", "cancelled", "interrupted")
@@ -63,11 +65,22 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     queued REAL,
-    devices TEXT
+    devices TEXT,
+    executor TEXT,
+    executor_options TEXT,
+    engine_id TEXT,
+    host TEXT
 )
 """
 # columns added after the first release, added to an older database on first use
-ADDED_COLUMNS = {"queued": "REAL", "devices": "TEXT"}
+ADDED_COLUMNS = {
+    "queued": "REAL",
+    "devices": "TEXT",
+    "executor": "TEXT",
+    "executor_options": "TEXT",
+    "engine_id": "TEXT",
+    "host": "TEXT",
+}
 
 _ready: set[str] = set()
 
@@ -102,6 +115,8 @@ def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
         return None
     job = dict(row)
     job["config"] = json.loads(job["config"])
+    job["executor"] = job.get("executor") or "local"  # rows from before executors were local
+    job["executor_options"] = json.loads(job.get("executor_options") or "{}")
     return job
 
 
@@ -123,27 +138,43 @@ def set_state(run: str, state: str, **fields: Any) -> None:
 
 
 def reap() -> list[str]:
-    """Mark queued/running jobs whose process is gone as ``interrupted``; return their runs."""
+    """Mark queued/running jobs whose worker is gone as ``interrupted``; return their runs.
+
+    A local job is judged only on the machine that started it; a cluster job whose cluster cannot
+    be reached now is left as it is.
+    """
     gone = []
     message = "the job's process vanished (killed, or the machine restarted); resume it"
     with closing(connect()) as con:
-        rows = con.execute(
-            "SELECT run, pid, start_token, COALESCE(queued, created) AS since FROM jobs "
-            "WHERE state IN ('queued', 'running')"
-        ).fetchall()
-        for row in rows:
-            if row["pid"] is None and time.time() - row["since"] < 60:
+        rows = [
+            _row(r)
+            for r in con.execute(
+                "SELECT *, COALESCE(queued, created) AS since FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchall()
+        ]
+    for job in rows:
+        executor = get_executor(job["executor"])
+        if executor.schedules_locally:
+            if job["host"] not in (None, socket.gethostname()):
+                continue  # another machine's process: only that machine can tell
+            if job["pid"] is None and time.time() - job["since"] < 60:
                 continue  # being started right now
-            if processes.is_alive(row["pid"], row["start_token"]):
-                continue
-            # only if the row still names the process found dead (it may have been claimed since)
+        elif job["engine_id"] is None:
+            if time.time() - job["since"] < 60:
+                continue  # being submitted right now
+        elif executor.status(job) != GONE:
+            continue
+        if executor.schedules_locally and processes.is_alive(job["pid"], job["start_token"]):
+            continue
+        # only if the row still names the worker found gone (it may have been claimed since)
+        with closing(connect()) as con:
             changed = con.execute(
-                "UPDATE jobs SET state = 'interrupted', ended = ?, message = ? "
-                "WHERE run = ? AND state IN ('queued', 'running') AND pid IS ? AND start_token IS ?",
-                (time.time(), message, row["run"], row["pid"], row["start_token"]),
+                "UPDATE jobs SET state = 'interrupted', ended = ?, message = ? WHERE run = ? AND "
+                "state IN ('queued', 'running') AND pid IS ? AND start_token IS ? AND engine_id IS ?",
+                (time.time(), message, job["run"], job["pid"], job["start_token"], job["engine_id"]),
             ).rowcount
-            if changed:
-                gone.append(row["run"])
+        if changed:
+            gone.append(job["run"])
     return gone
 
 
@@ -161,31 +192,14 @@ def list_jobs() -> list[dict[str, Any]]:
     return jobs
 
 
-def _spawn(run: str, folder: Path, *, max_jobs: int | None = None) -> subprocess.Popen:
-    """Start the detached worker process, its output appended to the run's ``train.log``.
-
-    ``max_jobs`` (else ``$WORKBENCH_MAX_JOBS``, else one per GPU) is the limit its claim obeys.
-    """
-    env = dict(os.environ)
-    if max_jobs is not None:
-        if max_jobs < 1:
-            raise WorkbenchError(f"max_jobs {max_jobs}: at least 1 job must be able to run")
-        env[MAX_JOBS_ENV] = str(max_jobs)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(PROJECT_ROOT), env.get("PYTHONPATH", "")] if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    with open(folder / "train.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "workbench.training.worker", run],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(PROJECT_ROOT),
-            env=env,
-            start_new_session=True,  # survives the terminal, the browser tab and the CLI
-        )
-
-
-def enqueue(run: str, *, config: dict[str, Any], folder: Path | str) -> bool:
+def enqueue(
+    run: str,
+    *,
+    config: dict[str, Any],
+    folder: Path | str,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
+) -> bool:
     """Queue ``run`` at the back: a new row, or an ended one queued again (``resume_job``);
     False, changing nothing, when it is queued or running already.
 
@@ -197,20 +211,33 @@ def enqueue(run: str, *, config: dict[str, Any], folder: Path | str) -> bool:
         return (
             0
             < con.execute(
-                "INSERT INTO jobs (run, state, created, queued, config, folder) VALUES (?, 'queued', ?, ?, ?, ?) "
+                "INSERT INTO jobs (run, state, created, queued, config, folder, executor, executor_options) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run) DO UPDATE SET state = 'queued', queued = excluded.queued, config = excluded.config, "
-                "pid = NULL, start_token = NULL, ended = NULL, message = NULL, cancel_requested = 0, devices = NULL "
-                "WHERE state NOT IN ('queued', 'running')",
-                (run, now, now, json.dumps(config), str(folder)),
+                "executor = excluded.executor, executor_options = excluded.executor_options, "
+                "pid = NULL, start_token = NULL, ended = NULL, message = NULL, cancel_requested = 0, devices = NULL, "
+                "engine_id = NULL, host = NULL WHERE state NOT IN ('queued', 'running')",
+                (run, now, now, json.dumps(config), str(folder), executor, json.dumps(executor_options or {})),
             ).rowcount
         )
 
 
-def start_job(config: dict[str, Any], *, run: str | None = None, max_jobs: int | None = None) -> str:
+def start_job(
+    config: dict[str, Any],
+    *,
+    run: str | None = None,
+    max_jobs: int | None = None,
+    executor: str | None = None,
+    executor_options: dict[str, Any] | None = None,
+) -> str:
     """Record a new job for ``config`` (``TrainConfig`` fields; ``config.build_config`` makes them),
     start its worker, return the run name. The engine checks the config first (``Engine.prepare``).
-    ``max_jobs``: it starts only while fewer jobs run (default ``$WORKBENCH_MAX_JOBS`` or one per GPU)."""
+    ``max_jobs``: a local job starts only while fewer jobs run (default ``$WORKBENCH_MAX_JOBS`` or
+    one per GPU). ``executor`` (default local) runs it, with ``executor_options`` (its
+    ``Executor.check`` completes them: the Ray address, the Slurm partition, ``nodes``)."""
     reap()
+    executor = executor or "local"
+    options = get_executor(executor).check(executor_options or {})
     cfg = TrainConfig.from_dict(config)
     data = resolve_path(cfg.data)
     if yolo_yaml.is_data_yaml(data):
@@ -225,41 +252,77 @@ def start_job(config: dict[str, Any], *, run: str | None = None, max_jobs: int |
         raise WorkbenchError(f"run {run!r} exists already: {folder}")
     folder.mkdir(parents=True)
     registry.write_json(folder / "config.json", {**cfg.to_dict(), "run": run})
-    enqueue(run, config=cfg.to_dict(), folder=folder)
+    enqueue(run, config=cfg.to_dict(), folder=folder, executor=executor, executor_options=options)
     _launch(run, folder, max_jobs=max_jobs)
     return run
 
 
-def resume_job(run: str, *, max_jobs: int | None = None, **overrides: Any) -> str:
-    """Continue ``run`` from its last checkpoint (``overrides`` such as ``epochs`` change the config)."""
+def resume_job(
+    run: str,
+    *,
+    max_jobs: int | None = None,
+    executor: str | None = None,
+    executor_options: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> str:
+    """Continue ``run`` from its last checkpoint (``overrides`` such as ``epochs`` change the config),
+    on the executor it ran on unless ``executor`` names another (``executor_options`` change its
+    options)."""
     reap()
     job = get_job(run)
     if job["state"] in ACTIVE:
         raise WorkbenchError(f"job {run} is {job['state']}; cancel it first or wait for it")
     config = {**job["config"], **{k: v for k, v in overrides.items() if v is not None}}
     TrainConfig.from_dict(config)
-    if not enqueue(run, config=config, folder=job["folder"]):
+    name = executor or job["executor"]
+    kept = job["executor_options"] if name == job["executor"] else {}
+    changes = {k: v for k, v in (executor_options or {}).items() if v is not None}
+    options = get_executor(name).check({**kept, **changes})
+    if not enqueue(run, config=config, folder=job["folder"], executor=name, executor_options=options):
         raise WorkbenchError(f"job {run} was queued again by another process meanwhile")
     _launch(run, Path(job["folder"]), max_jobs=max_jobs)
     return run
 
 
 def _launch(run: str, folder: Path, *, max_jobs: int | None = None) -> None:
+    """Submit the queued job ``run`` to its executor and record the id the executor gave it.
+
+    A cluster's worker is told the workspace and the models folder as the cluster names them
+    (``paths.to_shared``: ``WORKBENCH_PATH_MAP``); a local one the limit its claim obeys.
+    """
+    job = get_job(run)
+    executor = get_executor(job["executor"])
     with open(folder / "train.log", "a", encoding="utf-8") as log:
-        log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} job {run} queued\n")
-    proc = _spawn(run, folder, max_jobs=max_jobs)
-    token = processes.token(proc.pid)
-    with closing(connect()) as con:  # the worker writes the same; whoever is first wins nothing
-        con.execute(
-            "UPDATE jobs SET pid = ?, start_token = ?, attempts = attempts + 1 WHERE run = ?",
-            (proc.pid, token, run),
-        )
-    # reap it when it ends, so that a long-lived parent (the Streamlit server) keeps no zombie
-    threading.Thread(target=proc.wait, name=f"reap-{run}", daemon=True).start()
+        where = "" if job["executor"] == "local" else f" on {job['executor']} {job['executor_options']}"
+        log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} job {run} queued{where}\n")
+    env: dict[str, str] = {}
+    if max_jobs is not None:
+        if max_jobs < 1:
+            raise WorkbenchError(f"max_jobs {max_jobs}: at least 1 job must be able to run")
+        env[MAX_JOBS_ENV] = str(max_jobs)
+    if not executor.schedules_locally:
+        env.update(WORKBENCH_HOME=to_shared(home()), WORKBENCH_MODELS=to_shared(models_dir()))
+        env[PATH_MAP_ENV] = os.environ.get(PATH_MAP_ENV, "")
+    try:
+        engine_id = executor.submit(run, folder, job["executor_options"], env=env)
+    except BaseException as e:
+        set_state(run, "failed", message=f"could not submit to {job['executor']}: {type(e).__name__}: {e}"[:500])
+        raise
+    with closing(connect()) as con:  # a local worker writes its pid too; whoever is first wins nothing
+        if executor.schedules_locally:
+            pid = int(engine_id)
+            con.execute(
+                "UPDATE jobs SET pid = COALESCE(pid, ?), start_token = COALESCE(start_token, ?), engine_id = ?, "
+                "host = ?, attempts = attempts + 1 WHERE run = ?",
+                (pid, processes.token(pid), engine_id, socket.gethostname(), run),
+            )
+        else:
+            con.execute("UPDATE jobs SET engine_id = ?, attempts = attempts + 1 WHERE run = ?", (engine_id, run))
 
 
 def cancel_job(run: str, *, timeout: float = 60.0) -> str:
-    """Stop a queued or running job: SIGTERM (the loop stops at the next iteration), SIGKILL after ``timeout``.
+    """Stop a queued or running job through its executor: SIGTERM (the loop stops at the next
+    iteration), SIGKILL after ``timeout``.
 
     Returns the job's final state (``cancelled``, or the state it had already reached).
     """
@@ -268,9 +331,7 @@ def cancel_job(run: str, *, timeout: float = 60.0) -> str:
     if job["state"] not in ACTIVE:
         return job["state"]
     set_state(run, job["state"], cancel_requested=1)
-    # the pid is signalled only while it is still the job's process (same start time); SIGKILL goes
-    # to the worker's process group (it leads its own session): its loaders and ranks too
-    processes.stop(job["pid"], job["start_token"], timeout=timeout, group=True)
+    get_executor(job["executor"]).cancel(job, timeout=timeout)
     job = get_job(run)
     if job["state"] in ACTIVE:
         set_state(run, "cancelled", message="cancelled")
@@ -292,6 +353,18 @@ def wait_job(
         if timeout is not None and time.monotonic() - start > timeout:
             raise TimeoutError(f"job {run} still {job['state']} after {timeout:.0f} s")
         time.sleep(poll)
+
+
+def job_log(run: str) -> str:
+    """The job's ``train.log``, followed by its executor's own log of it when it has one (a
+    cluster's log holds what happened before the worker opened ``train.log``)."""
+    job = get_job(run)
+    path = Path(job["folder"]) / "train.log"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    engine = get_executor(job["executor"]).logs(job)
+    if engine.strip():
+        text += f"\n==== {job['executor']}'s log of job {job['engine_id']}\n{engine}"
+    return text
 
 
 def eta_text(seconds: float | None) -> str:

@@ -4,7 +4,8 @@ and the GPUs each running job holds (the ``devices`` column of ``jobs.sqlite``).
 ``claim`` is the one place a job goes from ``queued`` to ``running``: one SQLite
 ``BEGIN IMMEDIATE`` transaction reads the queue's head, the running jobs and the GPUs they hold,
 and marks the job running, so two workers polling at the same instant can never both start past
-the limit, nor take the same GPU. The GPU count is read here only (it imports torch), in the
+the limit, nor take the same GPU. Only local jobs (``executor`` local) queue here: a cluster's
+job is queued by its cluster, and claims at once (``limits`` False). The GPU count is read here only (it imports torch), in the
 worker; listings and the Train page never load torch for it.
 """
 
@@ -56,22 +57,36 @@ def gpus_needed(config: dict[str, Any], *, available: int) -> int:
     return max(1, int(config.get("gpus") or 1))
 
 
-def claim(run: str, *, pid: int) -> list[str] | None:
+LOCAL = "COALESCE(executor, 'local') = 'local'"  # the jobs this machine schedules
+
+
+def claim(run: str, *, pid: int, limits: bool = True) -> list[str] | None:
     """Mark queued job ``run`` running for process ``pid`` if it is its turn; the GPUs it got.
 
-    Its turn: it is the oldest queued job (queue time, then row), fewer than ``max_jobs()``
-    jobs run, and enough GPUs are free. ``None`` (nothing changed) when it must wait. One
-    ``BEGIN IMMEDIATE`` transaction holds the check and the update together.
+    Its turn: it is the oldest queued local job (queue time, then row), fewer than ``max_jobs()``
+    local jobs run, and enough GPUs are free. ``None`` (nothing changed) when it must wait. One
+    ``BEGIN IMMEDIATE`` transaction holds the check and the update together. ``limits`` False (a
+    cluster's job): running now, on the GPUs the cluster made visible (``[]``); ``None`` when it is
+    no longer queued.
     """
+    if not limits:
+        with closing(connect()) as con:
+            changed = con.execute(
+                "UPDATE jobs SET state = 'running', pid = ?, start_token = ?, started = ?, message = NULL "
+                "WHERE run = ? AND state = 'queued'",
+                (pid, processes.token(pid), time.time(), run),
+            ).rowcount
+        return [] if changed else None
     names = visible_gpus()
     limit = max_jobs(len(names))
     with closing(connect()) as con, transaction(con):
         head = con.execute(
-            "SELECT run, config FROM jobs WHERE state = 'queued' ORDER BY COALESCE(queued, created), rowid LIMIT 1"
+            f"SELECT run, config FROM jobs WHERE state = 'queued' AND {LOCAL} "
+            "ORDER BY COALESCE(queued, created), rowid LIMIT 1"
         ).fetchone()
         if head is None or head["run"] != run:
             return None
-        running = con.execute("SELECT devices FROM jobs WHERE state = 'running'").fetchall()
+        running = con.execute(f"SELECT devices FROM jobs WHERE state = 'running' AND {LOCAL}").fetchall()
         if len(running) >= limit:
             return None
         held = {d for row in running for d in (row["devices"] or "").split(",") if d}
@@ -89,10 +104,11 @@ def claim(run: str, *, pid: int) -> list[str] | None:
 
 
 def queue_position(run: str) -> tuple[int, list[str]]:
-    """How many queued jobs are ahead of ``run``, and the runs running now (what it waits for)."""
+    """How many queued local jobs are ahead of ``run``, and the local runs running now (what it waits for)."""
     with closing(connect()) as con:
         rows = con.execute(
-            "SELECT run, state FROM jobs WHERE state IN ('queued', 'running') ORDER BY COALESCE(queued, created), rowid"
+            f"SELECT run, state FROM jobs WHERE state IN ('queued', 'running') AND {LOCAL} "
+            "ORDER BY COALESCE(queued, created), rowid"
         ).fetchall()
     queued = [r["run"] for r in rows if r["state"] == "queued"]
     ahead = queued.index(run) if run in queued else 0

@@ -1,10 +1,12 @@
 """The process behind one background job: ``python -m workbench.training.worker RUN``.
 
-Started detached by ``jobs.start_job``; its stdout and stderr are the run's ``train.log``.
-It waits for its turn (``scheduler.claim``: first in, first out, at most ``scheduler.max_jobs()`` at
-once, the GPUs it needs free), sees only its GPUs (``CUDA_VISIBLE_DEVICES``), trains (in-process, or through
-``torchrun`` for ``gpus > 1``), and records the outcome: finished (and ``models/latest``
-moves here), cancelled (SIGTERM), or failed (the traceback is in the log).
+Started by the job's executor (``jobs.start_job``); its stdout and stderr are the run's
+``train.log``. A local job waits for its turn (``scheduler.claim``: first in, first out, at most
+``scheduler.max_jobs()`` at once, the GPUs it needs free) and sees only its GPUs
+(``CUDA_VISIBLE_DEVICES``); a cluster's job runs when the cluster starts it, on the paths the
+cluster names (``paths.to_shared``). It trains (in-process, or as DDP ranks through the
+executor's ``run_ranks`` when ``gpus`` x ``nodes`` > 1), and records the outcome: finished (and
+``models/latest`` moves here), cancelled (SIGTERM), or failed (the traceback is in the log).
 
 ``python -m workbench.training.worker --rank RUN`` is one DDP rank under torchrun.
 """
@@ -14,16 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
+from workbench.paths import to_shared
 from workbench.training import jobs, registry, scheduler
 from workbench.training.engines import get_engine
+from workbench.training.executors import EXECUTOR_ENV, Executor, get_executor
 from workbench.training.run import Cancelled, setup_logging
 
 log = logging.getLogger("workbench.training")
@@ -40,26 +45,36 @@ def should_stop() -> bool:
     return _stop
 
 
-def _torchrun(run: str, gpus: int) -> int:
-    """Run ``gpus`` DDP ranks on this machine; SIGTERM is forwarded to torchrun, which stops them."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
-    command += ["-m", "workbench.training.worker", "--rank", run]
-    log.info("DDP: %s", " ".join(command))
-    proc = subprocess.Popen(command)
-    forwarded = False
-    while proc.poll() is None:
-        if _stop and not forwarded:
-            proc.send_signal(signal.SIGTERM)
-            forwarded = True
-        time.sleep(0.2)
-    return proc.returncode
+def _job(run: str) -> tuple[dict[str, Any], Path, Executor]:
+    """The job's row, its run folder and its executor, as this machine names them: a cluster's
+    worker maps the submitting machine's paths (the folder, the dataset) to the shared ones."""
+    job = jobs.get_job(run)
+    executor = get_executor(os.environ.get(EXECUTOR_ENV) or job["executor"])
+    if executor.schedules_locally:
+        return job, Path(job["folder"]), executor
+    job["config"] = {**job["config"], "data": to_shared(job["config"]["data"])}
+    return job, Path(to_shared(job["folder"])), executor
 
 
-def _wait_for_turn(run: str, *, poll: float = 0.5) -> list[str] | None:
+def _log_to(folder: Path) -> None:
+    """Send this process's stdout and stderr (its children's too) to ``folder/train.log``, as
+    the local executor does by starting it so; a cluster's worker calls it first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(folder / "train.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _wait_for_turn(run: str, *, local: bool = True, poll: float = 0.5) -> list[str] | None:
     """Poll ``scheduler.claim`` until this job runs; the GPUs it holds, ``None`` when stopped first
-    or when the job left the queue otherwise (another worker took it)."""
+    or when the job left the queue otherwise (another worker took it). A cluster's job
+    (``local`` False) claims at once, the GPUs being the ones the cluster gave it."""
     waiting = ""
     while not _stop:
+        if not local:
+            return scheduler.claim(run, pid=os.getpid(), limits=False)  # the cluster gave the turn
         jobs.reap()  # a dead job ahead in the queue must not hold it up
         devices = scheduler.claim(run, pid=os.getpid())
         if devices is not None:
@@ -79,22 +94,27 @@ def run_job(run: str) -> int:
     """Wait for a turn, train job ``run`` and record how it ended; the process's exit code."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    job, folder, executor = _job(run)
+    if not executor.schedules_locally:
+        _log_to(folder)
     setup_logging(0)
-    job = jobs.get_job(run)
-    folder = Path(job["folder"])
-    devices = _wait_for_turn(run)
+    devices = _wait_for_turn(run, local=executor.schedules_locally)
     if devices is None:
         if jobs.get_job(run)["state"] == "queued":
             jobs.set_state(run, "cancelled", message="cancelled while queued")
         return 1
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # before CUDA starts: torchrun's ranks inherit it
-    log.info("job %s running (pid %d%s)", run, os.getpid(), f", GPUs {','.join(devices)}" if devices else "")
+    where = f"{executor.name} {job['engine_id']}, " if not executor.schedules_locally else ""
+    gpus = f", GPUs {','.join(devices)}" if devices else ""
+    log.info("job %s running (%spid %d on %s%s)", run, where, os.getpid(), socket.gethostname(), gpus)
     config = job["config"]
     engine = get_engine(config.get("engine"))
+    nodes = int(job["executor_options"].get("nodes") or 1)
+    per_node = max(1, int(config.get("gpus") or 1))
     try:
-        if int(config.get("gpus") or 1) > 1 and engine.distributed:
-            code = _torchrun(run, int(config["gpus"]))
+        if nodes * per_node > 1 and engine.distributed:
+            code = executor.run_ranks(run, nodes=nodes, per_node=per_node, should_stop=should_stop)
             if _stop:
                 raise Cancelled("cancelled")
             if code != 0:
@@ -119,9 +139,9 @@ def run_job(run: str) -> int:
 def run_rank(run: str) -> int:
     """One torchrun rank: train the run's config with the others (rank 0 writes the files)."""
     signal.signal(signal.SIGTERM, _on_signal)
-    job = jobs.get_job(run)
+    job, folder, _ = _job(run)
     try:
-        get_engine(job["config"].get("engine")).train(job["config"], Path(job["folder"]), should_stop=should_stop)
+        get_engine(job["config"].get("engine")).train(job["config"], folder, should_stop=should_stop)
     except Cancelled:
         return 3
     finally:
