@@ -154,6 +154,20 @@ def test_unknown_folder_is_a_clear_error(tmp_path):
     assert result.returncode == 1 and "not a folder" in result.stderr
 
 
+def test_a_forced_format_that_finds_no_image_is_refused(shared, tmp_path):
+    """``--from voc`` on a COCO export reads bare images (no XML beside them): refused, and no
+    output folder is made. A VOC folder whose files hold no object still converts."""
+    out = tmp_path / "out"
+    result = run("convert", str(shared / "roboflow-coco"), "--from", "voc", "--to", "yolo", "--out", str(out))
+    assert result.returncode == 1, result.stdout
+    assert "no Pascal VOC annotation found in it (703 image(s), none annotated)" in result.stderr, result.stderr
+    assert "nothing written" in result.stderr and not out.exists()
+    empty = copy_voc_subset(shared, tmp_path / "negatives", STEMS[:1])
+    xml = empty / "annotations" / f"{STEMS[0]}.xml"
+    xml.write_text(re.sub(r"<object>.*</object>", "", xml.read_text(), flags=re.S))
+    assert convert(empty, tmp_path / "neg-out", "coco", images="none").dataset.images[0].boxes.shape == (0, 4)
+
+
 def _coco(src: Path, out: Path, **kwargs) -> bytes:
     convert(src, out, "coco", images="none", **kwargs)
     return (out / "annotations.json").read_bytes()

@@ -228,6 +228,22 @@ def test_detection_claims_only_its_own_folders(tmp_path):
     assert not labelstudio.detect(tmp_path / "empty")  # an empty list says nothing
 
 
+def test_a_json_that_is_no_task_list_is_named_as_passed_over(tmp_path):
+    """Beside the tasks: another tool's JSON, and an export cut short before its first task. Both
+    are named in the findings (and so in the health report), neither is read as tasks."""
+    root = write_tasks(tmp_path / "ls", rich_tasks())
+    (root / "notes.json").write_text(json.dumps({"author": "x", "classes": ["cat"]}))
+    (root / "sub").mkdir()
+    (root / "sub" / "cut.json").write_text('[{"data"')
+    ds = load_dataset(root, "labelstudio")
+    passed = [f for f in ds.extra["labelstudio"]["findings"] if f.endswith("passed over")]
+    assert passed == [
+        "notes.json: not a Label Studio task list; passed over",
+        "sub/cut.json: not a Label Studio task list; passed over",
+    ]
+    assert len(ds.images) == len(load_dataset(write_tasks(tmp_path / "plain", rich_tasks()), "labelstudio").images)
+
+
 def test_save_record_rewrites_one_task_and_keeps_the_others_on_disk(tmp_path):
     root = write_tasks(tmp_path / "ls", rich_tasks())
     ds = load_dataset(root)

@@ -156,6 +156,14 @@ def read_source(
     return dataset
 
 
+def _labelled(dataset: Dataset) -> bool:
+    """Whether the reader found any annotation: an image of a one-file format (COCO, Label Studio,
+    CVAT: the file lists it), an annotation file or a box (VOC, LabelMe, YOLO: not bare images)."""
+    if not get_format(dataset.format).CAPABILITIES.per_image_files:
+        return bool(dataset.images)
+    return any(r.annotation or len(r.boxes) for r in dataset.images)
+
+
 def convert(
     src: Path | str,
     out: Path | str,
@@ -169,7 +177,8 @@ def convert(
 ) -> ConvertResult:
     """Convert the dataset in ``src`` to format ``to`` under ``out``.
 
-    Without ``skip_bad`` any bad file stops the conversion with a ``DatasetReadError``
+    A source with no annotation at all (the wrong folder, or the wrong ``src_format``: bare
+    images) is refused before ``out`` is made. Without ``skip_bad`` any bad file stops the conversion with a ``DatasetReadError``
     that lists every bad file; with it the rest is converted and ``result.skipped`` says
     what was left out. ``use_index``: read the source through the index cache
     (``read_source``). ``on_progress(stage, done, total)`` reports the load, the write and
@@ -183,6 +192,14 @@ def convert(
 
     with no_gc():  # the records are all alive until the end: nothing for the GC to find
         dataset = read_source(src, src_format, strict=not skip_bad, use_index=use_index, on_progress=stage("read"))
+        if not _labelled(dataset):
+            # a forced --from on the wrong folder reads nothing: an empty output would look like success
+            bad = f"; {len(dataset.skipped)} bad file(s), the first: {dataset.skipped[0]}" if dataset.skipped else ""
+            label = get_format(dataset.format).LABEL
+            raise WorkbenchError(
+                f"{src}: no {label} annotation found in it ({len(dataset.images)} image(s), none annotated{bad}); "
+                "nothing converted, nothing written"
+            )
         out.mkdir(parents=True, exist_ok=True)
         # many images are linked by a child process while the annotations are written
         links = start_links(dataset, out) if images == "link" and out.resolve() != dataset.root.resolve() else None

@@ -91,7 +91,16 @@ def _is_labelstudio(path: Path) -> bool:
 
 def task_files(root: Path) -> list[Path]:
     """Label Studio JSON files under ``root`` (at most two folders deep)."""
-    return [p for p in iter_files(root, (".json",)) if len(p.relative_to(root).parts) <= 3 and _is_labelstudio(p)]
+    return _json_files(root)[0]
+
+
+def _json_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The ``.json`` files at most two folders deep: (Label Studio task lists, the others)."""
+    tasks, others = [], []
+    for p in iter_files(root, (".json",)):
+        if len(p.relative_to(root).parts) <= 3:
+            (tasks if _is_labelstudio(p) else others).append(p)
+    return tasks, others
 
 
 def detect(root: Path) -> bool:
@@ -299,12 +308,13 @@ def load(root: Path, *, strict: bool = True, on_progress: Callable[[int, int], N
     """
     root = Path(root)
     errors = ErrorCollector(root, strict=strict)
-    files = task_files(root)
+    files, others = _json_files(root)
     images = _Images(root)
     config = errors.run(lambda: read_config(root)) or ([], None)
     classes: list[str] = list(config[0])
     records: list[ImageRecord] = []
-    findings: list[str] = []
+    # a JSON that is no task list (another tool's file, an export cut short) is named, not read
+    findings = [f"{p.relative_to(root).as_posix()}: not a Label Studio task list; passed over" for p in others]
     for json_path in progress(files, len(files), on_progress):
         parsed = errors.run(lambda p=json_path: parse_file(root, p, images))
         if parsed is None:
