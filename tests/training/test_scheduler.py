@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -135,14 +133,6 @@ def test_max_jobs_rejects(monkeypatch, text):
     monkeypatch.setenv(jobs.MAX_JOBS_ENV, text)
     with pytest.raises(WorkbenchError, match=jobs.MAX_JOBS_ENV):
         scheduler.max_jobs()
-
-
-def test_an_older_database_gains_the_new_columns():
-    with closing(sqlite3.connect(jobs.db_path())) as con, con:
-        con.execute(jobs.SCHEMA.replace(",\n    queued REAL,\n    devices TEXT", ""))
-        con.execute("INSERT INTO jobs (run, state, created, config, folder) VALUES ('old', 'finished', 5, '{}', '/x')")
-    jobs._ready.clear()
-    assert jobs.get_job("old")["queued"] is None and jobs.get_job("old")["devices"] is None
 
 
 def start_at(barrier, home: str, models: str, data: str, name: str) -> None:
