@@ -49,7 +49,7 @@ def test_data_is_resolved_like_the_datasets_page_does(tiny_voc, monkeypatch):
 def from_cli(monkeypatch, args: list[str]) -> dict:
     started = []
     monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
-    monkeypatch.setattr(jobs, "get_job", lambda run: {"folder": "/nowhere"})
+    monkeypatch.setattr(jobs, "get_job", lambda run: {"folder": "/nowhere", "executor": "local"})
     assert main(["train", *args]) == 0
     return started[0]
 
