@@ -37,7 +37,7 @@ def _progress_line(job: dict[str, Any]) -> str:
 
 # the ``train`` flags that are ``TrainConfig`` fields of the same name (``None``: not given)
 OPTIONS = (
-    "engine model weights freeze_backbone detector gamma epochs imgsz batch workers lr max_iters max_val_images "
+    "engine model weights freeze_backbone detector gamma background epochs imgsz batch workers lr max_iters max_val_images "
     "seed rotation clip_grad time upscale face_threshold detector_time val_fraction gpus"
 ).split()
 
@@ -194,6 +194,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     faces.add_argument(
         "--gamma", action=argparse.BooleanOptionalAction, help="brighten dark face crops before classifying them"
+    )
+    faces.add_argument(
+        "--background",
+        action=argparse.BooleanOptionalAction,
+        help="teach the classifier 'not a face' from the detector's false faces (default on)",
     )
     p.add_argument("--max-iters", type=int, help="at most this many iterations per epoch (tiny runs)")
     p.add_argument("--max-val-images", type=int, help="validate on at most this many images (tiny runs)")

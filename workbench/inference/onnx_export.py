@@ -29,7 +29,8 @@ graphs side by side (``onnx.compose``, opset 11, the detector's): the face detec
 or a run's fine-tuned one (``detector.pth``) exported from torch with the same input and outputs
 (input ``detector/input``, outputs ``detector/loc``, ``detector/conf``, ``detector/landmarks``)
 and the crop classifier (input ``crops``, ``(N, imgsz, imgsz, 3)`` uint8 RGB, scaled and
-normalised inside; output ``probs``, ``(N, classes)`` softmax). The numpy steps between them
+normalised inside; output ``probs``, ``(N, classes)`` softmax, or ``(N, classes + 1)`` with the
+background class last). The numpy steps between them
 (upscale, the detector's decoding and NMS, the box correction, crops, gamma) are
 ``training.facecrops``, with the run's settings in the metadata (``pipeline``).
 """

@@ -203,7 +203,12 @@ class OnnxPredictor:
         boxes, pixels = corrected_crops(rgb, boxes, p["box_fit"], imgsz=size, gamma=bool(p["gamma"]))
         probs = self.session.run(["probs"], {p["detector_input"]: PLACEHOLDER_IMAGE, "crops": pixels})[0]
         return pipeline_detections(
-            boxes, face_scores, probs, score_threshold=score_threshold, max_detections=max_detections
+            boxes,
+            face_scores,
+            probs,
+            classes=len(self.classes),
+            score_threshold=score_threshold,
+            max_detections=max_detections,
         )
 
     def predict(

@@ -66,6 +66,7 @@ class TrainConfig:
     upscale: float = 2.0  # the image is enlarged this much before face detection (small faces)
     face_threshold: float = 0.3  # the face detector's own score cut
     gamma: bool = False  # brighten dark face crops before classification
+    background: bool = True  # the classifier also learns "not a face" from the detector's false faces
     detector_time: float = 0.0  # minutes fine-tuning retinaface on the training faces first (of ``time``); 0: off
     recipe: str | None = None  # the preset it came from (``workbench.training.recipes``), for the record
     classes: list[str] = field(default_factory=list)

@@ -6,7 +6,11 @@ No torch here: importing this module loads numpy, PIL and, when a detection runs
 
     boxes, scores = retinaface_faces(rgb, run, upscale=2.0, threshold=0.3)   # run: the detector graph
     boxes, pixels = corrected_crops(rgb, boxes, box_fit, imgsz=128, gamma=True)
-    det = pipeline_detections(boxes, scores, probs, score_threshold=0.25)
+    det = pipeline_detections(boxes, scores, probs, classes=3, score_threshold=0.25)
+
+A classifier trained with a background class (``TrainConfig.background``) has one more output,
+the last: "not a face". ``pipeline_detections`` scores each face by its likeliest real class, so
+the share the classifier gives to background lowers the score of a false face.
 """
 
 from __future__ import annotations
@@ -109,11 +113,21 @@ def corrected_crops(
 
 
 def pipeline_detections(
-    boxes: np.ndarray, face_scores: np.ndarray, probs: np.ndarray, *, score_threshold: float, max_detections: int
+    boxes: np.ndarray,
+    face_scores: np.ndarray,
+    probs: np.ndarray,
+    *,
+    classes: int,
+    score_threshold: float,
+    max_detections: int,
 ) -> Detections:
     """One image's detections from its corrected face boxes, face scores and class probabilities
-    ``(N, classes)``: the likeliest class each, scored ``face score * its probability``, best first,
-    those at ``score_threshold`` or more, at most ``max_detections``."""
+    ``(N, classes)``, or ``(N, classes + 1)`` with the background last: the likeliest of the
+    ``classes`` each, scored ``face score * its probability``, best first, those at
+    ``score_threshold`` or more, at most ``max_detections``."""
+    if probs.shape[1] not in (classes, classes + 1):
+        raise ValueError(f"the classifier gives {probs.shape[1]} probabilities for {classes} classes")
+    probs = probs[:, :classes]
     class_ids = probs.argmax(axis=1)
     scores = face_scores * probs[np.arange(len(probs)), class_ids]
     order = np.argsort(-scores)

@@ -54,6 +54,8 @@ log = logging.getLogger("workbench.training")
 
 DETECTORS = ("retinaface", "mtcnn")
 DETECTOR_FILE = "detector.pth"  # a run's fine-tuned retinaface (``retinaface.load_tuned``)
+BACKGROUND_IOU = 0.2  # a detection overlapping no labelled box less than this is a false face
+BACKGROUND_SHARE = 2  # at most one background crop per this many ground-truth crops
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -255,7 +257,12 @@ class TwoStagePredictor(Predictor):
             probs = torch.softmax(self.model(batch.to(self.device)), dim=1).cpu().numpy()
             results.append(
                 pipeline_detections(
-                    boxes, face_scores, probs, score_threshold=score_threshold, max_detections=max_detections
+                    boxes,
+                    face_scores,
+                    probs,
+                    classes=len(self.classes),
+                    score_threshold=score_threshold,
+                    max_detections=max_detections,
                 )
             )
         return results
@@ -268,34 +275,47 @@ def truth(dataset: Any, record: Any, class_map: Any) -> tuple[np.ndarray, np.nda
 
 
 def train_faces(
-    detect: Callable | None,
+    detect: Callable,
     dataset: Any,
     records: list,
     class_map: Any,
     *,
+    fit: bool,
+    background: int | None,
     progress: Callable[[int], None],
     stop: Callable[[], bool],
 ) -> tuple[list[tuple[np.ndarray, int]], dict[str, Any] | None]:
-    """The ground-truth crops of the training images with their labels, and the box correction
-    fitted on the detections matched to them (``None`` without ``detect``: a resumed run keeps its own)."""
+    """The crops of the training images with their labels, and (``fit``) the box correction fitted
+    on the detections matched to them (``None`` otherwise: a resumed run keeps its own).
+
+    The crops are the ground-truth boxes', and with ``background`` (its label) also the detector's
+    false faces: detections that overlap no labelled box (IoU < ``BACKGROUND_IOU``), the most
+    confident first, at most one per ``BACKGROUND_SHARE`` ground-truth crops."""
     samples: list[tuple[np.ndarray, int]] = []
+    false_faces: list[tuple[float, np.ndarray]] = []
     pairs_det, pairs_gt = [], []
     for i, r in enumerate(records):
         if stop():
-            raise Cancelled("cancelled while fitting the box correction")
+            raise Cancelled("cancelled while finding the training faces")
         rgb = load_image(dataset.root / r.path)[:, :, :3]
         boxes_gt, labels = truth(dataset, r, class_map)
         samples += [(crop(rgb, box), int(c)) for box, c in zip(boxes_gt, labels, strict=True)]
-        if detect is not None:
-            boxes, _ = detect(rgb)
+        if fit or background is not None:
+            boxes, scores = detect(rgb)
             overlap = iou(boxes_gt, boxes)
             for g in range(overlap.shape[0] if overlap.size else 0):
                 j = int(overlap[g].argmax())
                 if overlap[g, j] >= 0.3:
                     pairs_gt.append(boxes_gt[g])
                     pairs_det.append(boxes[j])
+            if background is not None:
+                best = overlap.max(axis=0) if overlap.size else np.zeros(len(boxes))
+                false_faces += [(float(scores[j]), crop(rgb, boxes[j])) for j in np.flatnonzero(best < BACKGROUND_IOU)]
         progress(i + 1)
-    if detect is None:
+    if background is not None:
+        false_faces.sort(key=lambda item: -item[0])
+        samples += [(patch, background) for _, patch in false_faces[: max(1, len(samples) // BACKGROUND_SHARE)]]
+    if not fit:
         return samples, None
     return samples, fit_box_correction(np.array(pairs_det).reshape(-1, 4), np.array(pairs_gt).reshape(-1, 4))
 
@@ -332,8 +352,11 @@ def val_faces(
     return faces, truth_crops
 
 
-def pipeline_ap(model: nn.Module, faces: list, gt: dict[str, Any], device: torch.device) -> dict[str, float]:
-    """COCO stats of the whole pipeline on the validation images (``faces`` from ``val_faces``)."""
+def pipeline_ap(
+    model: nn.Module, faces: list, gt: dict[str, Any], device: torch.device, *, classes: int
+) -> dict[str, float]:
+    """COCO stats of the whole pipeline on the validation images (``faces`` from ``val_faces``),
+    scored as a predictor scores them (``pipeline_detections``)."""
     detections = []
     model.eval()
     with torch.inference_mode():
@@ -342,6 +365,7 @@ def pipeline_ap(model: nn.Module, faces: list, gt: dict[str, Any], device: torch
                 detections.append(Detections())
                 continue
             probs = torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
-            class_ids = probs.argmax(axis=1)
-            detections.append(Detections(boxes, scores * probs[np.arange(len(probs)), class_ids], class_ids))
+            detections.append(
+                pipeline_detections(boxes, scores, probs, classes=classes, score_threshold=0.0, max_detections=len(x))
+            )
     return coco_stats(gt, coco_results(detections))

@@ -37,6 +37,8 @@ def test_two_stage_trains_registers_and_predicts(six_voc):
     card = two_stage.main({**TINY, "data": str(six_voc), "epochs": 1}, folder)
     assert card["engine"] == "two-stage" and card["box_fit"]["pairs"] >= 0 and card["dataset_version"]
     assert card["weights"]["kind"] == "imagenet" and card["epochs_done"] == 1
+    # the classifier's last output is "not a face", learned from the detector's false faces
+    assert card["background_crops"] >= 1 and json.loads((folder / "config.json").read_text())["background"] is True
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert set(rows[0]) >= {"epoch", "AP", "AP50", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
     assert card["best_metrics"]["AP"] == rows[0]["AP"]
@@ -44,6 +46,7 @@ def test_two_stage_trains_registers_and_predicts(six_voc):
         assert (folder / plot).stat().st_size > 1000, plot
     predictor = load_predictor("faces", device="cpu")
     assert predictor.classes == card["classes"]
+    assert predictor.model.classifier[1].out_features == len(card["classes"]) + 1
     image = load_image(six_voc / "images" / "maksssksksss0.png")[:, :, :3]
     det = predictor.predict(image, score_threshold=0.0)
     assert len(det) > 0 and det.boxes.shape == (len(det), 4)

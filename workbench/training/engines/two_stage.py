@@ -8,7 +8,9 @@ Otherwise the face detector is not trained. The **box correction** is learned fr
 detections matched to a ground-truth box (IoU >= 0.3) fit, per axis, ``gt_centre = det_centre
 + a * det_size + b`` and ``gt_size = c * det_size + d`` (least squares, in pixels). The
 MobileNetV2 classifier trains on the ground-truth crops of the training split with flip,
-rotation and colour augmentation.
+rotation and colour augmentation; with ``background`` (the default) also on the detector's false
+faces in the training images, as one more class, "not a face", whose share lowers a false face's
+score (``facecrops.pipeline_detections``).
 
 A run folder holds what every run holds (``config.json`` with ``engine: two-stage``,
 ``model_best.pth`` with the classifier and the box fit, ``metrics.jsonl`` with the pipeline's
@@ -67,7 +69,7 @@ from workbench.training.run import (
 log = logging.getLogger("workbench.training")
 
 # what a resume keeps from the saved run
-SAME_RUN = ("imgsz", "seed", "val_fraction", "weights", "detector", "upscale", "face_threshold", "gamma")
+SAME_RUN = ("imgsz", "seed", "val_fraction", "weights", "detector", "upscale", "face_threshold", "gamma", "background")
 DETECTOR_PACKAGES = {"retinaface": "retinaface", "mtcnn": "facenet_pytorch"}
 
 
@@ -95,7 +97,7 @@ def load(folder: Path, config: dict[str, Any], card: dict[str, Any], device: tor
     """The predictor of two-stage run ``folder``: its best classifier and box correction."""
     state = load_checkpoint(registry.weights_file(folder))
     classes = list(state["classes"])
-    classifier, _ = build_classifier(len(classes), weights="none")
+    classifier, _ = build_classifier(len(classes) + bool(state.get("background")), weights="none")
     load_matching(classifier, state["model"])
     return TwoStagePredictor(
         classifier, config=config, state=state, classes=classes, card=card, run_dir=folder, device=device
@@ -164,7 +166,7 @@ def validate_epoch(
     loss and accuracy (``train``: what ``train_one_epoch`` returned), and its loss and accuracy on
     the validation crops ``val`` (``(crops, labels)``)."""
     device = next(model.parameters()).device
-    row = pipeline_ap(model, faces, gt, device)
+    row = pipeline_ap(model, faces, gt, device, classes=len(gt["categories"]))
     seen, correct, loss_sum = train
     if seen:
         row.update(train_loss=loss_sum / seen, train_accuracy=correct / seen)
@@ -304,11 +306,15 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
         progress.update(epoch=0, iteration=0, phase="faces", images_done=n, images=len(train) + len(val))
 
     # stage 1: the box correction, from detections matched to the training labels; the crops to train on
+    background = len(classes) if config.background else None  # the label of "not a face"
     samples, box_fit = train_faces(
-        None if checkpoint else detect, dataset, train, class_map, progress=faces_done, stop=stop
+        detect, dataset, train, class_map, fit=not checkpoint, background=background, progress=faces_done, stop=stop
     )
-    if not samples:
+    if not any(c != background for _, c in samples):
         raise WorkbenchError(f"{config.data}: no labelled boxes in the training split")
+    false_faces = sum(c == background for _, c in samples)
+    if background is not None:
+        log.info("background class: %d false faces of the detector in the training images", false_faces)
     box_fit = checkpoint["box_fit"] if checkpoint else box_fit
     log.info("box correction from %d matched faces: %s", box_fit["pairs"], json.dumps(box_fit))
     faces, val_samples = val_faces(
@@ -331,13 +337,14 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
     # stage 2: the classifier on ground-truth crops
     augment = augmentation(config)
     wanted = checkpoint["weights"]["kind"] if checkpoint else config.weights
-    model, weights = build_classifier(len(classes), weights=wanted)
+    outputs = len(classes) + (background is not None)
+    model, weights = build_classifier(outputs, weights=wanted)
     model.to(device)
     log.info("classifier weights: %s from %s", weights["kind"], weights["source"])
     iters_per_epoch = -(-len(samples) // config.batch)
     progress.iters_per_epoch = min(iters_per_epoch, config.max_iters or iters_per_epoch)
     optimizer, scheduler = optimiser(model, config, iters_per_epoch=progress.iters_per_epoch, budget=budget)
-    loss_fn = balanced_loss([c for _, c in samples], len(classes)).to(device)
+    loss_fn = balanced_loss([c for _, c in samples], outputs).to(device)
     val_x, val_y = tensors(val_samples, None) if val_samples else (None, None)
     start_epoch = resume(model, optimizer, scheduler, checkpoint=checkpoint, folder=folder)
     truncate_logs(folder, start_epoch)
@@ -362,7 +369,7 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
             )
             validate = partial(validate_epoch, model, faces, gt, loss_fn=loss_fn, val=(val_x, val_y), train=seen)
             saved = {"model": model.state_dict(), "classes": classes, "config": config.to_dict(), "epoch": epoch}
-            saved["box_fit"] = box_fit
+            saved.update(box_fit=box_fit, background=background is not None)
             state = {**saved, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             state["weights"] = weights
             end_epoch(ending, epoch=epoch, validate=validate, checkpoint=state, best_weights=saved)
@@ -380,6 +387,7 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
         epochs_done=epochs_done,
         best=ending.best,
         box_fit=box_fit,
+        background_crops=false_faces if background is not None else None,
         budget=budget,
         detector_start=tuned.get("start"),
     )
