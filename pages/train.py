@@ -21,6 +21,7 @@ from workbench.training import jobs, registry
 from workbench.training.config import build_config
 from workbench.training.config import default_model as recommended_model
 from workbench.training.engines import DEFAULT_ENGINE, ENGINES, get_engine
+from workbench.training.executors import DEFAULT_EXECUTOR, EXECUTORS
 from workbench.training.recipes import RECIPES, recipe_config
 
 REFRESH_SECONDS = 2.0
@@ -63,6 +64,15 @@ def dataset_choices() -> list[str]:
         paths.remove(current)
         paths.insert(0, current)
     return paths
+
+
+def executor_options(executor: str, where: str, nodes: int) -> dict:
+    """The form's executor options: the Ray address or the Slurm partition (empty: the
+    executor's default, ``$WORKBENCH_RAY_ADDRESS``...) and the node count; none for local."""
+    target = {"ray": "address", "slurm": "partition"}.get(executor)
+    if target is None:
+        return {}
+    return {target: where.strip() or None, "nodes": int(nodes)}
 
 
 def train_form() -> None:
@@ -137,6 +147,21 @@ def train_form() -> None:
             if hw["gpus"]
             else f"No GPU found: training runs on the CPU ({hw['cpus']} threads)."
         )
+        c1, c2, c3 = st.columns([1, 3, 1])
+        executor = c1.selectbox(
+            "Runs on",
+            list(EXECUTORS),
+            index=list(EXECUTORS).index(DEFAULT_EXECUTOR),
+            key="train_executor",
+            help="; ".join(f"{name}: {summary}" for name, (_, summary) in EXECUTORS.items()),
+        )
+        where = c2.text_input(
+            "Ray address or Slurm partition",
+            placeholder="http://HEAD:8265 (ray) or a partition (slurm); empty: the default",
+            key="train_where",
+            help="ray: the dashboard's address (default $WORKBENCH_RAY_ADDRESS); slurm: the partition",
+        )
+        nodes = c3.number_input("Nodes", 1, 256, 1, key="train_nodes", help="ray and slurm: one DDP group")
         submitted = st.form_submit_button("Train", type="primary")
     if not submitted:
         return
@@ -156,7 +181,7 @@ def train_form() -> None:
     overrides = {k: v for k, v in form.items() if v != preset.get(k)} if recipe else {**form, "engine": engine}
     try:
         config = build_config(recipe, device, {**overrides, "data": data})
-        run = jobs.start_job(config)
+        run = jobs.start_job(config, executor=executor, executor_options=executor_options(executor, where, nodes))
     except WorkbenchError as e:
         st.error(str(e))
         return
