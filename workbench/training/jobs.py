@@ -304,7 +304,7 @@ def _launch(run: str, folder: Path, *, max_jobs: int | None = None) -> None:
         env.update(WORKBENCH_HOME=to_shared(home()), WORKBENCH_MODELS=to_shared(models_dir()))
         env[PATH_MAP_ENV] = os.environ.get(PATH_MAP_ENV, "")
     try:
-        engine_id = executor.submit(run, folder, job["executor_options"], env=env)
+        engine_id = executor.submit(job, folder, env=env)
     except BaseException as e:
         set_state(run, "failed", message=f"could not submit to {job['executor']}: {type(e).__name__}: {e}"[:500])
         raise

@@ -114,7 +114,7 @@ def run_job(run: str) -> int:
     per_node = max(1, int(config.get("gpus") or 1))
     try:
         if nodes * per_node > 1 and engine.distributed:
-            code = executor.run_ranks(run, nodes=nodes, per_node=per_node, should_stop=should_stop)
+            code = executor.run_ranks(job, folder, nodes=nodes, per_node=per_node, should_stop=should_stop)
             if _stop:
                 raise Cancelled("cancelled")
             if code != 0:

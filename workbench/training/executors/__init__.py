@@ -63,9 +63,10 @@ class Executor:
             raise WorkbenchError(f"the {self.name} executor takes no {', '.join(other)} option")
         return {k: v for k, v in options.items() if v is not None}
 
-    def submit(self, run: str, folder: Path, options: dict[str, Any], *, env: dict[str, str]) -> str:
-        """Start the worker for ``run`` (``folder`` its run folder, ``env`` extra environment
-        variables it needs); the job's id in this engine."""
+    def submit(self, job: dict[str, Any], folder: Path, *, env: dict[str, str]) -> str:
+        """Start the worker for ``job`` (its row in ``jobs.sqlite``: ``run``, ``config``,
+        ``attempts``, ``executor_options``), ``folder`` its run folder, ``env`` extra environment
+        variables it needs; the job's id in this engine."""
         raise NotImplementedError
 
     def status(self, job: dict[str, Any]) -> str | None:
@@ -80,9 +81,12 @@ class Executor:
         """The engine's own log of the job (``""`` when it has none)."""
         return ""
 
-    def run_ranks(self, run: str, *, nodes: int, per_node: int, should_stop: Callable[[], bool]) -> int:
-        """Run the DDP ranks of ``run`` (``python -m workbench.training.worker --rank RUN``) as one
-        group; their exit code (0 when all finished)."""
+    def run_ranks(
+        self, job: dict[str, Any], folder: Path, *, nodes: int, per_node: int, should_stop: Callable[[], bool]
+    ) -> int:
+        """Run the DDP ranks of ``job`` (``python -m workbench.training.worker --rank RUN``) as one
+        group, ``folder`` its run folder as this machine names it; their exit code (0 when all
+        finished)."""
         raise NotImplementedError
 
 

@@ -63,7 +63,8 @@ class LocalExecutor(Executor):
             raise WorkbenchError(f"--nodes {nodes}: the local executor runs on this one machine (use ray or slurm)")
         return {}
 
-    def submit(self, run: str, folder: Path, options: dict[str, Any], *, env: dict[str, str]) -> str:
+    def submit(self, job: dict[str, Any], folder: Path, *, env: dict[str, str]) -> str:
+        run = job["run"]
         with open(folder / "train.log", "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "workbench.training.worker", run],
@@ -86,8 +87,10 @@ class LocalExecutor(Executor):
         # to the worker's process group (it leads its own session): its loaders and ranks too
         processes.stop(job["pid"], job["start_token"], timeout=timeout, group=True)
 
-    def run_ranks(self, run: str, *, nodes: int, per_node: int, should_stop: Callable[[], bool]) -> int:
-        return torchrun(rank_command(run, "--standalone", f"--nproc_per_node={per_node}"), should_stop)
+    def run_ranks(
+        self, job: dict[str, Any], folder: Path, *, nodes: int, per_node: int, should_stop: Callable[[], bool]
+    ) -> int:
+        return torchrun(rank_command(job["run"], "--standalone", f"--nproc_per_node={per_node}"), should_stop)
 
 
 EXECUTOR = LocalExecutor()

@@ -22,7 +22,6 @@ iteration and records ``cancelled``; Ray kills it ``STOP_WAIT_S`` later if it ha
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -32,7 +31,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,8 +39,7 @@ import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from workbench.errors import WorkbenchError
-from workbench.locks import connect_sqlite
-from workbench.paths import PROJECT_ROOT, home, to_shared
+from workbench.paths import PROJECT_ROOT, to_shared
 from workbench.training.executors import ACTIVE, EXECUTOR_ENV, GONE, Executor
 from workbench.training.executors import local as local_executor
 
@@ -76,16 +73,6 @@ def _client(address: str) -> JobSubmissionClient:
         ) from e
 
 
-def _job_row(run: str) -> dict[str, Any]:
-    """The job's config, attempts and folder, read from ``jobs.sqlite`` here: this module does
-    not import ``jobs`` (it imports the executors; the import-linter forbids the cycle)."""
-    with closing(connect_sqlite(home() / "jobs.sqlite", busy_timeout=30.0)) as con:
-        row = con.execute("SELECT config, attempts, folder FROM jobs WHERE run = ?", (run,)).fetchone()
-    if row is None:
-        raise WorkbenchError(f"no job {run!r} in {home() / 'jobs.sqlite'}")
-    return {"config": json.loads(row[0]), "attempts": int(row[1] or 0), "folder": row[2]}
-
-
 def _address(job: dict[str, Any]) -> str:
     return str(job["executor_options"].get("address") or "")
 
@@ -107,11 +94,10 @@ class RayExecutor(Executor):
             raise WorkbenchError(f"--nodes {nodes}: at least 1 node")
         return {"address": str(address), "nodes": nodes}
 
-    def submit(self, run: str, folder: Path, options: dict[str, Any], *, env: dict[str, str]) -> str:
+    def submit(self, job: dict[str, Any], folder: Path, *, env: dict[str, str]) -> str:
+        run, options, config = job["run"], job["executor_options"], job["config"]
         address = str(options["address"])
         nodes = int(options.get("nodes") or 1)
-        job = _job_row(run)
-        config = job["config"]
         per_node = max(1, int(config.get("gpus") or 1))
         resources: dict[str, Any] = {}
         if nodes == 1:  # the worker trains itself; across nodes the ranks' bundles hold the resources
@@ -181,22 +167,26 @@ class RayExecutor(Executor):
         except Exception:  # unreachable or unknown: no log to show
             return ""
 
-    def run_ranks(self, run: str, *, nodes: int, per_node: int, should_stop: Callable[[], bool]) -> int:
+    def run_ranks(
+        self, job: dict[str, Any], folder: Path, *, nodes: int, per_node: int, should_stop: Callable[[], bool]
+    ) -> int:
         if nodes == 1:  # the worker holds the GPUs (entrypoint_num_gpus): its ranks run here
-            command = local_executor.rank_command(run, "--standalone", f"--nproc_per_node={per_node}")
+            command = local_executor.rank_command(job["run"], "--standalone", f"--nproc_per_node={per_node}")
             return local_executor.torchrun(command, should_stop)
-        return _run_across_nodes(run, nodes, per_node, should_stop)
+        return _run_across_nodes(job, folder, nodes, per_node, should_stop)
 
 
-def _run_across_nodes(run: str, nodes: int, per_node: int, should_stop: Callable[[], bool]) -> int:
+def _run_across_nodes(
+    job: dict[str, Any], folder: Path, nodes: int, per_node: int, should_stop: Callable[[], bool]
+) -> int:
     """One torchrun per node, as Ray tasks in a ``STRICT_SPREAD`` placement group; the first
     nonzero exit code (the others are cancelled then), 0 when all finished."""
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    job = _job_row(run)  # on the cluster: its workspace (WORKBENCH_HOME, as the cluster names it)
+    run = job["run"]
     gpus = uses_gpus(job["config"])
-    log_path = str(Path(to_shared(job["folder"])) / "train.log")
+    log_path = str(folder / "train.log")
     handler = signal.getsignal(signal.SIGTERM)
     ray.init(log_to_driver=False)  # the job's cluster (RAY_ADDRESS, set by Ray for the job)
     signal.signal(signal.SIGTERM, handler)  # ray.init replaced the worker's: cancel must stop training

@@ -21,7 +21,6 @@ submitit's local executor on this machine instead: one node, the job id a pid. d
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -30,7 +29,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +37,7 @@ import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from workbench.errors import WorkbenchError
-from workbench.locks import connect_sqlite
-from workbench.paths import PROJECT_ROOT, home
+from workbench.paths import PROJECT_ROOT
 from workbench.training.engines import get_engine
 from workbench.training.executors import ACTIVE, EXECUTOR_ENV, GONE, Executor
 from workbench.training.executors.local import rank_command, torchrun, worker_env
@@ -146,16 +143,6 @@ def master_port(job_id: str) -> int:
     return 20000 + int(str(job_id).split("_")[0]) % 20000
 
 
-def job_config(run: str) -> dict[str, Any]:
-    """The config in ``run``'s row of ``jobs.sqlite`` (a resume may have changed it since
-    ``config.json``), read here directly: ``jobs`` imports the executors, not the other way."""
-    with closing(connect_sqlite(home() / "jobs.sqlite", busy_timeout=30.0)) as con:
-        row = con.execute("SELECT config FROM jobs WHERE run = ?", (run,)).fetchone()
-    if row is None:
-        raise WorkbenchError(f"no job {run!r} (see `workbench jobs`)")
-    return json.loads(row[0])
-
-
 def _state(text: str) -> str:
     return (text.split() or ["UNKNOWN"])[0].rstrip("+").upper()  # "CANCELLED by 0" -> CANCELLED
 
@@ -204,8 +191,8 @@ class SlurmExecutor(Executor):
             )
         return executor
 
-    def submit(self, run: str, folder: Path, options: dict[str, Any], *, env: dict[str, str]) -> str:
-        config = job_config(run)
+    def submit(self, job: dict[str, Any], folder: Path, *, env: dict[str, str]) -> str:
+        run, options, config = job["run"], job["executor_options"], job["config"]
         nodes = int(options.get("nodes") or 1)
         gpus = max(1, int(config.get("gpus") or 1))
         cuda = str(config.get("device") or "").startswith("cuda")
@@ -278,8 +265,10 @@ class SlurmExecutor(Executor):
                 parts.append(f"---- {path.name}\n{text.rstrip()}")
         return "\n".join(parts)
 
-    def run_ranks(self, run: str, *, nodes: int, per_node: int, should_stop: Callable[[], bool]) -> int:
-        return torchrun(node_command(run, nodes=nodes, per_node=per_node), should_stop)
+    def run_ranks(
+        self, job: dict[str, Any], folder: Path, *, nodes: int, per_node: int, should_stop: Callable[[], bool]
+    ) -> int:
+        return torchrun(node_command(job["run"], nodes=nodes, per_node=per_node), should_stop)
 
     def _local_processes(self, job: dict[str, Any]) -> list[psutil.Process]:
         """The local cluster's job: its controller (the job id is its pid) and every process under
