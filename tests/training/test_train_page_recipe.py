@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PROJECT
 from workbench.training import jobs
-from workbench.training.recipes import RECIPES
+from workbench.training.recipes import RECIPES, recipe_config
 
 
 def run_recipe(at: AppTest, recipe: str, folder: str, **changes: int) -> None:
@@ -32,7 +32,8 @@ def test_recipe_selector_starts_a_job_with_the_recipe_settings(tmp_path, monkeyp
     assert at.number_input(key="train_time_retinanet-frozen").value == 30
     run_recipe(at, "retinanet-frozen", str(tmp_path), batch=2, time=10)
     config = started[0]
-    assert config["recipe"] == "retinanet-frozen" and config["model"] == "retinanet_resnet50_fpn_v2"
+    resolved = recipe_config("retinanet-frozen", device="cpu")["model"]  # MobileNetV2 without ResNet-50 weights
+    assert config["recipe"] == "retinanet-frozen" and config["model"] == resolved
     assert config["freeze_backbone"] is True and config["rotation"] == 10.0
     assert config["batch"] == 2 and config["time"] == 10 and config["epochs"] == 12  # changed fields win
 

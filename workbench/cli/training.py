@@ -159,7 +159,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "retinanet_resnet50_fpn_v2, ssdlite320_mobilenet_v3_large, fcos_resnet50_fpn; detectron2: a model-zoo "
         "config such as COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
     )
-    p.add_argument("--weights", choices=["auto", "coco", "imagenet", "none"], help="starting weights (default auto)")
+    p.add_argument(
+        "--weights",
+        metavar="auto|coco|imagenet|none|PATH",
+        help="starting weights (default auto), or a local file: a torchvision state dict (detector or backbone) "
+        "or a detectron2 checkpoint; see docs/weights.md",
+    )
     p.add_argument(
         "--freeze-backbone",
         action=argparse.BooleanOptionalAction,

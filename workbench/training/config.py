@@ -118,7 +118,24 @@ def build_config(recipe: str | None, device: str | None, overrides: Mapping[str,
     if not config.get("data"):
         raise WorkbenchError("no dataset given: a training config needs 'data', the dataset folder")
     config["data"] = str(resolve_path(config["data"]))
+    config["weights"] = weights_value(config.get("weights", "auto"))
     return TrainConfig.from_dict(config).to_dict()
+
+
+WEIGHT_KINDS = ("auto", "coco", "imagenet", "none")  # weights.WEIGHT_KINDS, here without torch
+
+
+def weights_value(value: str) -> str:
+    """``value`` when it is a weights kind, else the absolute path of the weights file it names
+    (``--weights PATH``); a ``WorkbenchError`` when there is no such file."""
+    if value in WEIGHT_KINDS:
+        return value
+    path = resolve_path(value)
+    if not path.is_file():
+        raise WorkbenchError(
+            f"weights file {value!r} not found (weights: {', '.join(WEIGHT_KINDS)}, or the path of a weights file)"
+        )
+    return str(path)
 
 
 def default_model(device: str = "auto") -> str:

@@ -28,7 +28,8 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import misc as misc_ops
 
 from workbench.errors import WorkbenchError
-from workbench.training.weights import load_state_file
+from workbench.training import mobilenet_models
+from workbench.training.weights import load_state_file, load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
     ]
 }
+MODELS.update({fields[0]: ModelSpec(*fields) for fields in mobilenet_models.SPECS})  # SSD FPNLite, RetinaNet
 ALIASES = {
     "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn_mobilenet",
     "ssdlite": "ssdlite320_mobilenet_v3_large",
@@ -353,6 +355,8 @@ def build_model(
         model = spec.builder(weights=None, weights_backbone=spec.imagenet, progress=False, num_classes=num_classes)
     else:
         model = spec.builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    if kind == "file":  # --weights PATH: what matches by name and shape, counted for the model card
+        weights.update(load_weights_file(model, Path(file)))
     set_image_size(model, imgsz or spec.imgsz)
     return model
 

