@@ -1,8 +1,11 @@
 """The index cache: datasets loaded once, kept in SQLite, re-read only where a file changed.
 
 ``<workspace>/index.sqlite`` holds, per dataset root, its records (labels and image sizes, never
-pixels) one row each, and the ``(size, mtime_ns)`` of every file under the root when they were
-read. The cache is valid while every file keeps its path, size and mtime; when only annotation
+pixels) one row each, the box extras they share (``index_rows.dump_records``), and the
+``(size, mtime_ns)`` of every file under the root when they were read: one JSON text in ``meta``
+and, after saves, the files saved since in ``saved_files`` (a save writes those few rows, not the
+state of 200,000 files; the next open that finds the cache valid folds them back). The cache is
+valid while every file keeps its path, size and mtime (``file_state``); when only annotation
 files changed, and the format can re-read one file (``Capabilities.reread_one_file``), just
 those are re-read; anything else makes the next open load the dataset again.
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -35,50 +37,15 @@ from pathlib import Path
 from workbench.annotations import Dataset
 from workbench.datasets import index_rows
 from workbench.datasets.catalog import resolve_path
+from workbench.datasets.file_state import Stat, scan
+from workbench.datasets.file_state import file_stat as file_stat  # where the labelling modules take it
 from workbench.errors import ReadError
 from workbench.formats import capabilities, detect_format, get_format, load_dataset, yolo_yaml
 from workbench.locks import connect_sqlite, transaction
 from workbench.paths import home
 
-INDEX_VERSION = 3  # bump when the row layout changes: old rows (version 2 were pickles) are then ignored
+INDEX_VERSION = 4  # bump when the row layout changes: old rows are then ignored (2: pickles, 3: no shared extras)
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the database's write lock
-
-Stat = tuple[int, int]  # (size in bytes, mtime in ns)
-
-
-def scan(root: Path) -> dict[str, Stat]:
-    """``relative path -> (size, mtime_ns)`` of every file under ``root``: hidden folders and
-    files skipped, symlinked files followed, symlinked folders not entered (as ``os.walk``)."""
-    out: dict[str, Stat] = {}
-    stack: list[tuple[str | Path, str]] = [(root, "")]
-    while stack:
-        folder, prefix = stack.pop()
-        try:
-            entries = os.scandir(folder)
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if name[0] == ".":
-                    continue
-                try:
-                    if entry.is_dir(follow_symlinks=False):  # as os.walk: no loops
-                        stack.append((entry.path, f"{prefix}{name}/"))
-                        continue
-                    st = entry.stat()
-                except OSError:
-                    continue
-                out[prefix + name] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
-def file_stat(path: Path) -> Stat | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 @dataclass
@@ -120,6 +87,11 @@ def _connect() -> sqlite3.Connection:
             " (root TEXT PRIMARY KEY, version INTEGER, format TEXT, files BLOB, dataset BLOB)"
         )
         db.execute("CREATE TABLE IF NOT EXISTS records (root TEXT, pos INTEGER, record BLOB, PRIMARY KEY (root, pos))")
+        db.execute("CREATE TABLE IF NOT EXISTS shared (root TEXT PRIMARY KEY, box_extra BLOB)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS saved_files"
+            " (root TEXT, rel TEXT, size INTEGER, mtime INTEGER, PRIMARY KEY (root, rel))"
+        )
     except BaseException:
         db.close()
         raise
@@ -159,7 +131,7 @@ def _dataset_header(dataset: Dataset) -> str:
 
 
 def _files(stats: dict[str, Stat]) -> str:
-    return json.dumps(stats, separators=(",", ":"), ensure_ascii=False)
+    return index_rows.plain_dumps(stats)
 
 
 def store_index(opened: OpenDataset) -> None:
@@ -170,14 +142,15 @@ def store_index(opened: OpenDataset) -> None:
     if opened.source is not None:
         return  # a data.yaml's records are not its root folder's: they must not fill that folder's rows
     try:
-        rows = [(key, i, index_rows.dump_record(r)) for i, r in enumerate(dataset.images)]
+        texts, shared = index_rows.dump_records(dataset.images)
         header = _dataset_header(dataset)
     except index_rows.Unencodable:
         forget_index(key)
         return
     with _db(write=True) as db:
-        db.execute("DELETE FROM records WHERE root = ?", (key,))
-        db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
+        _delete(db, key, "records", "saved_files")
+        db.executemany("INSERT INTO records VALUES (?, ?, ?)", ((key, i, t) for i, t in enumerate(texts)))
+        db.execute("INSERT OR REPLACE INTO shared VALUES (?, ?)", (key, shared))
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
             (key, INDEX_VERSION, dataset.format, _files(opened.stats), header),
@@ -202,15 +175,35 @@ def update_index(opened: OpenDataset, positions: Iterable[int], files: dict[str,
     except index_rows.Unencodable:
         forget_index(key)
         return
+    saved = [(key, rel, *(st or (None, None))) for rel, st in files.items()]
     with _db(write=True) as db:
         db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
-        db.execute("UPDATE meta SET files = ?, dataset = ? WHERE root = ?", (_files(opened.stats), header, key))
+        db.executemany("INSERT OR REPLACE INTO saved_files VALUES (?, ?, ?, ?)", saved)
+        db.execute("UPDATE meta SET dataset = ? WHERE root = ?", (header, key))
+
+
+def _delete(db: sqlite3.Connection, key: str, *tables: str) -> None:
+    for table in tables:
+        db.execute(f"DELETE FROM {table} WHERE root = ?", (key,))  # the table names are ours, never input
 
 
 def forget_index(root: Path | str) -> None:
     with _db(write=True) as db:
-        db.execute("DELETE FROM records WHERE root = ?", (str(root),))
-        db.execute("DELETE FROM meta WHERE root = ?", (str(root),))
+        _delete(db, str(root), "records", "shared", "saved_files", "meta")
+
+
+def _fold(key: str, files: str, saved: list[tuple], stats: dict[str, Stat]) -> None:
+    """Write ``stats`` (the cached state, found valid) as the root's file state and drop the
+    ``saved`` rows it holds, unless the cache changed meanwhile: then only a later open folds."""
+    with _db(write=True) as db:
+        row = db.execute("SELECT version, files FROM meta WHERE root = ?", (key,)).fetchone()
+        if row is None or row[0] != INDEX_VERSION or row[1] != files:
+            return
+        db.executemany(
+            "DELETE FROM saved_files WHERE root = ? AND rel = ? AND size IS ? AND mtime IS ?",
+            ((key, *s) for s in saved),
+        )
+        db.execute("UPDATE meta SET files = ? WHERE root = ?", (_files(stats), key))
 
 
 @contextmanager
@@ -237,27 +230,34 @@ def _cached(
     """The cached dataset of ``root`` (in format ``fmt``, when given) and the state of its files
     when it was cached, or ``None``: also when any row cannot be read (a damaged or tampered
     cache is a miss, never fatal and never code that runs). ``current``: the files' state now;
-    when the cached state is the same text, it is not decoded (the common case, and 20,000
-    entries on a 10,000-image folder)."""
+    when the cached state is the same text, it is not decoded (the common case, and 200,000
+    entries on a 100,000-image folder). Folds the files saved since it was cached (``_fold``)."""
     key = str(root)
     try:
         with _db(write=False) as db:
             row = db.execute("SELECT version, format, files, dataset FROM meta WHERE root = ?", (key,)).fetchone()
             if row is None or row[0] != INDEX_VERSION or (fmt and row[1] != fmt):
                 return None
+            shared = db.execute("SELECT box_extra FROM shared WHERE root = ?", (key,)).fetchone()
+            saved = db.execute("SELECT rel, size, mtime FROM saved_files WHERE root = ?", (key,)).fetchall()
             blobs = [b for (b,) in db.execute("SELECT record FROM records WHERE root = ? ORDER BY pos", (key,))]
     except sqlite3.DatabaseError:
         return None
     try:
         with no_gc():
-            if type(row[2]) is not str:
+            if type(row[2]) is not str or shared is None:
                 raise TypeError("files: not JSON text")
-            if current is not None and row[2] == _files(current):
+            if current is not None and not saved and row[2] == _files(current):
                 stats = current
             else:
                 stats = {rel: (int(size), int(mtime)) for rel, (size, mtime) in json.loads(row[2]).items()}
+                for rel, size, mtime in saved:
+                    if size is None:
+                        stats.pop(rel, None)
+                    else:
+                        stats[str(rel)] = (int(size), int(mtime))
             header = index_rows.loads(row[3])
-            images = index_rows.load_records(blobs)
+            images = index_rows.load_records(blobs, shared[0])
             if len(images) != header["images"]:
                 raise ValueError("records missing")
             dataset = Dataset(
@@ -267,6 +267,11 @@ def _cached(
             dataset.skipped = [ReadError(file, reason, record) for file, reason, record in header["skipped"]]
     except Exception:  # a cache that cannot be read is rebuilt, never fatal
         return None
+    if saved and stats == current:
+        try:
+            _fold(key, row[2], saved, stats)
+        except sqlite3.Error:  # a locked or read-only cache: folded by a later open
+            pass
     return dataset, stats
 
 
