@@ -22,9 +22,15 @@ from workbench.training.config import build_config
 from workbench.training.config import default_model as recommended_model
 from workbench.training.engines import DEFAULT_ENGINE, ENGINES, get_engine
 from workbench.training.executors import DEFAULT_EXECUTOR, EXECUTORS
-from workbench.training.recipes import RECIPES, recipe_config
+from workbench.training.recipes import RECIPES, fallback_note, recipe_config
 
 REFRESH_SECONDS = 2.0
+# what docs/recipes.md measured (validation split of the shared VOC set, 30 CPU minutes each)
+RECIPE_ADVICE = (
+    "Which recipe? On a CPU, **face-then-classify** for faces (the best AP in 30 CPU minutes) and "
+    "**faster-rcnn-upload** for other objects; on a GPU, **faster-rcnn-upload** (its GPU settings). "
+    "Measurements: docs/recipes.md."
+)
 LOG_LINES = 40
 SAMPLE = SAMPLE_DATASET
 
@@ -93,11 +99,15 @@ def train_form() -> None:
     recipe = st.selectbox(
         "Recipe", recipe_names, key="train_recipe", help="a named preset of the classic face-mask pipelines"
     )
+    st.caption(RECIPE_ADVICE)
     recipe = None if recipe == "(none)" else recipe
     preset: dict = {}
     if recipe:
         preset = recipe_config(recipe, device="cpu")
         st.caption(f"{RECIPES[recipe].summary}. {RECIPES[recipe].notes}")
+        stand_in = fallback_note(recipe, preset.get("engine", DEFAULT_ENGINE), preset["model"])
+        if stand_in:
+            st.info(stand_in)
         if RECIPES[recipe].gpu:
             gpu = ", ".join(f"{k}={v}" for k, v in RECIPES[recipe].gpu.items() if k != "device" and v is not None)
             st.caption(f"With device `cuda` the recipe's GPU settings apply: {gpu} (and no time limit).")

@@ -8,17 +8,22 @@
 #   - the project itself, editable.
 # Fast when already done: a stamp in .venv records a hash of the inputs.
 #
-# Usage: scripts/setup.sh [--test]   (--test: also chromium, Slurm and .venv-ref, the reference readers)
+# Usage: scripts/setup.sh [--test] [--with-detectron2]
+#   --test: also chromium, Slurm and .venv-ref, the reference readers
+#   --with-detectron2: also build detectron2 (on no package registry) from its official source
+#       repository, or from a local checkout in $DETECTRON2_SRC (no internet); needs a C++ compiler
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 WITH_TEST=0
+WITH_D2=0
 for arg in "$@"; do
     case "$arg" in
         --test) WITH_TEST=1 ;;
-        -h|--help) echo "usage: $0 [--test]"; exit 0 ;;
-        *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+        --with-detectron2) WITH_D2=1 ;;
+        -h|--help) echo "usage: $0 [--test] [--with-detectron2]"; exit 0 ;;
+        *) echo "usage: $0 [--test] [--with-detectron2]" >&2; exit 2 ;;
     esac
 done
 
@@ -110,9 +115,36 @@ hash_inputs() {
 }
 WANT="$(hash_inputs)"
 
+# ---------------------------------------------------------------- detectron2 (--with-detectron2)
+# On no package registry: built from its official source repository, or from a local checkout
+# named by $DETECTRON2_SRC (machines without internet), with the flags its build needs here: no
+# build isolation (it compiles against the installed torch), setuptools < 81 (its setup.py uses
+# what later versions removed), fvcore and iopath (its own dependencies), FORCE_CUDA=1 when a GPU
+# is present. Without it the detectron2 recipe runs its torchvision stand-in (README).
+D2_SOURCE="git+https://github.com/facebookresearch/detectron2.git"
+install_detectron2() {
+    [ "$WITH_D2" = 1 ] || return 0
+    if "$PY" -c 'import detectron2' 2>/dev/null; then
+        log "detectron2 already installed"
+        return 0
+    fi
+    local src="${DETECTRON2_SRC:-$D2_SOURCE}" cuda=0
+    if command -v nvidia-smi >/dev/null 2>&1 &&
+        "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+        cuda=1
+    fi
+    log "detectron2: building from $src (FORCE_CUDA=$cuda; a few minutes)"
+    "$PY" -m pip --disable-pip-version-check install -q "setuptools<81" \
+        "fvcore==0.1.5.post20221221" "iopath==0.1.10" 2>&1 | { grep -v "^WARNING: Location 'file:.*' is ignored" || true; }
+    FORCE_CUDA=$cuda "$PY" -m pip --disable-pip-version-check install -q --no-build-isolation "$src" 2>&1 |
+        { grep -v "^WARNING: Location 'file:.*' is ignored" || true; }
+    "$PY" -c 'import detectron2; print("[setup] detectron2", detectron2.__version__, "installed")'
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$MONGOD" ] &&
     { [ "$WITH_TEST" = 0 ] || [ -x "$REF_VENV/bin/python" ]; }; then
     log "python deps up to date (stamp matches)"
+    install_detectron2
     exit 0
 fi
 
@@ -161,3 +193,4 @@ fi
 
 echo "$WANT" > "$STAMP"
 log "python deps installed in $((SECONDS - t0))s"
+install_detectron2

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PROJECT
 from workbench.training import jobs
-from workbench.training.recipes import RECIPES, recipe_config
+from workbench.training.recipes import RECIPES, fallback_note, recipe_config
 
 
 def run_recipe(at: AppTest, recipe: str, folder: str, **changes: int) -> None:
@@ -27,7 +27,10 @@ def test_recipe_selector_starts_a_job_with_the_recipe_settings(tmp_path, monkeyp
     at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="train_recipe").options == ["(none)", *RECIPES]
+    assert any("On a CPU, **face-then-classify** for faces" in c.value for c in at.caption)
     at.selectbox(key="train_recipe").select("retinanet-frozen").run()
+    note = fallback_note("retinanet-frozen", "torchvision", recipe_config("retinanet-frozen", device="cpu")["model"])
+    assert (note in [i.value for i in at.info]) == bool(note)  # the stand-in, said before training
     assert at.number_input(key="train_epochs_retinanet-frozen").value == 12
     assert at.number_input(key="train_time_retinanet-frozen").value == 30
     run_recipe(at, "retinanet-frozen", str(tmp_path), batch=2, time=10)
