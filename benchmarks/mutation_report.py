@@ -75,6 +75,31 @@ def summarise(statuses: dict[str, str], equivalent: dict[str, str], seconds: flo
     return result
 
 
+def merge(old: dict, statuses: dict[str, str], equivalent: dict[str, str]) -> dict:
+    """The last full run's result (``old``) updated by a run of some mutants (mutmut 3 marks
+    every mutant it did not run "not checked", so that run alone counts only what it ran): each
+    survivor of ``old`` that was run again moves to killed (or to equivalent) when it is now."""
+    modules = {name: dict(counts) for name, counts in old["modules"].items()}
+    survivors = []
+    for line in old.get("survivors", []):
+        name = line.split(":", 1)[0]
+        status = statuses.get(name, "not checked")
+        counts = modules.setdefault(module_of(name), {"killed": 0, "survived": 0, "equivalent": 0})
+        if status in KILLED:
+            counts["killed"] += 1
+            counts["survived"] -= 1
+        elif name in equivalent:
+            counts["equivalent"] += 1
+            counts["survived"] -= 1
+        else:
+            survivors.append(line if status not in SURVIVED else f"{name}: {status}")
+    killed = sum(c["killed"] for c in modules.values())
+    survived = sum(c["survived"] for c in modules.values())
+    result = {**old, "modules": modules, "survivors": survivors}
+    result["kill_rate"] = round(killed / (killed + survived), 4) if killed + survived else 0.0
+    return result
+
+
 _BODIES: dict[Path, dict[str, str]] = {}
 
 
@@ -125,6 +150,8 @@ def markdown(result: dict, equivalent: dict[str, str], baseline: dict[str, str],
         out += [f"The last full run took {result['seconds']} s ({result['seconds'] / 60:.0f} min).", ""]
     if "partial_seconds" in result:
         out += [f"The last run of some mutants (`--survivors` or modules) took {result['partial_seconds']} s.", ""]
+    if "counted" in result:
+        out += [f"Counted: {result['counted']}.", ""]
 
     def block(name: str) -> list[str]:
         diff = mutant_diff(name)
@@ -186,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout
     statuses = parse(text)
     result = summarise(statuses, equivalent_names(), args.seconds)
+    if args.partial_seconds is not None and args.out.exists():  # some mutants: on top of the last full run
+        result = merge(json.loads(args.out.read_text(encoding="utf-8")), statuses, equivalent_names())
     if args.seconds is None and args.out.exists():  # keep the time of the last full run
         old = json.loads(args.out.read_text(encoding="utf-8"))
         if "seconds" in old:
