@@ -58,7 +58,10 @@ CASES = [
         lambda d: d["categories"][0].update(name=4),
         "annotations.json: category 1: needs an integer 'id' and a string 'name'",
     ),
-    (lambda d: d["categories"].insert(1, "x"), "annotations.json: category 2: needs an integer 'id' and a string 'name'"),
+    (
+        lambda d: d["categories"].insert(1, "x"),
+        "annotations.json: category 2: needs an integer 'id' and a string 'name'",
+    ),
     (lambda d: d["images"][0].pop("id"), "annotations.json: image 1: needs an 'id' and a 'file_name'"),
     (lambda d: d["images"][1].update(file_name=3), "annotations.json: image 2: needs an 'id' and a 'file_name'"),
     (lambda d: d["images"].append(5), "annotations.json: image 3: needs an 'id' and a 'file_name'"),
