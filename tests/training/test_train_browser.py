@@ -60,8 +60,10 @@ def test_train_a_recipe_from_the_train_page(shared, tmp_path):
         best = page.locator("[data-testid='stMetric']", has_text="Best val AP").inner_text()
         assert re.search(r"\d\.\d{3}", best), best
         page.locator("[data-testid='stMetric']", has_text="Epoch").get_by_text("2/2").wait_for()
-        # training loss, validation mAP, classifier accuracy and loss
-        assert page.locator("[data-testid='stVegaLiteChart']").count() == 4
+        # training loss, validation mAP, classifier accuracy and loss (they draw after the metrics: wait)
+        charts = page.locator("[data-testid='stVegaLiteChart']")
+        charts.nth(3).wait_for(timeout=60_000)
+        assert charts.count() == 4
 
     (job,) = jobs.list_jobs()
     config = json.loads((Path(job["folder"]) / "config.json").read_text())
