@@ -164,7 +164,7 @@ def test_canvas_edits_reach_the_file_on_moving_on_and_undo_restores_it(tmp_path)
         canvas.drag((cx, cy), (cx + 3, cy))
         moved = f"({sx1 + 3:g}, {sy1:g})-({sx2 + 3:g}, {sy2:g})"
         change_line(page, f"box {small + 1} ({names[int(first.class_ids[small])]}): moved to {moved}")
-        page.get_by_text("2 unsaved change").wait_for()
+        page.get_by_text("2 unsaved change").first.wait_for()
         # Pan with space-drag: the view moves, no box does.
         tx = json.loads(canvas.root.get_attribute("data-view"))["tx"]
         area = canvas.stage.bounding_box()
@@ -175,7 +175,7 @@ def test_canvas_edits_reach_the_file_on_moving_on_and_undo_restores_it(tmp_path)
         page.mouse.up()
         page.keyboard.up("Space")
         assert json.loads(canvas.root.get_attribute("data-view"))["tx"] == pytest.approx(tx + 50, abs=1)
-        page.get_by_text("2 unsaved change").wait_for()
+        page.get_by_text("2 unsaved change").first.wait_for()
         # N on the canvas: autosaved, and the next image (not the one after: the key is taken once).
         page.keyboard.press("n")
         canvas.shown(second.path)
@@ -237,13 +237,13 @@ def test_with_autosave_off_the_guard_asks_and_nothing_is_lost(tmp_path):
         x1, y1, x2, y2 = first.boxes[0]
         canvas.click((x1 + x2) / 2, (y1 + y2) / 2)
         page.keyboard.press("Delete")
-        page.get_by_text("1 unsaved change").wait_for()
+        page.get_by_text("1 unsaved change").first.wait_for()
         page.keyboard.press("n")
         page.get_by_text(f"unsaved change(s) on {first.path}").wait_for()
         assert xml.read_bytes() == original and canvas.root.get_attribute("data-shown") == first.path
         page.get_by_role("button", name="Stay").click()
         page.get_by_role("button", name="Stay").wait_for(state="detached")
-        page.get_by_text("1 unsaved change").wait_for()  # still there
+        page.get_by_text("1 unsaved change").first.wait_for()  # still there
         page.get_by_role("button", name="Next ▶").click()
         page.get_by_role("button", name="Save and go").click()
         canvas.shown(second.path)
@@ -262,7 +262,7 @@ def test_reload_from_disk_shows_the_other_tools_same_size_edit(tmp_path):
         canvas = open_annotate(page, url, first.path)
         canvas.click((first.boxes[0][0] + first.boxes[0][2]) / 2, (first.boxes[0][1] + first.boxes[0][3]) / 2)
         page.keyboard.press("Delete")
-        page.get_by_text("1 unsaved change").wait_for()
+        page.get_by_text("1 unsaved change").first.wait_for()
         # Another tool moves box 4 by one pixel: the file keeps its size.
         text = xml.read_text()
         edited = text.replace(f"<xmin>{x1 + 1}</xmin>", f"<xmin>{x1 + 2}</xmin>", 1)  # VOC is 1-based
