@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,14 @@ def tiny_voc(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Never probe the network for weights (CI has none; the probe would cost seconds)."""
     monkeypatch.setenv("WORKBENCH_OFFLINE", "1")
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    """``predicate()``'s first true value, polled every 0.3 s; an ``AssertionError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

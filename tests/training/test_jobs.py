@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
 
-from tests.training.conftest import TINY
+from tests.training.conftest import TINY, wait_for
 from workbench.cli.main import main
 from workbench.fileio import tail_lines
 from workbench.paths import models_dir
@@ -26,16 +25,6 @@ def cli_json(capsys, *args: str):
     capsys.readouterr()
     assert main([*args, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

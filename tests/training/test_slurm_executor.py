@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import TINY
+from tests.training.conftest import TINY, wait_for
 from tests.training.slurm_cluster import ClusterUnavailable, start
 from workbench.cli.main import main
 from workbench.errors import WorkbenchError
@@ -51,16 +51,6 @@ def where(request, monkeypatch):
     else:
         monkeypatch.setenv(CLUSTER_ENV, "local")
     return request.param
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def jobs_json(capsys) -> list[dict]:
