@@ -98,6 +98,27 @@ def test_a_changed_annotation_file_alone_is_reread(voc_copy):
     _same(index.open_dataset(voc_copy).dataset, voc.load(voc_copy))
 
 
+def test_a_file_written_again_while_it_is_reread_is_loaded_afresh(voc_copy, monkeypatch):
+    index.open_dataset(voc_copy)
+    xml = sorted((voc_copy / "annotations").glob("*.xml"))[2]
+    xml.write_text(xml.read_text().replace("<xmin>", "<xmin>1", 1))
+    _bump_mtime(xml)
+    reread = voc.reread
+
+    def written_meanwhile(*args, **kwargs):  # another tool saves it again once it was read
+        records = reread(*args, **kwargs)
+        xml.write_text(xml.read_text().replace("<xmin>1", "<xmin>2", 1))
+        _bump_mtime(xml)
+        return records
+
+    monkeypatch.setattr(voc, "reread", written_meanwhile)
+    again = index.open_dataset(voc_copy)
+    assert not again.from_cache  # the re-read record is already old: the dataset is read again
+    assert "<xmin>2" in xml.read_text()
+    _same(again.dataset, voc.load(voc_copy))
+    assert again.stats == index.scan(voc_copy)
+
+
 def test_a_changed_yolo_label_alone_is_reread(tmp_path):
     data = copy_yolo(tmp_path / "yolo", 4)
     index.open_dataset(data)

@@ -62,6 +62,24 @@ def test_values_come_back_exactly(value):
     assert_identical(index_rows.loads(index_rows.dumps(value)), value)
 
 
+@pytest.mark.parametrize("value", [2**63, -(2**63), 2**64 + 1, -(10**30)])
+def test_an_int_over_64_bits_is_tagged_so_no_reader_makes_it_a_float(value):
+    text = index_rows.dumps([value, 1.5])
+    assert index_rows._MARK in text
+    assert index_rows.loads(text) == [value, 1.5] and type(index_rows.loads(text)[0]) is int
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -(2**63) + 1, 0])
+def test_an_int_within_64_bits_is_written_as_a_json_number(value):
+    assert index_rows.dumps([value]) == f"[{value}]"
+    assert index_rows.loads(f"[{value}]") == [value]
+
+
+def test_text_orjson_refuses_is_read_by_json():
+    assert math.isnan(index_rows.loads("[NaN]")[0])
+    assert index_rows.loads('["\\ud800"]') == ["\ud800"]  # a lone surrogate
+
+
 @pytest.mark.parametrize("value", [{1, 2}, object(), {"x": complex(1, 2)}, np.array(["a"], dtype=object)])
 def test_a_value_json_cannot_hold_exactly_is_refused(value):
     with pytest.raises(index_rows.Unencodable):

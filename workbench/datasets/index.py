@@ -44,7 +44,7 @@ from workbench.formats import capabilities, detect_format, get_format, load_data
 from workbench.locks import connect_sqlite, transaction
 from workbench.paths import home
 
-INDEX_VERSION = 4  # bump when the row layout changes: old rows are then ignored (2: pickles, 3: no shared extras)
+INDEX_VERSION = 5  # bump when the row layout changes: old rows are then ignored (2: pickles, 3: no shared extras, 4: untagged big ints)
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the database's write lock
 
 
@@ -337,9 +337,12 @@ def open_dataset(
         if old == stats:
             return OpenDataset(dataset, stats, from_cache=True, seconds=time.perf_counter() - start)
         positions = _reread(dataset, old, stats)
-        if positions is not None and scan(root) == stats:
+        changed = {rel: st for rel, st in stats.items() if old.get(rel) != st}
+        # the files re-read are as the scan found them (not written meanwhile); any other file
+        # keeps the state of that scan, so a change to it since shows at the next open
+        if positions is not None and all(file_stat(root / rel) == st for rel, st in changed.items()):
             opened = OpenDataset(dataset, dict(old), from_cache=True)
-            update_index(opened, positions, {rel: stats[rel] for rel in stats if stats[rel] != old[rel]})
+            update_index(opened, positions, changed)
             opened.seconds = time.perf_counter() - start
             return opened
     fmt = fmt or detect_format(root)
