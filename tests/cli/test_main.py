@@ -49,6 +49,16 @@ def test_help_lists_every_job():
         assert command in result.stdout, command
 
 
+def test_train_help_names_every_model(capsys):
+    from workbench.training.models import MODELS
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    for name in MODELS:
+        assert name in text, name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("extra", "bound"), [([], {"127.0.0.1"}), (["--address", "0.0.0.0"], {"0.0.0.0"})])
 def test_ui_serves_the_workbench_on_the_address_asked_for(shared, extra, bound):

@@ -156,7 +156,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--model",
         help="model name (default: fasterrcnn_resnet50_fpn_v2 on CUDA, fasterrcnn_mobilenet(_v2) on the CPU); "
         "torchvision: fasterrcnn_mobilenet_v2, fasterrcnn_mobilenet, fasterrcnn_resnet50_fpn_v2, "
-        "retinanet_resnet50_fpn_v2, ssdlite320_mobilenet_v3_large, fcos_resnet50_fpn; detectron2: a model-zoo "
+        "retinanet_resnet50_fpn_v2, ssdlite320_mobilenet_v3_large, fcos_resnet50_fpn, fasterrcnn_resnet50_c4, "
+        "ssd_mobilenet_v2_fpnlite, retinanet_mobilenet_v2_fpn; detectron2: a model-zoo "
         "config such as COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
     )
     p.add_argument(
