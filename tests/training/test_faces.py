@@ -90,3 +90,24 @@ def test_training_crops_take_the_detectors_false_faces_as_background(shared, tmp
         stop=lambda: False,
     )
     assert fit is None and all(c != 3 for _, c in samples) and len(samples) == labelled
+
+
+def test_the_classifier_starts_from_a_weights_file(tmp_path):
+    import torch
+    import torchvision
+
+    from workbench.errors import WorkbenchError
+
+    torch.manual_seed(3)
+    start = torchvision.models.mobilenet_v2(weights=None)
+    path = tmp_path / "mobilenet.pth"
+    torch.save(start.state_dict(), path)
+    net, info = faces.build_classifier(4, weights=str(path))
+    assert info["kind"] == "file" and info["file"] == str(path) and len(info["sha256"]) == 16
+    assert info["matched"] == info["tensors"]  # the ImageNet head too, replaced afterwards
+    assert torch.equal(net.features[0][0].weight, start.features[0][0].weight)
+    assert net.classifier[1].out_features == 4
+    with pytest.raises(WorkbenchError, match="not found"):
+        faces.build_classifier(4, weights=str(tmp_path / "absent.pth"))
+    with pytest.raises(WorkbenchError, match="imagenet, auto, none or a weights file"):
+        faces.build_classifier(4, weights="coco")

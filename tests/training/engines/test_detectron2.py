@@ -54,6 +54,18 @@ def test_dataset_dicts_for_the_catalog(tiny_voc):
 
 @pytest.mark.slow
 @needs_d2
+def test_a_weights_file_is_the_checkpoint_detectron2_loads(tmp_path):
+    from workbench.training.config import TrainConfig
+
+    path = tmp_path / "model_final.pth"
+    path.write_bytes(b"a detectron2 checkpoint")  # loaded when training starts; make_cfg only names it
+    config = TrainConfig.from_dict({"data": str(tmp_path), "engine": "detectron2", "model": "default", "imgsz": 256})
+    cfg, info = engine_detectron2.make_cfg(config, num_classes=3, weights=str(path))
+    assert cfg.MODEL.WEIGHTS == str(path)
+    assert info["kind"] == "file" and info["file"] == str(path) and len(info["sha256"]) == 16
+
+
+@needs_d2
 def test_detectron2_trains_and_predicts(tiny_voc):
     from workbench.fileio import load_image
     from workbench.inference.predict import load_predictor

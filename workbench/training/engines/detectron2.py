@@ -51,7 +51,7 @@ from workbench.training.run import (
     truncate_logs,
 )
 from workbench.training.validate import evaluate
-from workbench.training.weights import is_online
+from workbench.training.weights import WEIGHT_KINDS, is_online, resolve_weights
 
 log = logging.getLogger("workbench.training")
 
@@ -148,7 +148,9 @@ def make_cfg(config, *, num_classes: int, weights: str = "auto"):
         raise WorkbenchError(f"unknown detectron2 model-zoo config {name!r}: {e}") from e
     imagenet_url = cfg.MODEL.WEIGHTS
     info: dict[str, Any] = {"kind": "none", "source": "random initialisation", "file": None, "weights": None}
-    if weights in ("auto", "coco"):
+    if weights not in WEIGHT_KINDS:  # --weights PATH: a detectron2 checkpoint (.pth or .pkl), loaded by name
+        info = resolve_weights(None, weights)
+    elif weights in ("auto", "coco"):
         url = model_zoo.get_checkpoint_url(name)
         file = _cached_url(url)
         if file:

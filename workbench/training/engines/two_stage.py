@@ -336,9 +336,10 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
 
     # stage 2: the classifier on ground-truth crops
     augment = augmentation(config)
-    wanted = checkpoint["weights"]["kind"] if checkpoint else config.weights
     outputs = len(classes) + (background is not None)
-    model, weights = build_classifier(outputs, weights=wanted)
+    # a resume loads every weight from the checkpoint: the start is the one its card names
+    model, weights = build_classifier(outputs, weights="none" if checkpoint else config.weights)
+    weights = checkpoint["weights"] if checkpoint else weights
     model.to(device)
     log.info("classifier weights: %s from %s", weights["kind"], weights["source"])
     iters_per_epoch = -(-len(samples) // config.batch)
