@@ -22,14 +22,14 @@ from workbench.training.config import build_config
 from workbench.training.config import default_model as recommended_model
 from workbench.training.engines import DEFAULT_ENGINE, ENGINES, get_engine
 from workbench.training.executors import DEFAULT_EXECUTOR, EXECUTORS
-from workbench.training.recipes import RECIPES, fallback_note, recipe_config
+from workbench.training.recipes import BEST, RECIPES, fallback_note, recipe_config
 
 REFRESH_SECONDS = 2.0
 # what docs/recipes.md measured (validation split of the shared VOC set, 30 CPU minutes each)
 RECIPE_ADVICE = (
-    "Which recipe? On a CPU, **face-then-classify** for faces (the best AP in 30 CPU minutes) and "
-    "**faster-rcnn-upload** for other objects; on a GPU, **faster-rcnn-upload** (its GPU settings). "
-    "Measurements: docs/recipes.md."
+    f"Which recipe? On a CPU, **{BEST['cpu']}** for faces (the best AP in 30 CPU minutes) and "
+    f"**faster-rcnn-upload** for other objects; on a GPU, **{BEST['gpu']}** (its GPU settings). "
+    "The one for this machine is preselected. Measurements: docs/recipes.md."
 )
 LOG_LINES = 40
 SAMPLE = SAMPLE_DATASET
@@ -96,8 +96,13 @@ def train_form() -> None:
         or DEFAULT_ENGINE
     )
     recipe_names = ["(none)", *RECIPES]
+    best = BEST["gpu" if hw["gpus"] else "cpu"]
     recipe = st.selectbox(
-        "Recipe", recipe_names, key="train_recipe", help="a named preset of the classic face-mask pipelines"
+        "Recipe",
+        recipe_names,
+        index=recipe_names.index(best),
+        key="train_recipe",
+        help="a named preset of the classic face-mask pipelines; (none) for your own settings",
     )
     st.caption(RECIPE_ADVICE)
     recipe = None if recipe == "(none)" else recipe

@@ -60,8 +60,7 @@ def from_page(monkeypatch, *, recipe: str | None = None, data: str, **fields) ->
     started = []
     monkeypatch.setattr(jobs, "start_job", lambda config, run=None, **_: started.append(config) or "new-run")
     at = AppTest.from_file(str(PROJECT / "pages" / "train.py"), default_timeout=90).run()
-    if recipe:
-        at.selectbox(key="train_recipe").select(recipe).run()
+    at.selectbox(key="train_recipe").select(recipe or "(none)").run()
     suffix = f"_{recipe}" if recipe else ""
     at.selectbox(key="train_dataset").select("Other folder...")
     at.text_input(key="train_other").input(data)

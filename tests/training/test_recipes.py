@@ -181,3 +181,10 @@ def test_cli_recipe_with_an_explicit_override(six_voc, capsys):
     expected = recipes.recipe_config("retinanet-frozen", device="cpu")["model"]  # MobileNetV2 without ResNet-50
     assert config["recipe"] == "retinanet-frozen" and config["model"] == expected
     assert config["freeze_backbone"] is False and config["imgsz"] == 160 and config["rotation"] == 10.0
+
+
+def test_best_is_the_measured_best_recipe_for_the_device():
+    assert recipes.recipe_config("best", device="cpu")["recipe"] == recipes.BEST["cpu"] == "face-then-classify"
+    on_gpu = recipes.recipe_config("best", device="cuda")
+    assert on_gpu["recipe"] == recipes.BEST["gpu"] == "faster-rcnn-upload" and on_gpu["device"] == "cuda"
+    assert on_gpu["model"] == recipes.RECIPES["faster-rcnn-upload"].gpu["model"]

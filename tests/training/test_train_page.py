@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import PROJECT, copy_voc_subset
 from workbench.datasets.catalog import resolve_path
 from workbench.training import jobs
+from workbench.training.recipes import best_recipe, recipe_config
 from workbench.training.registry import run_dir, write_json
 
 TIMEOUT = 90
@@ -24,6 +25,10 @@ def test_page_renders_with_no_run_yet():
     assert not at.exception, at.exception
     assert at.title[0].value == "Train"
     assert any("No training run yet" in i.value for i in at.info)
+    assert any(
+        f"Model (from the recipe): `{recipe_config(best_recipe('cpu'))['model']}`" in m.value for m in at.markdown
+    )
+    at.selectbox(key="train_recipe").select("(none)").run()
     assert any(o.startswith("fasterrcnn_mobilenet_v2: ") for o in at.selectbox(key="train_model_torchvision").options)
 
 
@@ -52,7 +57,9 @@ def test_page_shows_a_run_with_its_charts_and_starts_a_job(tiny_voc, monkeypatch
     assert [b.label for b in at.button if b.label == "Resume"]
     table = at.dataframe[0].value
     assert list(table["run"]) == ["shown"] and table["best AP"][0] == pytest.approx(0.25)
-    # the form starts a job with the chosen options
+    # the form starts a job with the chosen options (no recipe: this machine's best one is preselected)
+    assert at.selectbox(key="train_recipe").value == best_recipe("cpu")
+    at.selectbox(key="train_recipe").select("(none)").run()
     at.selectbox(key="train_dataset").select("Other folder...")
     at.text_input(key="train_other").input(str(tiny_voc))
     at.number_input(key="train_epochs").set_value(3)

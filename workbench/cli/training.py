@@ -17,7 +17,7 @@ from workbench.training import jobs
 from workbench.training.config import build_config
 from workbench.training.engines import DEFAULT_ENGINE, ENGINES
 from workbench.training.executors import DEFAULT_EXECUTOR, EXECUTORS
-from workbench.training.recipes import RECIPES
+from workbench.training.recipes import BEST, RECIPES
 from workbench.training.registry import read_json
 
 
@@ -147,8 +147,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="src_format", choices=sorted(FORMATS), help="dataset format (default: detected)")
     p.add_argument(
         "--recipe",
-        help=f"start from a named preset (explicit flags override it): {', '.join(RECIPES)}; "
-        "GPU settings when --device is cuda",
+        help=f"start from a named preset (explicit flags override it): {', '.join(RECIPES)}, or best "
+        f"({BEST['cpu']} on a CPU, {BEST['gpu']} on a GPU); GPU settings when --device is cuda",
     )
     engines = "; ".join(f"{e.name}: {e.summary}" for e in ENGINES.values())
     p.add_argument("--engine", choices=list(ENGINES), help=f"default {DEFAULT_ENGINE}. {engines}")
