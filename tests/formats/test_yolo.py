@@ -189,3 +189,22 @@ def test_shared_yolo_counts_and_byte_identical_round_trip(shared, tmp_path):
     for record in ds.images:
         assert (out / record.annotation).read_bytes() == (root / record.annotation).read_bytes(), record.annotation
     assert (out / "classes.txt").read_bytes() == (root / "classes.txt").read_bytes()
+
+
+def test_files_a_windows_editor_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    from PIL import Image
+
+    from workbench.formats import yolo
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (40, 20)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "labels" / "a.txt").write_text("\ufeff1 0.5 0.5 0.25 0.5\n", encoding="utf-8")
+    (tmp_path / "classes.txt").write_text("\ufeffwithout_mask\nwith_mask\n", encoding="utf-8")
+    dataset = yolo.load(tmp_path)
+    assert dataset.classes == ["without_mask", "with_mask"]
+    assert dataset.images[0].class_ids.tolist() == [1]
+    assert dataset.images[0].boxes.tolist() == [[15.0, 5.0, 25.0, 15.0]]
+    (tmp_path / "data.yaml").write_text("\ufeffnames: [bare, masked]\n", encoding="utf-8")
+    (tmp_path / "classes.txt").unlink()
+    assert yolo.load(tmp_path).classes == ["bare", "masked"]

@@ -270,7 +270,7 @@ def image_sets(root: Path) -> dict[str, str]:
     for split in ("trainval", "train", "val", "test"):  # later names win over trainval
         path = main / f"{split}.txt"
         if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
                 if line.strip():
                     splits[line.split()[0]] = split
     return splits

@@ -55,10 +55,11 @@ def _names_source(root: Path) -> Path | None:
 
 
 def read_names(path: Path, root: Path) -> tuple[list[str], dict[str, Any]]:
-    """Class names from a names file, and what else the file held (``data.yaml`` keys)."""
+    """Class names from a names file, and what else the file held (``data.yaml`` keys). Text files
+    here are UTF-8, with or without the byte-order mark Windows editors write first."""
     file = relpath(path, root)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ReadError(file, f"cannot read: {e}") from e
     if path.suffix not in (".yaml", ".yml"):
@@ -147,7 +148,7 @@ def read_record(root: Path, *, image_rel: str | None, label_rel: str | None) -> 
     if label_rel is None:
         return record
     try:
-        text = (root / label_rel).read_text(encoding="utf-8")
+        text = (root / label_rel).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ReadError(label_rel, f"cannot read: {e}") from e
     class_ids, boxes, polygons = parse_lines(text, label_rel)

@@ -50,7 +50,7 @@ def is_data_yaml(path: Path | str) -> bool:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The yaml's keys; a ``ReadError`` naming the file when it is missing, unreadable or no mapping."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ReadError(str(path), "no such file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -89,7 +89,7 @@ def dataset_folder(yaml_path: Path, data: dict[str, Any]) -> Path:
 
 def _list_file(txt: Path, folder: Path, file: str) -> list[Path]:
     try:
-        lines = txt.read_text(encoding="utf-8").splitlines()
+        lines = txt.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ReadError(file, f"cannot read the image list {txt}: {e}") from e
     out = []
