@@ -41,8 +41,11 @@ def test_the_background_share_lowers_a_false_faces_score():
     # a face the classifier takes for with_mask, and one it takes for "not a face" (the last column)
     probs = np.array([[0.8, 0.1, 0.05, 0.05], [0.15, 0.05, 0.0, 0.8]])
     det = faces.pipeline_detections(boxes, face_scores, probs, classes=3, score_threshold=0.0, max_detections=10)
-    assert det.class_ids.tolist() == [0, 0]  # never the background
-    np.testing.assert_allclose(det.scores, [0.72, 0.135])
+    # each face once per real class (never the background), scored face score x class probability
+    a, b = [0, 0, 10, 10], [20, 20, 30, 30]
+    assert det.class_ids.tolist() == [0, 0, 1, 2, 1, 2]  # a tie (0.045) in the faces' order
+    np.testing.assert_allclose(det.scores, [0.72, 0.135, 0.09, 0.045, 0.045, 0.0])
+    assert det.boxes.tolist() == [a, b, a, a, b, b]
     kept = faces.pipeline_detections(boxes, face_scores, probs, classes=3, score_threshold=0.25, max_detections=10)
     assert len(kept) == 1 and kept.boxes.tolist() == [[0, 0, 10, 10]]
     plain = faces.pipeline_detections(boxes, face_scores, probs[:, :3], classes=3, score_threshold=0, max_detections=1)

@@ -190,8 +190,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     faces = p.add_argument_group("two-stage (face-then-classify) options")
     faces.add_argument("--detector", choices=["retinaface", "mtcnn"], help="the face detector (default retinaface)")
-    faces.add_argument("--upscale", type=float, help="enlarge images this much before finding faces (default 2)")
-    faces.add_argument("--face-threshold", type=float, help="the face detector's score cut (default 0.3)")
+    faces.add_argument(
+        "--upscale", type=float, help="enlarge images this much before finding faces (default 2; the recipe: 3)"
+    )
+    faces.add_argument(
+        "--face-threshold", type=float, help="the face detector's score cut (default 0.3; the recipe: 0.1)"
+    )
     faces.add_argument(
         "--detector-time",
         type=float,

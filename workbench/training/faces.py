@@ -370,6 +370,8 @@ def pipeline_ap(
                 continue
             probs = torch.softmax(model(x.to(device)), dim=1).cpu().numpy()
             detections.append(
-                pipeline_detections(boxes, scores, probs, classes=classes, score_threshold=0.0, max_detections=len(x))
+                pipeline_detections(
+                    boxes, scores, probs, classes=classes, score_threshold=0.0, max_detections=len(x) * classes
+                )
             )
     return coco_stats(gt, coco_results(detections))

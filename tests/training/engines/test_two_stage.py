@@ -125,6 +125,7 @@ def test_a_tuned_detector_is_saved_used_and_not_tuned_again(six_voc, caplog):
     ``detector.pth``, the card, the predictor's faces differ from the shipped detector's; resume skips it."""
     import torch
 
+    from workbench.training.facecrops import IDENTITY_FIT
     from workbench.training.faces import face_detector
 
     folder = models_dir() / "tuned"
@@ -138,6 +139,7 @@ def test_a_tuned_detector_is_saved_used_and_not_tuned_again(six_voc, caplog):
     assert "detector iteration 1: loss" in caplog.text and "saved detector.pth" in caplog.text
     predictor = load_predictor(str(folder), device="cpu")
     assert predictor.tuned_detector is not None
+    assert predictor.box_fit == IDENTITY_FIT  # a tuned detector draws the labels' boxes: no correction on top
     tuned = predictor.tuned_detector.state_dict()
     assert all(torch.equal(tuned[k], v) for k, v in saved["model"].items())
     image = load_image(six_voc / "images" / "maksssksksss0.png")[:, :, :3]

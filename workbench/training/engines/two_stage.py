@@ -38,6 +38,7 @@ from workbench.metrics import coco_ground_truth
 from workbench.training import optional, registry
 from workbench.training.budget import TimeBudget
 from workbench.training.config import TrainConfig
+from workbench.training.facecrops import IDENTITY_FIT
 from workbench.training.faces import (
     DETECTOR_FILE,
     DETECTORS,
@@ -305,11 +306,16 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
     def faces_done(n: int) -> None:
         progress.update(epoch=0, iteration=0, phase="faces", images_done=n, images=len(train) + len(val))
 
-    # stage 1: the box correction, from detections matched to the training labels; the crops to train on
+    # stage 1: the box correction, from detections matched to the training labels (only for a
+    # detector as it ships: a fine-tuned one learned the labels' box shape, and a correction on top
+    # of it lowered the validation AP); the crops to train on
     background = len(classes) if config.background else None  # the label of "not a face"
+    fit = not checkpoint and not tuned
     samples, box_fit = train_faces(
-        detect, dataset, train, class_map, fit=not checkpoint, background=background, progress=faces_done, stop=stop
+        detect, dataset, train, class_map, fit=fit, background=background, progress=faces_done, stop=stop
     )
+    if not fit and not checkpoint:
+        box_fit = IDENTITY_FIT
     if not any(c != background for _, c in samples):
         raise WorkbenchError(f"{config.data}: no labelled boxes in the training split")
     false_faces = sum(c == background for _, c in samples)
