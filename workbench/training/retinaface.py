@@ -51,7 +51,7 @@ NEG_PER_POS = 3  # hard negatives per positive (an image without faces still get
 BOX_WEIGHT = 2.0  # Pytorch_Retinaface's loc_weight
 IMGSZ = 640
 TUNE_BATCH, TUNE_LR = 4, 1e-4  # fine_tune's images per step and AdamW learning rate
-TUNE_PASSES = 10  # fine_tune stops after this many passes over the images (a small dataset: no overfitting)
+TUNE_PASSES = 20  # fine_tune stops after this many passes over the images (a small dataset: no overfitting)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, *, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -325,7 +325,8 @@ def fine_tune(
     stop: Callable[[], bool] = lambda: False,
     on_step: Callable[[int, dict[str, float]], None] = lambda it, row: None,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` on ``images`` (``(path, (N, 4) pixel face boxes)``): AdamW at ``TUNE_LR``,
+    """Fine-tune ``model`` on ``images`` (``(path, (N, 4) pixel face boxes)``): AdamW from ``TUNE_LR``
+    down a cosine over the steps or the time (whichever runs out first),
     ``TUNE_BATCH`` random images per step through ``augment``, until ``seconds`` have passed,
     ``max_iters`` steps or ``TUNE_PASSES`` passes over ``images`` are done; ``on_step(iterations done, fine_tune_step's row)`` after each.
     Returns ``{"iterations", "seconds", "loss"}`` (the mean loss of the last 20 steps); raises
@@ -339,6 +340,9 @@ def fine_tune(
     while time.monotonic() - t0 < seconds and it < limit:
         if stop():
             raise Cancelled(f"cancelled while fine-tuning the face detector, iteration {it}")
+        done = max((time.monotonic() - t0) / seconds if seconds else 0.0, it / limit if limit < math.inf else 0.0)
+        for group in optimiser.param_groups:
+            group["lr"] = TUNE_LR * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         picked = [images[i] for i in rng.integers(0, len(images), TUNE_BATCH)]
         crops = [augment(load_image(path)[:, :, :3], boxes, rng) for path, boxes in picked]
         row = fine_tune_step(model, optimiser, [c for c, _ in crops], [b for _, b in crops])
