@@ -251,3 +251,15 @@ def test_journal_append_reads_only_the_tail(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", counting_open)
     assert journal.append({"root": "/r", "message": "new", "files": []}) == 3001
     assert 0 < sum(reads) <= 64 * 1024  # the last 64 KB, not the 1.5 MB
+
+
+def test_a_save_removes_only_the_temp_files_its_own_files_left(tmp_path):
+    from workbench.labelling.files import clean_temps
+
+    (tmp_path / "a").mkdir()
+    left = [".x.xml.ab12CD34.tmp", ".y.xml.zz99zz99.tmp"]  # killed writes of x.xml and y.xml
+    kept = [".z.xml.ab12CD34.tmp", ".x.xml.tmp", "x.xml.ab12CD34.tmp", ".x.xml.ab12CD34.tmp.bak", "x.xml"]
+    for name in left + kept:
+        (tmp_path / "a" / name).write_text("")
+    clean_temps(tmp_path, ["a/x.xml", "a/y.xml", "new/w.xml"])  # new/: a folder the save makes
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(kept)
