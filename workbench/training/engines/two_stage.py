@@ -259,10 +259,13 @@ def write_card(
     epochs_done, box_fit, detector_start: how the fine-tuned detector started, ``None`` when not tuned)."""
     start = fields.pop("detector_start", None)
     fields["detector_weights"] = start or f"{config.detector}, as it ships (not fine-tuned)"
+    fitted = (fields.get("box_fit") or {}).get("pairs", 0) > 0
     note = (
         f"face detector {config.detector} (x{config.upscale:g}, score >= {config.face_threshold:g}), "
-        f"{start or 'not trained'} ({DETECTOR_FILE if start else 'as it ships'}); a box correction learned from "
-        "the training labels; best_metrics are COCO AP of the whole pipeline, the crop classifier's accuracy is in metrics.jsonl and classifier.png"
+        f"{start or 'not trained'} ({DETECTOR_FILE if start else 'as it ships'}); "
+        + ("a box correction learned from the training labels" if fitted else "its boxes used as they are")
+        + "; best_metrics are COCO AP of the whole pipeline, the crop classifier's accuracy is in metrics.jsonl "
+        "and classifier.png"
     )
     if budget.seconds:
         fields["stopped_by_time"] = budget.hit
