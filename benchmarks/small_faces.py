@@ -64,7 +64,7 @@ def tiled(detect_at: Callable[[float], Callable], upscale: float, *, overlap: fl
     return detect
 
 
-def small_recall(dataset, records, detections) -> tuple[float, int]:
+def small_recall(records, detections) -> tuple[float, int]:
     """Share of the ground-truth faces with both sides under ``SMALL`` px that some detection
     overlaps at IoU >= 0.5 (any class), and how many such faces there are."""
     from workbench.boxes import iou
@@ -125,7 +125,7 @@ def main() -> int:
             detections.append(predictor.predict(image, score_threshold=0.001))
             seconds.append(time.perf_counter() - start)
         report = compute_report(dataset, records, detections, predictor.classes)
-        recall, small = small_recall(dataset, records, detections)
+        recall, small = small_recall(records, detections)
         rows[name] = {
             "AP": round(report.metrics["AP"], 4),
             "AP50": round(report.metrics["AP50"], 4),

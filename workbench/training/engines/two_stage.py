@@ -317,14 +317,12 @@ def main(config: Any, folder: Path, *, should_stop: Callable[[], bool] | None = 
     samples, box_fit = train_faces(
         detect, dataset, train, class_map, fit=fit, background=background, progress=faces_done, stop=stop
     )
-    if not fit and not checkpoint:
-        box_fit = IDENTITY_FIT
     if not any(c != background for _, c in samples):
         raise WorkbenchError(f"{config.data}: no labelled boxes in the training split")
     false_faces = sum(c == background for _, c in samples)
     if background is not None:
         log.info("background class: %d false faces of the detector in the training images", false_faces)
-    box_fit = checkpoint["box_fit"] if checkpoint else box_fit
+    box_fit = checkpoint["box_fit"] if checkpoint else box_fit or IDENTITY_FIT
     log.info("box correction from %d matched faces: %s", box_fit["pairs"], json.dumps(box_fit))
     faces, val_samples = val_faces(
         detect,
